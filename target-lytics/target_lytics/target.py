@@ -1,0 +1,1 @@
+"""tap-cordial-activity: placeholder replaced by the tap's implementation."""
