@@ -1,1 +1,345 @@
-"""tap-cordial-activity: placeholder replaced by the tap's implementation."""
+"""TargetLytics: settings, the default Cordial stream mapping, the record fast path and --test."""
+
+from __future__ import annotations
+
+import copy
+import sys
+import typing as t
+
+import click
+from singer_sdk import typing as th
+from singer_sdk.contrib.msgspec import MsgSpecReader
+from singer_sdk.exceptions import InvalidRecord
+from singer_sdk.mapper import SameRecordTransform
+from singer_sdk.sinks import Sink
+from singer_sdk.target_base import Target
+
+from target_lytics.client import LyticsClient, LyticsError, RetryPolicy
+from target_lytics.mapping import StreamMapping
+from target_lytics.sinks import LyticsSink
+
+if t.TYPE_CHECKING:
+    from singer_sdk.plugin_base import _ConfigInput
+
+#: Lytics' documented cap per request body.
+HARD_MAX_REQUEST_BYTES = 10_000_000
+DEFAULT_MAX_REQUEST_BYTES = 5_000_000
+
+#: The ``streams`` entries a user setting is merged over (by Singer stream name).
+DEFAULT_STREAMS: dict[str, dict[str, t.Any]] = {
+    "activity": {
+        "lytics_stream": "cordial_activity",
+        "fields": {
+            "cID": "cr_contact_id",
+            "first": "cr_first",
+            "_id": "cr_system_event_id",
+            "mcID": "cr_message_contact_id",
+            "message_name": "cr_message_name",
+            "message_sent": "cr_message_sent_timestamp",
+            "action": "cr_event_action",
+            "time": "cr_event_timestamp",
+        },
+        "timestamp_field": "cr_event_timestamp",
+    },
+}
+
+#: singer-sdk's record metadata columns, removed from records when add_record_metadata is off.
+_SDC_COLUMNS = frozenset(
+    {
+        "_sdc_extracted_at",
+        "_sdc_received_at",
+        "_sdc_batched_at",
+        "_sdc_deleted_at",
+        "_sdc_sequence",
+        "_sdc_table_version",
+        "_sdc_sync_started_at",
+    }
+)
+
+_STREAM_ENTRY = th.ObjectType(
+    th.Property(
+        "lytics_stream",
+        th.StringType,
+        description="Lytics stream to upload into (default: the Singer stream's name).",
+    ),
+    th.Property(
+        "fields",
+        th.ObjectType(additional_properties=th.StringType),
+        description=(
+            "Source field -> Lytics field. Only these fields are sent unless "
+            "include_unmapped_fields is true; without `fields` every field is sent as is."
+        ),
+    ),
+    th.Property(
+        "timestamp_field",
+        th.StringType,
+        description="Lytics field holding the event time (sent as ?timestamp_field=).",
+    ),
+    additional_properties=False,
+)
+
+
+class TargetLytics(Target):
+    """Singer target that uploads records into Lytics streams."""
+
+    name = "target-lytics"
+    default_sink_class = LyticsSink
+    # msgspec parses Singer lines several times faster than the default simplejson reader.
+    message_reader_class = MsgSpecReader
+
+    config_jsonschema = th.PropertiesList(
+        th.Property(
+            "api_token",
+            th.StringType,
+            required=True,
+            secret=True,
+            description="Lytics API token, sent as the Authorization header.",
+        ),
+        th.Property(
+            "api_url",
+            th.StringType,
+            default="https://api.lytics.io",
+            description="Lytics API base URL.",
+        ),
+        th.Property(
+            "streams",
+            th.ObjectType(additional_properties=_STREAM_ENTRY),
+            description=(
+                "Per Singer stream: {lytics_stream, fields: {source: lytics_field}, "
+                "timestamp_field}. Merged over the defaults by Singer stream name; the default "
+                "maps `activity` to `cordial_activity` with the Cordial fields (cID -> "
+                "cr_contact_id, ...). Streams not listed go to the Lytics stream of the same "
+                "name with their fields as they are."
+            ),
+        ),
+        th.Property(
+            "include_unmapped_fields",
+            th.BooleanType,
+            default=False,
+            description="For a mapped stream, also send the fields that have no mapping.",
+        ),
+        th.Property(
+            "dry_run",
+            th.BooleanType,
+            default=False,
+            description="Send dryrun=true: Lytics validates the events but stores nothing.",
+        ),
+        th.Property(
+            "max_request_bytes",
+            th.IntegerType(minimum=256, maximum=HARD_MAX_REQUEST_BYTES),
+            default=DEFAULT_MAX_REQUEST_BYTES,
+            description="Largest request body in bytes (at most 10,000,000).",
+        ),
+        th.Property(
+            "request_timeout_seconds",
+            th.NumberType(exclusive_minimum=0),
+            default=60,
+            description="Timeout of one upload request.",
+        ),
+        th.Property(
+            "max_retries",
+            th.IntegerType(minimum=0),
+            default=8,
+            description="Retries of a request after 429, 5xx, timeouts or connection errors.",
+        ),
+        th.Property(
+            "retry_initial_delay_seconds",
+            th.NumberType(minimum=0),
+            default=1,
+            description="Backoff before the first retry; doubles each retry (with jitter).",
+        ),
+        th.Property(
+            "retry_max_delay_seconds",
+            th.NumberType(minimum=0),
+            default=60,
+            description="Longest backoff between retries (Retry-After may ask for more).",
+        ),
+    ).to_dict()
+
+    #: Use the record fast path when a stream qualifies (see :meth:`_process_record_message`).
+    fast_path_enabled: t.ClassVar[bool] = True
+
+    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
+        """Check the settings the schema cannot express, then set up the client."""
+        super().__init__(*args, **kwargs)
+        max_bytes = int(self.config.get("max_request_bytes") or DEFAULT_MAX_REQUEST_BYTES)
+        if max_bytes > HARD_MAX_REQUEST_BYTES:
+            msg = (
+                f"max_request_bytes is {max_bytes}; Lytics accepts at most "
+                f"{HARD_MAX_REQUEST_BYTES} bytes per request."
+            )
+            raise ValueError(msg)
+        self.max_request_bytes = max_bytes
+        self.streams_config = self.merged_streams(self.config.get("streams"))
+        self._client: LyticsClient | None = None
+        # Sinks that take the fast path, by Singer stream name; rebuilt on each SCHEMA.
+        self._fast_sinks: dict[str, LyticsSink] = {}
+
+    @staticmethod
+    def merged_streams(user: t.Mapping[str, t.Any] | None) -> dict[str, dict[str, t.Any]]:
+        """The defaults with the user's entries laid over them, by Singer stream name."""
+        merged = copy.deepcopy(DEFAULT_STREAMS)
+        for name, entry in (user or {}).items():
+            merged[name] = dict(entry or {})
+        return merged
+
+    def stream_mapping(self, stream_name: str) -> StreamMapping:
+        """The resolved mapping of a Singer stream (pass-through when not configured)."""
+        return StreamMapping.from_setting(stream_name, self.streams_config.get(stream_name))
+
+    @property
+    def client(self) -> LyticsClient:
+        """The one Lytics client (one keep-alive session) shared by every sink."""
+        if self._client is None:
+            self._client = LyticsClient(
+                api_url=str(self.config.get("api_url") or "https://api.lytics.io"),
+                api_token=str(self.config["api_token"]),
+                timeout_seconds=float(self.config.get("request_timeout_seconds") or 60),
+                retry=RetryPolicy(
+                    max_retries=int(self.config.get("max_retries", 8)),
+                    base_delay_seconds=float(self.config.get("retry_initial_delay_seconds", 1)),
+                    max_delay_seconds=float(self.config.get("retry_max_delay_seconds", 60)),
+                ),
+            )
+        return self._client
+
+    # Record fast path ---------------------------------------------------------------------------
+
+    def _process_schema_message(self, message_dict: dict) -> None:
+        """Register the schema, then decide whether its stream may take the fast path."""
+        super()._process_schema_message(message_dict)
+        stream_name = message_dict["stream"]
+        self._fast_sinks.pop(stream_name, None)
+        sink = self._fast_path_sink(stream_name)
+        if sink is not None:
+            self._fast_sinks[stream_name] = sink
+
+    def _fast_path_sink(self, stream_name: str) -> LyticsSink | None:
+        """The sink when nothing between the message and the sink would change the record."""
+        if not self.fast_path_enabled:
+            return None
+        maps = self.mapper.stream_maps.get(stream_name) or []
+        if len(maps) != 1:
+            return None
+        stream_map = maps[0]
+        if (
+            type(stream_map) is not SameRecordTransform
+            or stream_map.stream_alias != stream_name
+            or (stream_map.flattening_options and stream_map.flattening_enabled)
+        ):
+            return None
+        sink = self._sinks_active.get(stream_name)
+        if (
+            not isinstance(sink, LyticsSink)
+            or sink.include_sdc_metadata_properties
+            or type(sink).preprocess_record is not Sink.preprocess_record
+        ):
+            return None
+        return sink
+
+    def _process_record_message(self, message_dict: dict) -> None:
+        """Process a RECORD, through the fast path when its stream qualifies.
+
+        Fast path, checked against singer-sdk 0.54.x (``Target._process_record_message``): for a
+        stream with no stream maps, no flattening and no record metadata, the SDK's per-record
+        work that changes nothing (record copy, identity transform, context, the
+        date-time-to-object parsing our mapping does itself, ``preprocess_record``, debug hook)
+        is skipped. Kept: line checks, removal of ``_sdc_*`` columns, validation, key-property
+        check, tallies, the record counter, draining a full sink and the max-record-age drain.
+        ``tests/test_target_fastpath.py`` checks both paths upload the same events.
+        """
+        stream_name: str = message_dict.get("stream", "")
+        sink = self._fast_sinks.get(stream_name)
+        if sink is None or self._sinks_active.get(stream_name) is not sink:
+            super()._process_record_message(message_dict)
+            return
+        self._assert_line_requires(message_dict, requires={"stream", "record"})
+        record = message_dict["record"]
+        if not _SDC_COLUMNS.isdisjoint(record):
+            sink._remove_sdc_metadata_from_record(record)
+        validator = sink._validator
+        if validator is not None:
+            try:
+                validator.validate(record)
+            except InvalidRecord:
+                sink.logger.exception("Record validation failed")
+                if sink.fail_on_record_validation_exception:
+                    raise
+        sink._singer_validate_message(record)
+        sink.tally_record_read()
+        sink.process_record(record, {})
+        sink.record_counter_metric.increment()
+        if sink.is_full:
+            self.logger.info(
+                "Target sink for '%s' is full. Current size is '%s'. Draining...",
+                sink.stream_name,
+                sink.current_size,
+            )
+            self.drain_one(sink)
+        self._handle_max_record_age()
+
+    # Connection check ---------------------------------------------------------------------------
+
+    def check_connection(self) -> list[str]:
+        """POST a sample event with ``dryrun=true`` to each configured Lytics stream.
+
+        Returns the Lytics streams checked; raises :class:`LyticsError` with what to fix.
+        """
+        streams = sorted({self.stream_mapping(name).lytics_stream for name in self.streams_config})
+        sample = b'[{"target_lytics_connection_check":true}]'
+        for lytics_stream in streams:
+            self.client.upload(lytics_stream, sample, dry_run=True, event_count=1)
+        return streams
+
+    @classmethod
+    def invoke(  # type: ignore[override]
+        cls,
+        *,
+        about: bool = False,
+        about_format: str | None = None,
+        config: _ConfigInput | None = None,
+        file_input: t.IO[str] | None = None,
+        test: bool = False,
+    ) -> None:
+        """Run the target, or with ``--test`` only check the connection and the token."""
+        if not test:
+            super().invoke(
+                about=about, about_format=about_format, config=config, file_input=file_input
+            )
+            return
+        if about:
+            cls.print_about(about_format)
+            sys.exit(0)
+        from singer_sdk.plugin_base import _ConfigInput
+
+        config = config or _ConfigInput()
+        target = cls(config=config.config, validate_config=True, parse_env_config=config.parse_env)
+        try:
+            streams = target.check_connection()
+        except LyticsError as exc:
+            target.logger.error("Connection check failed: %s", exc)
+            sys.exit(1)
+        target.logger.info(
+            "Connection check passed: Lytics accepted a dry-run upload to %s", ", ".join(streams)
+        )
+
+    @classmethod
+    def get_singer_command(cls) -> click.Command:
+        """The SDK's target command plus ``--test`` (a dry-run upload, nothing stored)."""
+        command = super().get_singer_command()
+        command.params.append(
+            click.Option(
+                ["--test"],
+                is_flag=True,
+                default=False,
+                help=(
+                    "Check the connection and api_token: POST a sample event with dryrun=true "
+                    "(Lytics stores nothing), then exit."
+                ),
+            )
+        )
+        return command
+
+
+if __name__ == "__main__":
+    TargetLytics.cli()

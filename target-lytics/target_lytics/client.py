@@ -1,0 +1,231 @@
+"""LyticsClient: uploads JSON array bodies to ``POST {api_url}/collect/json/{stream}``.
+
+One ``requests.Session`` (keep-alive) per client. The API token goes only into the
+``Authorization`` header (the raw token, as Lytics expects), never into a URL or a log line.
+429, 5xx, timeouts and connection errors are retried with exponential backoff and full jitter,
+honouring ``Retry-After``; 400/401/403/413 and ``rejected_count`` > 0 end the run with a message
+that says what to do.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+import requests
+
+from target_lytics import __version__
+
+logger = logging.getLogger(__name__)
+
+#: What to do about each status that ends the run.
+_FATAL_HINTS: dict[int, str] = {
+    400: "Lytics rejected the data as invalid; check the stream mapping and the record values",
+    401: "the token is invalid or missing: check api_token",
+    403: (
+        "the token lacks permission: check the token's role (it needs to write to streams) "
+        "and that this machine's IP address is in the account's IP allow-list"
+    ),
+    404: "no such endpoint: check api_url (e.g. https://api.lytics.io)",
+    413: "the request body is too large: lower max_request_bytes",
+}
+_RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504}) | frozenset(range(505, 600))
+
+
+class LyticsError(RuntimeError):
+    """An upload failed in a way that must end the run (no later STATE is emitted)."""
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """What Lytics reported for one accepted request."""
+
+    message_count: int
+    rejected_count: int
+    status: Any
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff settings; tests shrink the delays."""
+
+    max_retries: int = 8
+    base_delay_seconds: float = 1.0
+    max_delay_seconds: float = 60.0
+    #: Retry-After values above this are capped, so a bad header cannot stall the run for hours.
+    max_retry_after_seconds: float = 300.0
+
+    def backoff(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
+        """Full-jitter exponential delay before retry number ``attempt`` (1-based)."""
+        ceiling = min(self.max_delay_seconds, self.base_delay_seconds * (2 ** (attempt - 1)))
+        return ceiling * rng()
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def _error_message(response: requests.Response) -> str:
+    """The ``message`` (and ``request_id``) Lytics put in an error body, if any."""
+    try:
+        payload = response.json()
+    except ValueError:
+        text = response.text.strip()
+        return text[:200]
+    if not isinstance(payload, dict):
+        return ""
+    parts = []
+    if payload.get("message"):
+        parts.append(str(payload["message"]))
+    if payload.get("request_id"):
+        parts.append(f"request_id={payload['request_id']}")
+    return "; ".join(parts)
+
+
+class LyticsClient:
+    """Sends event batches to Lytics' collect API."""
+
+    def __init__(
+        self,
+        *,
+        api_url: str,
+        api_token: str,
+        timeout_seconds: float = 60.0,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        """Create a client with one keep-alive session."""
+        self.api_url = api_url.rstrip("/")
+        self.timeout_seconds = timeout_seconds
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self.session = requests.Session()
+        self.session.headers.update(
+            {
+                "Authorization": api_token,
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+                "User-Agent": f"target-lytics/{__version__}",
+            }
+        )
+        # Never pick up credentials from ~/.netrc or proxies' env by surprise; the header is ours.
+        self.session.trust_env = False
+
+    def close(self) -> None:
+        """Close the session's pooled connections."""
+        self.session.close()
+
+    def collect_url(self, stream: str) -> str:
+        """URL of the collect endpoint for a Lytics stream."""
+        return f"{self.api_url}/collect/json/{quote(stream, safe='')}"
+
+    def upload(
+        self,
+        stream: str,
+        body: bytes,
+        *,
+        timestamp_field: str | None = None,
+        dry_run: bool = False,
+        event_count: int | None = None,
+    ) -> UploadResult:
+        """POST one JSON array body; retry transient failures; raise :class:`LyticsError`."""
+        params: dict[str, str] = {}
+        if timestamp_field:
+            params["timestamp_field"] = timestamp_field
+        if dry_run:
+            params["dryrun"] = "true"
+        url = self.collect_url(stream)
+        what = f"upload of {event_count} events to Lytics stream '{stream}'"
+        attempt = 0
+        while True:
+            attempt += 1
+            problem: str
+            wait: float | None = None
+            try:
+                response = self.session.post(
+                    url, params=params, data=body, timeout=self.timeout_seconds
+                )
+            except requests.Timeout:
+                problem = f"timed out after {self.timeout_seconds}s"
+            except requests.ConnectionError as exc:
+                problem = f"connection error ({type(exc).__name__})"
+            else:
+                status = response.status_code
+                if 200 <= status < 300:
+                    return self._accepted(response, stream, event_count)
+                message = _error_message(response)
+                if status in _FATAL_HINTS or status not in _RETRYABLE_STATUSES:
+                    hint = _FATAL_HINTS.get(status, "unexpected response from Lytics")
+                    detail = f" ({message})" if message else ""
+                    raise LyticsError(f"{what} failed with HTTP {status}{detail}: {hint}.")
+                problem = f"HTTP {status}" + (f" ({message})" if message else "")
+                wait = parse_retry_after(response.headers.get("Retry-After"))
+            if attempt > self.retry.max_retries:
+                raise LyticsError(
+                    f"{what} failed after {attempt} attempts, last: {problem}. Lytics may be "
+                    "unavailable or rate limiting; try again later or raise max_retries."
+                )
+            delay = self.retry.backoff(attempt)
+            if wait is not None:
+                delay = max(delay, min(wait, self.retry.max_retry_after_seconds))
+            logger.warning(
+                "%s: %s; retry %d of %d in %.2fs",
+                what,
+                problem,
+                attempt,
+                self.retry.max_retries,
+                delay,
+            )
+            self._sleep(delay)
+
+    @staticmethod
+    def _accepted(
+        response: requests.Response, stream: str, event_count: int | None
+    ) -> UploadResult:
+        """Read a 2xx answer; rejected events end the run since they would be lost."""
+        try:
+            payload = orjson.loads(response.content) if response.content else {}
+        except orjson.JSONDecodeError:
+            payload = {}
+        data: Mapping[str, Any] = {}
+        if isinstance(payload, dict) and isinstance(payload.get("data"), dict):
+            data = payload["data"]
+        rejected = _as_int(data.get("rejected_count"))
+        count = _as_int(data.get("message_count"))
+        status = payload.get("status") if isinstance(payload, dict) else None
+        if rejected > 0:
+            raise LyticsError(
+                f"Lytics rejected {rejected} of {count or event_count} events sent to stream "
+                f"'{stream}' (accepted {max(count - rejected, 0)}); the rejected events would "
+                "be lost, so the run stops without advancing the state. Check the events' "
+                "fields and the stream's schema in Lytics."
+            )
+        return UploadResult(message_count=count, rejected_count=rejected, status=status)
+
+
+def _as_int(value: Any) -> int:
+    """Counts may come as numbers or numeric strings."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
