@@ -1,0 +1,254 @@
+"""CordialClient: the few Cordial v2 calls the tap makes, with retries and clear errors."""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+#: Job statuses that mean "still running" (anything else but Done/Failed is treated alike).
+RUNNING_STATUSES = frozenset({"Scheduled", "Pending", "Processing", "Throttled"})
+_AUTH_HINT = (
+    " Check the Cordial API key (`api_key`) and that this machine's public IP address is in the"
+    " key's IP allow-list, and that the key may call this endpoint."
+)
+
+
+class CordialError(Exception):
+    """A Cordial call or export job that failed; the message says what and why."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, job_id: str | None = None
+    ) -> None:
+        """Keep the HTTP status and job id next to the message."""
+        super().__init__(message)
+        self.status = status
+        self.job_id = job_id
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry 429, 5xx and connection errors."""
+
+    max_retries: int = 8
+    backoff_seconds: float = 1.0
+    max_backoff_seconds: float = 60.0
+
+    def backoff(self, attempt: int) -> float:
+        """Exponential backoff with jitter (half fixed, half random) for retry ``attempt`` >= 1."""
+        ceiling = min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (attempt - 1))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """``Retry-After`` as seconds: a number or an HTTP date; ``None`` when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def cordial_message(response: requests.Response) -> str:
+    """What Cordial said in an error body: ``message``, a string ``error``, or the raw text."""
+    try:
+        body = response.json()
+    except ValueError:
+        text = response.text.strip()
+        return text[:500] if text else response.reason or "no message"
+    if isinstance(body, Mapping):
+        parts = []
+        if isinstance(body.get("message"), str):
+            parts.append(body["message"])
+        elif isinstance(body.get("error"), str):
+            parts.append(body["error"])
+        if isinstance(body.get("errorKey"), str):
+            parts.append(f"({body['errorKey']})")
+        if parts:
+            return " ".join(parts)
+    return str(body)[:500]
+
+
+class CordialClient:
+    """Cordial v2 API over ``requests``; Basic auth with the key as user name, empty password."""
+
+    def __init__(
+        self,
+        api_url: str,
+        api_key: str,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout_seconds: float = 60.0,
+        logger: logging.Logger | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        """Prepare a session; nothing is sent yet."""
+        self.api_url = api_url.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self.timeout_seconds = timeout_seconds
+        self.logger = logger or logging.getLogger(__name__)
+        self.sleep = sleep
+        self.session = requests.Session()
+        # The key travels only in the Authorization header, never in a URL or a log line.
+        self.session.auth = (api_key, "")
+        self.session.headers["Accept"] = "application/json"
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self.session.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        what: str,
+        job_id: str | None = None,
+    ) -> Any:
+        """Send one call with retries; return the decoded JSON body or raise :class:`CordialError`.
+
+        ``what`` names the call in messages (e.g. "creating the export job").
+        """
+        url = f"{self.api_url}/{path.lstrip('/')}"
+        job = f" (job {job_id})" if job_id else ""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self.session.request(
+                    method, url, json=json_body, timeout=self.timeout_seconds
+                )
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if attempt > self.retry.max_retries:
+                    raise CordialError(
+                        f"Cordial API unreachable while {what}{job}: {method} {url} failed "
+                        f"{attempt} times, last with {type(exc).__name__}.",
+                        job_id=job_id,
+                    ) from None
+                delay = self.retry.backoff(attempt)
+                self.logger.warning(
+                    "Cordial %s %s: %s; retry %d/%d in %.1fs",
+                    method, path, type(exc).__name__, attempt, self.retry.max_retries, delay,
+                )
+                self.sleep(delay)
+                continue
+            status = response.status_code
+            if status < 400:
+                try:
+                    return response.json()
+                except ValueError:
+                    raise CordialError(
+                        f"Cordial answered {what}{job} with HTTP {status} but a body that is not "
+                        f"JSON: {response.text[:200]!r}",
+                        status=status,
+                        job_id=job_id,
+                    ) from None
+            retryable = status == 429 or status >= 500
+            if retryable and attempt <= self.retry.max_retries:
+                delay = self.retry.backoff(attempt)
+                if status == 429:
+                    # Cordial says when to come back; the backoff only covers a missing header.
+                    delay = retry_after_seconds(response.headers.get("Retry-After")) or delay
+                self.logger.warning(
+                    "Cordial %s %s: HTTP %d (%s); retry %d/%d in %.1fs",
+                    method, path, status, cordial_message(response), attempt,
+                    self.retry.max_retries, delay,
+                )
+                self.sleep(delay)
+                continue
+            message = (
+                f"Cordial API error while {what}{job}: HTTP {status} from {method} {url}: "
+                f"{cordial_message(response)}."
+            )
+            if retryable:
+                message += f" Gave up after {attempt} attempts."
+            if status in {401, 403}:
+                message += _AUTH_HINT
+            raise CordialError(message, status=status, job_id=job_id)
+
+    def health(self) -> Any:
+        """``GET /health``: a cheap check of the URL, the key and its IP allow-list."""
+        return self.request("GET", "health", what="checking /health")
+
+    def create_export(self, body: Mapping[str, Any]) -> str:
+        """``POST /contactactivityexport``; return the job id."""
+        answer = self.request(
+            "POST", "contactactivityexport", json_body=body,
+            what=f"creating the export job {body.get('name')!r}",
+        )
+        job_id = answer.get("jobId") if isinstance(answer, Mapping) else None
+        if not job_id:
+            raise CordialError(
+                f"Cordial accepted the export {body.get('name')!r} but returned no jobId: "
+                f"{str(answer)[:200]}"
+            )
+        return str(job_id)
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        """``GET /jobs/{jobId}``."""
+        answer = self.request("GET", f"jobs/{job_id}", what="polling", job_id=job_id)
+        if not isinstance(answer, dict):
+            raise CordialError(f"Cordial job {job_id}: unexpected answer {str(answer)[:200]}")
+        return answer
+
+    def wait_for_job(
+        self,
+        job_id: str,
+        *,
+        poll_interval_seconds: float,
+        timeout_seconds: float,
+    ) -> dict[str, Any]:
+        """Poll until the job is ``Done``; raise :class:`CordialError` on ``Failed`` or timeout."""
+        deadline = time.monotonic() + timeout_seconds
+        last_progress: tuple[Any, Any, Any] | None = None
+        while True:
+            job = self.get_job(job_id)
+            status = job.get("status")
+            progress = (status, job.get("completedItems"), job.get("totalItems"))
+            if progress != last_progress:
+                self.logger.info(
+                    "Cordial job %s: %s, %s of %s items",
+                    job_id, status, job.get("completedItems", "?"), job.get("totalItems", "?"),
+                )
+                last_progress = progress
+            if status == "Done":
+                return job
+            if status == "Failed":
+                raise CordialError(
+                    f"Cordial export job {job_id} failed: {job_result_message(job)}",
+                    job_id=job_id,
+                )
+            if status not in RUNNING_STATUSES:
+                self.logger.warning("Cordial job %s has unknown status %r", job_id, status)
+            if time.monotonic() + poll_interval_seconds > deadline:
+                raise CordialError(
+                    f"Cordial export job {job_id} did not finish within {timeout_seconds:g}s "
+                    f"(`job_timeout_seconds`); last status {status!r}, "
+                    f"{job.get('completedItems', '?')} of {job.get('totalItems', '?')} items.",
+                    job_id=job_id,
+                )
+            self.sleep(poll_interval_seconds)
+
+
+def job_result_message(job: Mapping[str, Any]) -> str:
+    """What Cordial said about a failed job (its ``result``), as text."""
+    result = job.get("result")
+    if isinstance(result, Mapping):
+        for key in ("message", "error", "errors", "reason"):
+            if result.get(key):
+                return str(result[key])
+        return str(dict(result)) if result else "no result message"
+    return str(result) if result else "no result message"
