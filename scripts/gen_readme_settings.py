@@ -1,0 +1,133 @@
+"""Keep the README's settings tables in step with the plugins' own `--about --format=markdown`.
+
+Usage: `python scripts/gen_readme_settings.py` rewrites README.md between the markers
+`<!-- BEGIN GENERATED: <plugin> -->` and `<!-- END GENERATED: <plugin> -->`;
+`--check` only compares and exits 1 when the README is stale (tests/test_readme.py runs the same).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+PLUGINS = ("tap-cordial-activity", "target-lytics")
+
+
+def _executable(plugin: str) -> str:
+    """Find the plugin's console script, preferring the one beside the running Python (.venv)."""
+    beside = Path(sys.executable).parent / plugin
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(plugin)
+    if found is None:
+        raise RuntimeError(f"{plugin} is not installed: run 'source scripts/bootstrap.sh' first")
+    return found
+
+
+def about_markdown(plugin: str) -> str:
+    """Return what `<plugin> --about --format=markdown` prints."""
+    result = subprocess.run(
+        [_executable(plugin), "--about", "--format=markdown"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{plugin} --about failed ({result.returncode}):\n{result.stderr}")
+    return result.stdout
+
+
+def _section(markdown: str, heading: str) -> list[str]:
+    """Lines under a `## heading` of the --about output, up to the next heading."""
+    lines = markdown.splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == f"## {heading}")
+    except StopIteration:
+        raise RuntimeError(f"--about output has no '## {heading}' section") from None
+    body: list[str] = []
+    for line in lines[start + 1 :]:
+        if line.startswith("#"):
+            break
+        body.append(line)
+    return body
+
+
+def settings_block(plugin: str, markdown: str) -> str:
+    """The generated README text for one plugin: capabilities and the settings table."""
+    capabilities = [
+        line.strip()[2:] for line in _section(markdown, "Capabilities") if line.startswith("- ")
+    ]
+    # The table only: the --about text after it points at `--about`, which the README says itself.
+    table = [line for line in _section(markdown, "Settings") if line.startswith("|")]
+    if not table:
+        raise RuntimeError(f"{plugin} --about printed no settings table")
+    return "\n".join(
+        [
+            f"Capabilities: {', '.join(capabilities)}.",
+            "",
+            *table,
+        ]
+    )
+
+
+def _markers(plugin: str) -> tuple[str, str]:
+    return (
+        f"<!-- BEGIN GENERATED: {plugin} --about --format=markdown -->",
+        f"<!-- END GENERATED: {plugin} -->",
+    )
+
+
+def render(readme: str, blocks: dict[str, str]) -> str:
+    """Return the README text with each plugin's block replaced between its markers."""
+    for plugin, block in blocks.items():
+        begin, end = _markers(plugin)
+        pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+        match = pattern.search(readme)
+        if match is None:
+            raise RuntimeError(f"README.md lacks the markers for {plugin}: {begin} ... {end}")
+        readme = f"{readme[: match.start()]}{begin}\n{block}\n{end}{readme[match.end() :]}"
+    return readme
+
+
+def expected_readme() -> tuple[str, str]:
+    """Return (current README text, the README text with freshly generated tables)."""
+    current = README.read_text(encoding="utf-8")
+    blocks = {plugin: settings_block(plugin, about_markdown(plugin)) for plugin in PLUGINS}
+    return current, render(current, blocks)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite README.md, or with --check report whether it is stale."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if README.md is stale")
+    args = parser.parse_args(argv)
+    current, wanted = expected_readme()
+    if current == wanted:
+        print("README.md settings tables are up to date")
+        return 0
+    if args.check:
+        sys.stdout.writelines(
+            difflib.unified_diff(
+                current.splitlines(keepends=True),
+                wanted.splitlines(keepends=True),
+                "README.md",
+                "README.md (generated)",
+            )
+        )
+        print("README.md is stale: run 'python scripts/gen_readme_settings.py'", file=sys.stderr)
+        return 1
+    README.write_text(wanted, encoding="utf-8")
+    print("README.md settings tables regenerated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""End to end through the real `meltano` CLI, against the sandbox (real OpenSSH sftp).
+
+Meltano runs in a temporary copy of the project (its own `.meltano/` plugin venvs, installed once
+per session), and every test gets its own system database, so the developer's `.meltano/` is never
+touched and no test sees another's state. The sandbox's settings reach the plugins the way
+production credentials do: through Meltano's `TAP_CORDIAL_ACTIVITY_*` / `TARGET_LYTICS_*` variables.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.meltano
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+MELTANO = BIN / "meltano"
+STATE_ID = "sandbox:tap-cordial-activity-to-target-lytics"
+LYTICS_STREAM = "cordial_activity"
+# Actions that the tap's default `actions` setting does not export (reserved, but not listed).
+UNEXPORTED_ACTIONS = {"pageview", "message-stopped"}
+SECRET_SETTINGS = ("api_key", "sftp_password", "sftp_private_key", "sftp_private_key_passphrase")
+PLUGIN_ENV_PREFIXES = ("TAP_CORDIAL_ACTIVITY_", "TARGET_LYTICS_", "TARGET_JSONL_", "MELTANO_")
+COPY_IGNORE = shutil.ignore_patterns(
+    "__pycache__", "*.egg-info", "build", "dist", ".pytest_cache", ".mypy_cache", ".ruff_cache"
+)
+
+
+def _base_env() -> dict[str, str]:
+    """The caller's environment without anything that would configure Meltano or the plugins."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(PLUGIN_ENV_PREFIXES)}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["MELTANO_SEND_ANONYMOUS_USAGE_STATS"] = "false"
+    return env
+
+
+def _setting_env(prefix: str, config: Mapping[str, Any]) -> dict[str, str]:
+    """Meltano's env-var form of a plugin config: PREFIX_<SETTING>, JSON for non-strings."""
+    return {
+        f"{prefix}_{key.upper()}": value if isinstance(value, str) else json.dumps(value)
+        for key, value in config.items()
+        if value is not None
+    }
+
+
+@dataclass
+class Meltano:
+    """The project copy plus one test's system database and sandbox settings."""
+
+    project: Path
+    env: dict[str, str]
+    secrets: list[str]
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run `meltano ARGS` in the project copy; fail with its output when it fails."""
+        result = subprocess.run(
+            [str(MELTANO), *args],
+            cwd=self.project,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        output = result.stdout + result.stderr
+        leaked = [i for i, s in enumerate(self.secrets) if s in output]
+        assert not leaked, f"meltano {' '.join(args)} printed secret #{leaked}"
+        if check:
+            assert result.returncode == 0, (
+                f"meltano {' '.join(args)} exited {result.returncode}\n{output[-6000:]}"
+            )
+        return result
+
+    def state(self, state_id: str = STATE_ID) -> dict[str, Any]:
+        """The Singer state Meltano stored for a pipeline."""
+        stored = json.loads(self("state", "get", state_id).stdout)
+        return stored["singer_state"]
+
+
+@pytest.fixture(scope="session")
+def meltano_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project with its plugins installed by `meltano install` (once, ~10 s)."""
+    assert MELTANO.exists(), f"meltano is not installed in {BIN}: run scripts/bootstrap.sh"
+    project = tmp_path_factory.mktemp("meltano-project")
+    shutil.copy2(ROOT / "meltano.yml", project / "meltano.yml")
+    for plugin in ("tap-cordial-activity", "target-lytics"):
+        shutil.copytree(ROOT / plugin, project / plugin, ignore=COPY_IGNORE)
+    env = _base_env()
+    env["MELTANO_DATABASE_URI"] = f"sqlite:///{project / 'install.db'}"
+    result = subprocess.run(
+        [str(MELTANO), "install"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, f"meltano install failed\n{result.stdout}{result.stderr}"
+    return project
+
+
+@pytest.fixture
+def meltano(meltano_project: Path, sandbox: Any, tmp_path: Path) -> Meltano:
+    """Meltano wired to this test's sandbox, with a fresh system database."""
+    tap_config = sandbox.tap_config()
+    target_config = sandbox.target_config()
+    env = _base_env()
+    env["MELTANO_DATABASE_URI"] = f"sqlite:///{tmp_path / 'meltano.db'}"
+    env.update(_setting_env("TAP_CORDIAL_ACTIVITY", tap_config))
+    env.update(_setting_env("TARGET_LYTICS", target_config))
+    env["TARGET_JSONL_DESTINATION_PATH"] = str(tmp_path / "jsonl")
+    found = [str(tap_config[k]) for k in SECRET_SETTINGS if tap_config.get(k)]
+    found.append(str(target_config["api_token"]))
+    return Meltano(project=meltano_project, env=env, secrets=found)
+
+
+def _exported(events: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The raw Cordial events the tap's default settings export, by `_id`."""
+    return {e["_id"]: e for e in events if e["action"] not in UNEXPORTED_ACTIONS}
+
+
+def _rfc3339_z(cordial_time: str) -> str:
+    """Cordial's `2017-03-13T22:48:40+0000` as the target sends it: RFC 3339 UTC with `Z`."""
+    parsed = dt.datetime.strptime(cordial_time, "%Y-%m-%dT%H:%M:%S%z").astimezone(dt.UTC)
+    return parsed.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _same_instant(a: str, b: str) -> bool:
+    return dt.datetime.fromisoformat(a) == dt.datetime.fromisoformat(b)
+
+
+def _assert_mapped(received: dict[str, Any], raw: dict[str, Any]) -> None:
+    """A Lytics event is the default mapping of its raw Cordial event."""
+    assert received["cr_system_event_id"] == raw["_id"]
+    assert received["cr_contact_id"] == raw["cID"]
+    assert received["cr_event_action"] == raw["action"]
+    assert received["cr_event_timestamp"].endswith("Z")
+    assert _same_instant(received["cr_event_timestamp"], _rfc3339_z(raw["time"]))
+    if raw.get("mcID") is not None:
+        assert received["cr_message_contact_id"] == raw["mcID"]
+    if raw.get("message_name") is not None:
+        assert received["cr_message_name"] == raw["message_name"]
+    if raw.get("first") is not None:
+        assert received["cr_first"] is bool(raw["first"] in (True, 1, "1", "true"))
+    # Only mapped fields are sent by default (include_unmapped_fields is false).
+    assert set(received) <= {
+        "cr_contact_id",
+        "cr_first",
+        "cr_system_event_id",
+        "cr_message_contact_id",
+        "cr_message_name",
+        "cr_message_sent_timestamp",
+        "cr_event_action",
+        "cr_event_timestamp",
+    }
+
+
+def _bookmark(state: dict[str, Any]) -> str:
+    activity = state["bookmarks"]["activity"]
+    assert activity["replication_key"] == "time"
+    return str(activity["replication_key_value"])
+
+
+def _new_events_after(bookmark: str, template: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fresh Cordial events timed strictly after the bookmark, at a whole second already past.
+
+    The bookmark is the previous run's end, so anything timed after it and before the next run
+    starts belongs to the next run.
+    """
+    after = dt.datetime.fromisoformat(bookmark).astimezone(dt.UTC)
+    when = dt.datetime.fromtimestamp(math.floor(after.timestamp()) + 1, dt.UTC)
+    wait = when.timestamp() - time.time()
+    if wait > 0:
+        time.sleep(wait + 0.01)  # at most one second: the next run must end after these events
+    stamp = when.strftime("%Y-%m-%dT%H:%M:%S+0000")
+    return [{**event, "_id": secrets.token_hex(12), "time": stamp} for event in template]
+
+
+def test_first_run_lands_every_generated_event_in_lytics_mapped(meltano, sandbox):
+    expected = _exported(sandbox.cordial.events)
+    assert expected, "the sandbox generated no exportable events"
+
+    meltano("--environment=sandbox", "run", "cordial-activity-to-lytics")
+
+    received = sandbox.lytics.events[LYTICS_STREAM]
+    ids = [e["cr_system_event_id"] for e in received]
+    assert len(ids) == len(set(ids)), "an event arrived twice"
+    assert set(ids) == set(expected)
+    for event in received:
+        _assert_mapped(event, expected[event["cr_system_event_id"]])
+    # Lytics was told which field holds the event time.
+    assert all(r.query.get("timestamp_field") for r in sandbox.lytics.requests)
+
+    bookmark = _bookmark(meltano.state())
+    latest = max(dt.datetime.fromisoformat(_rfc3339_z(e["time"])) for e in expected.values())
+    assert dt.datetime.fromisoformat(bookmark) >= latest
+
+
+def test_second_run_delivers_only_new_events_from_meltano_state(meltano, sandbox):
+    meltano("--environment=sandbox", "run", "tap-cordial-activity", "target-lytics")
+    first = list(sandbox.lytics.events[LYTICS_STREAM])
+    first_bookmark = _bookmark(meltano.state())
+    exports_before = len(sandbox.cordial.exports)
+
+    template = list(_exported(sandbox.cordial.events).values())[:25]
+    added = _new_events_after(first_bookmark, template)
+    sandbox.cordial.add_events(added)
+
+    meltano("--environment=sandbox", "run", "tap-cordial-activity", "target-lytics")
+    received = sandbox.lytics.events[LYTICS_STREAM]
+    assert received[: len(first)] == first
+    new = received[len(first) :]
+    assert sorted(e["cr_system_event_id"] for e in new) == sorted(e["_id"] for e in added)
+    for event, raw in zip(
+        sorted(new, key=lambda e: e["cr_system_event_id"]),
+        sorted(added, key=lambda e: e["_id"]),
+        strict=True,
+    ):
+        _assert_mapped(event, raw)
+
+    # The second run started from the stored bookmark, not from start_date.
+    second_exports = sandbox.cordial.exports[exports_before:]
+    assert second_exports
+    assert _same_instant(
+        second_exports[0]["selected_timeframe_start"].replace("Z", "+00:00"), first_bookmark
+    )
+    assert dt.datetime.fromisoformat(_bookmark(meltano.state())) > dt.datetime.fromisoformat(
+        first_bookmark
+    )
+    listed = meltano("--environment=sandbox", "state", "list").stdout
+    assert STATE_ID in listed
+
+
+def test_target_jsonl_writes_the_same_events(meltano, sandbox, tmp_path):
+    meltano("--environment=sandbox", "run", "tap-cordial-activity", "target-lytics")
+    meltano("--environment=sandbox", "run", "tap-cordial-activity", "target-jsonl")
+
+    files = sorted((tmp_path / "jsonl").glob("activity*.jsonl"))
+    assert files, "target-jsonl wrote no activity file"
+    records = [json.loads(line) for f in files for line in f.read_text("utf-8").splitlines()]
+    by_id = {r["_id"]: r for r in records}
+    assert len(by_id) == len(records), "a record was written twice"
+    assert set(by_id) == set(_exported(sandbox.cordial.events))
+    lytics = {e["cr_system_event_id"]: e for e in sandbox.lytics.events[LYTICS_STREAM]}
+    assert set(lytics) == set(by_id)
+    for event_id, record in by_id.items():
+        assert record["cID"] == lytics[event_id]["cr_contact_id"]
+        assert _same_instant(record["time"], lytics[event_id]["cr_event_timestamp"])
+    # Each loader keeps its own bookmark.
+    assert _bookmark(meltano.state("sandbox:tap-cordial-activity-to-target-jsonl"))
+
+
+def test_schedule_list_shows_the_six_hour_schedule(meltano):
+    listed = json.loads(meltano("schedule", "list", "--format=json").stdout)
+    schedules = listed["schedules"]["job"]
+    [schedule] = [s for s in schedules if s["job"]["name"] == "cordial-activity-to-lytics"]
+    assert schedule["cron_interval"] == "0 */6 * * *"
+    assert schedule["job"]["tasks"] == ["tap-cordial-activity target-lytics"]
+    text = meltano("schedule", "list").stdout
+    assert "[0 */6 * * *]" in text
+
+
+def test_config_list_redacts_secrets(meltano):
+    result = meltano("--environment=sandbox", "config", "list", "tap-cordial-activity")
+    lines = {
+        line.split(" ", 1)[0]: line for line in result.stdout.splitlines() if line[:1].isalpha()
+    }
+    for name in ("api_key", "sftp_password"):
+        assert name in lines, f"{name} not listed"
+        assert "(redacted)" in lines[name], lines[name]
+    # The __call__ helper has already checked that no secret value was printed.
+    target = meltano("--environment=sandbox", "config", "list", "target-lytics").stdout
+    token_lines = [line for line in target.splitlines() if line.startswith("api_token ")]
+    assert token_lines, "api_token not listed"
+    assert all("(redacted)" in line for line in token_lines), token_lines
+    assert not (meltano.project / ".env").exists(), "secrets were written to .env"

@@ -1,0 +1,54 @@
+"""The README stays in step with the plugins and keeps the two commands it promises."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+
+
+def _generator() -> ModuleType:
+    """Import scripts/gen_readme_settings.py (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "gen_readme_settings", ROOT / "scripts" / "gen_readme_settings.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_settings_tables_match_the_plugins_about_output():
+    current, wanted = _generator().expected_readme()
+    assert current == wanted, (
+        "README.md settings tables are stale: run 'python scripts/gen_readme_settings.py'"
+    )
+
+
+def test_settings_tables_name_every_setting_of_both_plugins():
+    gen = _generator()
+    text = README.read_text(encoding="utf-8")
+    for plugin, must_have in {
+        "tap-cordial-activity": ("api_key", "sftp_host_key", "export_window_hours"),
+        "target-lytics": ("api_token", "streams", "max_request_bytes"),
+    }.items():
+        begin, end = gen._markers(plugin)
+        block = text[text.index(begin) : text.index(end)]
+        rows = {m.group(1) for m in re.finditer(r"^\| *([a-z_.]+) *\|", block, re.MULTILINE)}
+        assert set(must_have) <= rows, f"{plugin}: {set(must_have) - rows} missing from README"
+
+
+def test_readme_gives_exactly_the_two_commands_and_the_placeholders():
+    text = README.read_text(encoding="utf-8")
+    quick_start = text[text.index("## Try it") : text.index("## The Meltano project")]
+    commands = re.findall(r"^bash (\S+)", quick_start, re.MULTILINE)
+    assert commands == ["scripts/demo.sh", "scripts/test.sh"]
+    for script in commands:
+        assert (ROOT / script).is_file(), script
+    for marker in ("<!-- PERFORMANCE -->", "<!-- RELIABILITY -->"):
+        assert marker in text
