@@ -1,0 +1,277 @@
+"""Lytics API stand-in: ``POST /collect/json/{stream}``.
+
+Faithful to ../shared/reference/lytics-api.md: the raw token in ``Authorization`` (401
+otherwise), a JSON object or array body, ``dryrun`` (validate, store nothing), ``timestamp_field``
+recorded, 413 above 10,000,000 bytes, events holding an array of objects refused and counted in
+``rejected_count``, answers in Lytics' envelope ``{"status", "message", "data"}`` and errors as
+``{"status", "message", "request_id"}``.
+
+Accepted events are kept compactly: each request body is kept once as bytes (with the positions of
+the refused events) and decoded only when read. ``count_only=True`` keeps counts alone, for
+benchmarks.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from sandbox.httpbase import Fault, HttpStandIn, Request, Response
+
+DEFAULT_TOKEN = "sandbox-lytics-token"  # noqa: S105 - the sandbox default, not a real secret
+#: Lytics' documented cap per request body.
+MAX_BODY_BYTES = 10_000_000
+_COLLECT_PREFIX = "/collect/json/"
+# An array whose first element is an object. A body without it beyond the outer array cannot hold
+# an event with an array of objects, so the exact per-event check is skipped for most bodies.
+_ARRAY_OF_OBJECTS = re.compile(rb"\[\s*\{")
+_TRUE = {"true", "1", "yes"}
+
+
+@dataclass
+class RequestRecord:
+    """One ``POST /collect/json/{stream}`` as received and answered."""
+
+    stream: str
+    query: dict[str, str]
+    body: bytes
+    status: int
+    message_count: int = 0
+    rejected_count: int = 0
+    dryrun: bool = False
+    timestamp_field: str | None = None
+
+
+@dataclass
+class _Chunk:
+    """The accepted events of one request: its body and the positions refused in it."""
+
+    body: bytes
+    rejected: frozenset[int] = field(default_factory=frozenset)
+
+    def decode(self) -> list[dict[str, Any]]:
+        data = orjson.loads(self.body)
+        items = data if isinstance(data, list) else [data]
+        return [e for i, e in enumerate(items) if i not in self.rejected]
+
+
+class StreamEvents(Mapping[str, list[dict[str, Any]]]):
+    """Read-only view ``stream -> accepted events``, decoded on access."""
+
+    def __init__(self, owner: LyticsStandIn) -> None:
+        self._owner = owner
+
+    def __getitem__(self, stream: str) -> list[dict[str, Any]]:
+        """The accepted events of ``stream``, in arrival order."""
+        with self._owner._lock:
+            chunks = list(self._owner._chunks[stream])
+        return [event for chunk in chunks for event in chunk.decode()]
+
+    def __iter__(self) -> Iterator[str]:
+        """Stream names that received events."""
+        with self._owner._lock:
+            return iter(list(self._owner._chunks))
+
+    def __len__(self) -> int:
+        """Number of streams that received events."""
+        return len(self._owner._chunks)
+
+
+def holds_array_of_objects(value: Any) -> bool:
+    """True when ``value`` (an event's field) contains a list holding an object, at any depth."""
+    if isinstance(value, dict):
+        return any(holds_array_of_objects(v) for v in value.values())
+    if isinstance(value, list):
+        return any(isinstance(v, dict) or holds_array_of_objects(v) for v in value)
+    return False
+
+
+class LyticsStandIn(HttpStandIn):
+    """The Lytics collect API (see docs/design.md, "sandbox.lytics")."""
+
+    # Bodies above the cap are drained unread (see httpbase) and answered 413.
+    max_body_bytes = MAX_BODY_BYTES
+
+    def __init__(self, *, token: str = DEFAULT_TOKEN, count_only: bool = False) -> None:
+        """``count_only`` keeps per-stream counts only (no events, no request bodies)."""
+        super().__init__()
+        self.token = token
+        self.count_only = count_only
+        self.requests: list[RequestRecord] = []
+        #: Accepted events per stream (kept in count_only mode too).
+        self.counts: dict[str, int] = {}
+        self.rejected: dict[str, int] = {}
+        self._chunks: dict[str, list[_Chunk]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        """The target's ``api_url``: ``http://127.0.0.1:PORT``."""
+        return self.base_url
+
+    @property
+    def events(self) -> StreamEvents:
+        """Accepted events per stream, decoded on access."""
+        return StreamEvents(self)
+
+    def reset(self) -> None:
+        """Forget every event, request and queued fault."""
+        with self._lock:
+            self.requests.clear()
+            self.counts.clear()
+            self.rejected.clear()
+            self._chunks.clear()
+        self.clear_faults()
+
+    def total(self) -> int:
+        """Accepted events over all streams."""
+        with self._lock:
+            return sum(self.counts.values())
+
+    # -- HTTP -------------------------------------------------------------------------------
+    def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+        """Lytics' error shape, with a request id."""
+        payload = {"status": status, "message": message, "request_id": secrets.token_hex(8)}
+        return Response.json(status, payload, headers)
+
+    def route(self, request: Request) -> Response:
+        """Answer one API request."""
+        if not request.path.startswith(_COLLECT_PREFIX):
+            return self.error(404, f"not found: {request.path}")
+        if request.method != "POST":
+            return self.error(405, f"method not allowed: {request.method}")
+        stream = request.path.removeprefix(_COLLECT_PREFIX).strip("/")
+        query = request.query
+        record = RequestRecord(
+            stream=stream,
+            query=dict(query),
+            body=b"" if self.count_only else request.body,
+            status=0,
+            dryrun=query.get("dryrun", "").lower() in _TRUE,
+            timestamp_field=query.get("timestamp_field") or None,
+        )
+        response = self._collect(request, record)
+        record.status = response.status
+        with self._lock:
+            self.requests.append(record)
+        return response
+
+    def _collect(self, request: Request, record: RequestRecord) -> Response:
+        token = request.header("Authorization")
+        if not token or not secrets.compare_digest(token.encode(), self.token.encode()):
+            return self.error(401, "Unauthorized: the API token is missing or invalid")
+        if request.too_large:
+            return self.error(
+                413,
+                f"Request entity too large: {request.content_length} bytes, "
+                f"the limit is {MAX_BODY_BYTES} bytes",
+            )
+        if not record.stream or "/" in record.stream:
+            return self.error(400, f"invalid stream name {record.stream!r}")
+        try:
+            data = orjson.loads(request.body)
+        except orjson.JSONDecodeError as exc:
+            return self.error(400, f"invalid JSON body: {exc}")
+        if isinstance(data, dict):
+            items: list[Any] = [data]
+        elif isinstance(data, list):
+            items = data
+        else:
+            return self.error(400, "the body must be a JSON object or an array of objects")
+        rejected = self._rejected_positions(request.body, items)
+        record.message_count = len(items)
+        record.rejected_count = len(rejected)
+        accepted = len(items) - len(rejected)
+        if not record.dryrun:
+            with self._lock:
+                stream = record.stream
+                self.counts[stream] = self.counts.get(stream, 0) + accepted
+                if rejected:
+                    self.rejected[stream] = self.rejected.get(stream, 0) + len(rejected)
+                if not self.count_only and accepted:
+                    self._chunks.setdefault(stream, []).append(_Chunk(request.body, rejected))
+        data_out: dict[str, Any] = {
+            "message_count": len(items),
+            "rejected_count": len(rejected),
+            "dryrun": record.dryrun,
+            "stream": record.stream,
+        }
+        if record.timestamp_field:
+            data_out["timestamp_field"] = record.timestamp_field
+        if "filename" in request.query:
+            data_out["filename"] = request.query["filename"]
+        return Response.json(200, {"status": 200, "message": "success", "data": data_out})
+
+    @staticmethod
+    def _rejected_positions(body: bytes, items: list[Any]) -> frozenset[int]:
+        """Positions of events Lytics refuses: not an object, or holding an array of objects."""
+        first = body.lstrip()[:1]
+        inner_start = body.find(b"[") + 1 if first == b"[" else 0
+        suspicious = _ARRAY_OF_OBJECTS.search(body, inner_start) is not None
+        if not suspicious and all(type(item) is dict for item in items):
+            return frozenset()
+        return frozenset(
+            i
+            for i, item in enumerate(items)
+            if not isinstance(item, dict) or (suspicious and holds_array_of_objects(item))
+        )
+
+    # -- admin --------------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """Counts for the admin endpoint and the CLI."""
+        with self._lock:
+            return {
+                "url": self.url,
+                "streams": dict(self.counts),
+                "rejected": dict(self.rejected),
+                "requests": len(self.requests),
+                "statuses": _count([r.status for r in self.requests]),
+                "count_only": self.count_only,
+                "pending_faults": self.pending_faults(),
+            }
+
+    def admin(self, request: Request) -> Response:
+        """Admin under ``/_sandbox``: summary, events, reset, options, faults."""
+        path, method = request.path.removeprefix(self.ADMIN_PREFIX), request.method
+        try:
+            if path == "/summary" and method == "GET":
+                return Response.json(200, self.summary())
+            if path == "/events" and method == "GET":
+                stream = request.query["stream"]
+                events = self.events.get(stream, [])
+                limit = int(request.query.get("limit", len(events)))
+                return Response.json(
+                    200, {"stream": stream, "total": len(events), "events": events[:limit]}
+                )
+            if path == "/reset" and method == "POST":
+                self.reset()
+                return Response.json(200, self.summary())
+            if path == "/options" and method == "POST":
+                payload = orjson.loads(request.body or b"{}")
+                if set(payload) - {"count_only"}:
+                    raise KeyError(sorted(set(payload) - {"count_only"}))
+                self.count_only = bool(payload.get("count_only", self.count_only))
+                return Response.json(200, {"count_only": self.count_only})
+            if path == "/faults" and method == "POST":
+                payload = orjson.loads(request.body)
+                self.inject(payload["path_prefix"], *(Fault(**f) for f in payload["faults"]))
+                return Response.json(200, {"pending_faults": self.pending_faults()})
+            if path == "/faults" and method == "DELETE":
+                self.clear_faults()
+                return Response.json(200, {"pending_faults": 0})
+        except (KeyError, TypeError, ValueError) as exc:
+            return Response.json(400, {"error": f"bad admin request: {exc!r}"})
+        return Response.json(404, {"error": f"no admin endpoint {method} {request.path}"})
+
+
+def _count(values: list[int]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[str(value)] = counts.get(str(value), 0) + 1
+    return counts

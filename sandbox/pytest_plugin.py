@@ -1,0 +1,130 @@
+"""pytest fixtures for the sandbox: ``sftp_server``, ``cordial``, ``lytics`` and ``sandbox``.
+
+Load with ``pytest_plugins = ["sandbox.pytest_plugin"]``. The SFTP server is a real OpenSSH sshd
+started once per session (never the paramiko fallback, never skipped: a missing sshd is an error);
+the HTTP stand-ins are fresh for every test, and the export folder is emptied around each test.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox.cordial import CordialStandIn
+from sandbox.lytics import LyticsStandIn
+from sandbox.sftp import SftpServer, start_sftp_server
+
+#: Poll interval the tap gets in tests: jobs finish after a couple of polls.
+TEST_POLL_INTERVAL_SECONDS = 0.05
+
+
+def rfc3339(value: Any) -> str:
+    """``2024-01-01T00:00:00Z`` for a UTC datetime."""
+    return str(value.strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+def empty_folder(folder: Path) -> None:
+    """Delete everything inside ``folder`` (the folder itself stays)."""
+    for entry in folder.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+@dataclass
+class Sandbox:
+    """The three services wired together, with ready-made plugin configs."""
+
+    sftp: SftpServer
+    cordial: CordialStandIn
+    lytics: LyticsStandIn
+
+    def tap_config(self, **overrides: Any) -> dict[str, Any]:
+        """tap-cordial-activity settings for this sandbox; an override of None removes a key.
+
+        Both SFTP login methods are present (password and private key); remove one to test the
+        other. ``start_date`` is the start of the Cordial stand-in's default events.
+        """
+        config: dict[str, Any] = {
+            "api_key": self.cordial.api_key,
+            "api_url": self.cordial.url,
+            "sftp_host": self.sftp.host,
+            "sftp_port": self.sftp.port,
+            "sftp_username": self.sftp.username,
+            "sftp_path": self.sftp.sftp_path,
+            "sftp_password": self.sftp.password,
+            "sftp_private_key": self.sftp.private_key,
+            "sftp_host_key": self.sftp.host_key_line,
+            "poll_interval_seconds": TEST_POLL_INTERVAL_SECONDS,
+            "start_date": rfc3339(self.cordial.default_start),
+        }
+        return _merge(config, overrides)
+
+    def target_config(self, **overrides: Any) -> dict[str, Any]:
+        """target-lytics settings for this sandbox; an override of None removes a key."""
+        config: dict[str, Any] = {"api_token": self.lytics.token, "api_url": self.lytics.url}
+        return _merge(config, overrides)
+
+    def secrets(self) -> list[str]:
+        """Every secret value in play, for tests that grep output for leaks."""
+        key_body = [
+            line
+            for line in self.sftp.private_key.splitlines()
+            if line and not line.startswith("-----")
+        ]
+        return [
+            self.cordial.api_key,
+            self.lytics.token,
+            self.sftp.password,
+            *key_body,
+        ]
+
+
+def _merge(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    for key, value in overrides.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    return config
+
+
+@pytest.fixture(scope="session")
+def sftp_server() -> Iterator[SftpServer]:
+    """A real OpenSSH sshd for the whole session (RuntimeError, not a skip, when impossible)."""
+    server = start_sftp_server(allow_fallback=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def cordial(sftp_server: SftpServer) -> Iterator[CordialStandIn]:
+    """A fresh Cordial stand-in writing into the session's SFTP folder (emptied per test)."""
+    empty_folder(sftp_server.root)
+    stand_in = CordialStandIn(
+        sftp_root=sftp_server.root, sftp_path=sftp_server.sftp_path, sftp=sftp_server
+    )
+    with stand_in:
+        yield stand_in
+    empty_folder(sftp_server.root)
+
+
+@pytest.fixture
+def lytics() -> Iterator[LyticsStandIn]:
+    """A fresh Lytics stand-in."""
+    with LyticsStandIn() as stand_in:
+        yield stand_in
+
+
+@pytest.fixture
+def sandbox(sftp_server: SftpServer, cordial: CordialStandIn, lytics: LyticsStandIn) -> Sandbox:
+    """The three services plus ``tap_config()`` / ``target_config()``."""
+    return Sandbox(sftp=sftp_server, cordial=cordial, lytics=lytics)
