@@ -1,0 +1,1 @@
+"""Throughput benchmark of tap-cordial-activity and target-lytics against stock singer-sdk."""

@@ -1,0 +1,219 @@
+"""Running one measured process: record counting on its stdout, and peak RSS of its process tree.
+
+Peak RSS is the kernel's high-water mark (``VmHWM`` in ``/proc/PID/status``), sampled for every
+process of the tree and attributed to a role (tap, target, meltano) by its command line. For a
+direct child the exact figure from ``wait4`` is used as well, so a peak reached just before exit is
+not missed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import psutil
+
+#: A RECORD message line starts with one of these, whatever Singer writer produced it.
+_RECORD_PREFIXES = (b'{"type":"RECORD"', b'{"type": "RECORD"')
+_READ_CHUNK = 1 << 20
+
+
+@dataclass
+class Run:
+    """What one run of a measured command gave."""
+
+    returncode: int
+    wall_seconds: float
+    #: Monotonic clock times (``time.monotonic()``) of process start and end.
+    started: float
+    ended: float
+    #: Peak RSS in bytes per role name.
+    peak_rss: dict[str, int] = field(default_factory=dict)
+    #: RECORD lines counted on stdout, and when the last one was read (monotonic), when counted.
+    records_seen: int = 0
+    last_record_at: float | None = None
+    stderr_path: Path | None = None
+
+    def stderr_tail(self, lines: int = 30) -> str:
+        """The end of the process's stderr, for error messages."""
+        if self.stderr_path is None or not self.stderr_path.exists():
+            return ""
+        text = self.stderr_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+
+def _vm_hwm(pid: int) -> int | None:
+    """The process's peak resident set size in bytes, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return None
+
+
+class PeakRssSampler(threading.Thread):
+    """Samples the high-water RSS of every process under ``root_pid``, per role.
+
+    ``roles`` maps a role name to a predicate on the process's command line; the first match wins
+    and a process matching none is ignored. Sampling every ``interval`` seconds.
+    """
+
+    def __init__(
+        self,
+        root_pid: int,
+        roles: Mapping[str, Callable[[Sequence[str]], bool]],
+        interval: float = 0.05,
+    ) -> None:
+        super().__init__(name=f"rss-sampler:{root_pid}", daemon=True)
+        self.root_pid = root_pid
+        self.roles = dict(roles)
+        self.interval = interval
+        self.peaks: dict[str, int] = {}
+        self._role_of: dict[int, str | None] = {}
+        self._stop_event = threading.Event()
+
+    def _role(self, proc: psutil.Process) -> str | None:
+        if proc.pid not in self._role_of:
+            try:
+                cmdline = proc.cmdline()
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                return None
+            if not cmdline:
+                return None  # not exec'ed yet: look again at the next sample
+            self._role_of[proc.pid] = next(
+                (name for name, match in self.roles.items() if match(cmdline)), None
+            )
+        return self._role_of[proc.pid]
+
+    def sample(self) -> None:
+        """Take one sample of the whole tree."""
+        try:
+            root = psutil.Process(self.root_pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        for proc in procs:
+            role = self._role(proc)
+            if role is None:
+                continue
+            hwm = _vm_hwm(proc.pid)
+            if hwm is not None and hwm > self.peaks.get(role, 0):
+                self.peaks[role] = hwm
+
+    def run(self) -> None:
+        """Sample until stopped."""
+        while not self._stop_event.is_set():
+            self.sample()
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> dict[str, int]:
+        """Stop sampling and return the peaks."""
+        self._stop_event.set()
+        self.join()
+        return dict(self.peaks)
+
+
+def run_measured(
+    cmd: Sequence[str],
+    *,
+    roles: Mapping[str, Callable[[Sequence[str]], bool]],
+    root_role: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    stdin: IO[bytes] | None = None,
+    count_records: bool = False,
+    save_stdout: Path | None = None,
+    stderr_path: Path | None = None,
+    timeout: float = 3600.0,
+) -> Run:
+    """Run ``cmd`` to its end while sampling peak RSS; optionally count RECORD lines on its stdout.
+
+    ``root_role`` names the role of the process itself, whose exact peak comes from ``wait4``.
+    Without ``count_records`` stdout goes to /dev/null. ``save_stdout`` keeps a copy of it.
+    """
+    stderr_file = open(stderr_path, "wb") if stderr_path else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            list(cmd),
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if count_records else subprocess.DEVNULL,
+            stderr=stderr_file,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+        )
+        sampler = PeakRssSampler(proc.pid, roles)
+        sampler.start()
+        records, last_record_at = 0, None
+        killer = threading.Timer(timeout, proc.kill)
+        killer.start()
+        try:
+            if count_records:
+                assert proc.stdout is not None
+                records, last_record_at = _count_records(proc.stdout, save_stdout)
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            killer.cancel()
+        ended = time.monotonic()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        peaks = sampler.stop()
+        if root_role is not None:
+            # ru_maxrss is in KiB on Linux; it covers the process (and children it waited for).
+            peaks[root_role] = max(peaks.get(root_role, 0), usage.ru_maxrss * 1024)
+    finally:
+        if stderr_path:
+            stderr_file.close()  # type: ignore[union-attr]
+    return Run(
+        returncode=proc.returncode,
+        wall_seconds=ended - started,
+        started=started,
+        ended=ended,
+        peak_rss=peaks,
+        records_seen=records,
+        last_record_at=last_record_at,
+        stderr_path=stderr_path,
+    )
+
+
+def _count_records(stdout: IO[bytes], save_to: Path | None) -> tuple[int, float | None]:
+    """Count RECORD lines as they arrive; note when the last one was read."""
+    records, last_record_at = 0, None
+    carry = b""
+    sink = open(save_to, "wb") if save_to else None  # noqa: SIM115
+    try:
+        read1 = stdout.read1  # type: ignore[attr-defined]
+        while chunk := read1(_READ_CHUNK):
+            if sink is not None:
+                sink.write(chunk)
+            data = carry + chunk
+            cut = data.rfind(b"\n") + 1
+            carry = data[cut:]
+            found = sum(data.count(prefix, 0, cut) for prefix in _RECORD_PREFIXES)
+            if found:
+                records += found
+                last_record_at = time.monotonic()
+        if carry.startswith(_RECORD_PREFIXES):
+            records += 1
+            last_record_at = time.monotonic()
+    finally:
+        if sink is not None:
+            sink.close()
+    return records, last_record_at
+
+
+def cmdline_has(*needles: str) -> Callable[[Sequence[str]], bool]:
+    """A role predicate: some argument of the command line contains one of ``needles``."""
+
+    def match(cmdline: Sequence[str]) -> bool:
+        return any(needle in arg for arg in cmdline for needle in needles)
+
+    return match

@@ -1,0 +1,182 @@
+"""A stock singer-sdk tap doing the work of tap-cordial-activity, the way a typical tap is written.
+
+Deliberately left at singer-sdk's defaults: the default (simplejson) message writer, recursive type
+conformance, property selection on every record, the SDK's state bookkeeping. The SFTP file is read
+with paramiko's plain ``SFTPFile`` reads (no prefetch), as the SFTP taps on the package index do.
+It exports one window, ``start_date`` to ``end_date``, in one job: the benchmark's data fits one.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import paramiko
+import requests
+from singer_sdk import Stream, Tap
+from singer_sdk import typing as th
+
+#: Whether the SFTP read uses paramiko prefetch; the benchmark prints it next to the figures.
+USES_PREFETCH = False
+
+ACTIONS = ["message-sent", "open", "click", "optout", "bounce", "complaint", "custom"]
+
+ACTIVITY_SCHEMA = th.PropertiesList(
+    th.Property("_id", th.StringType, required=True),
+    th.Property("cID", th.StringType),
+    th.Property("mcID", th.StringType),
+    th.Property("bmID", th.StringType),
+    th.Property("mdtID", th.StringType),
+    th.Property("msID", th.StringType),
+    th.Property("action", th.StringType),
+    th.Property("time", th.DateTimeType, required=True),
+    th.Property("first", th.BooleanType),
+    th.Property("message_name", th.StringType),
+    th.Property("message_sent", th.DateTimeType),
+    th.Property("email", th.StringType),
+    th.Property("chnl", th.StringType),
+    th.Property("chnl-type", th.StringType),
+    th.Property("mTags", th.ArrayType(th.StringType)),
+    th.Property("name", th.StringType),
+    th.Property("subject", th.StringType),
+    th.Property("properties", th.ObjectType(additional_properties=True)),
+    th.Property("sp", th.ObjectType(additional_properties=True)),
+    th.Property("d", th.ObjectType(additional_properties=True)),
+    additional_properties=True,
+).to_dict()
+
+
+class ActivityStream(Stream):
+    """Cordial contact activity: one export job, one gzip JSON Lines file over SFTP."""
+
+    name = "activity"
+    primary_keys = ("_id",)
+    replication_key = "time"
+    schema = ACTIVITY_SCHEMA
+
+    def get_records(self, context: Mapping[str, Any] | None) -> Iterable[dict[str, Any]]:
+        """Create the export, wait for it, then read its file line by line."""
+        session = requests.Session()
+        session.auth = (self.config["api_key"], "")
+        api_url = self.config["api_url"].rstrip("/")
+        name = f"stock-activity-{uuid.uuid4().hex[:12]}"
+        start = self.get_starting_timestamp(context) or datetime.fromisoformat(
+            self.config["start_date"]
+        )
+        end = (
+            datetime.fromisoformat(self.config["end_date"])
+            if self.config.get("end_date")
+            else datetime.now(UTC)
+        )
+        body = {
+            "name": name,
+            "exportType": "json",
+            "compress": True,
+            "selected_timeframe_start": _iso(start),
+            "selected_timeframe_end": _iso(end),
+            "selected_action_names": self.config.get("actions", ACTIONS),
+            "destination": {
+                "type": "sftp",
+                "server": self.config["sftp_host"],
+                "port": self.config.get("sftp_port", 22),
+                "username": self.config["sftp_username"],
+                "password": self.config["sftp_password"],
+                "path": self.config["sftp_path"],
+            },
+        }
+        response = session.post(f"{api_url}/contactactivityexport", json=body, timeout=60)
+        response.raise_for_status()
+        job_id = response.json()["jobId"]
+        job = self._wait_for_job(session, api_url, job_id)
+        file_name = (job.get("metadata") or {}).get("fileName")
+        yield from self._read_export(name, file_name)
+
+    def _wait_for_job(self, session: requests.Session, api_url: str, job_id: str) -> dict:
+        while True:
+            response = session.get(f"{api_url}/jobs/{job_id}", timeout=60)
+            response.raise_for_status()
+            job = response.json()
+            if job["status"] == "Done":
+                return job
+            if job["status"] == "Failed":
+                raise RuntimeError(f"export job {job_id} failed: {job.get('result')}")
+            time.sleep(float(self.config.get("poll_interval_seconds", 15)))
+
+    def _read_export(self, name: str, file_name: str | None) -> Iterable[dict[str, Any]]:
+        transport = paramiko.Transport((self.config["sftp_host"], self.config.get("sftp_port", 22)))
+        try:
+            transport.connect(
+                hostkey=_host_key(self.config.get("sftp_host_key")),
+                username=self.config["sftp_username"],
+                password=self.config["sftp_password"],
+            )
+            sftp = paramiko.SFTPClient.from_transport(transport)
+            assert sftp is not None
+            folder = self.config["sftp_path"].rstrip("/")
+            names = (
+                [file_name]
+                if file_name
+                else sorted(entry for entry in sftp.listdir(folder) if entry.startswith(name))
+            )
+            for entry in names:
+                with sftp.open(f"{folder}/{entry}", "rb") as raw:
+                    stream = gzip.GzipFile(fileobj=raw) if entry.endswith(".gz") else raw
+                    for line in stream:
+                        if line.strip():
+                            yield json.loads(line)
+        finally:
+            transport.close()
+
+    def post_process(self, row: dict, context: Mapping[str, Any] | None = None) -> dict | None:
+        """Cordial's ``+0000`` offsets are not RFC 3339; ``first`` may come as 1/0."""
+        for key in ("time", "message_sent"):
+            if row.get(key):
+                row[key] = datetime.fromisoformat(row[key])
+        if "first" in row and row["first"] is not None:
+            row["first"] = bool(row["first"])
+        return row
+
+
+class StockCordialTap(Tap):
+    """Stock singer-sdk tap for Cordial contact activity (benchmark baseline)."""
+
+    name = "stock-tap-cordial"
+    config_jsonschema = th.PropertiesList(
+        th.Property("api_key", th.StringType, required=True, secret=True),
+        th.Property("api_url", th.StringType, default="https://api.cordial.io/v2"),
+        th.Property("start_date", th.DateTimeType, required=True),
+        th.Property("end_date", th.DateTimeType),
+        th.Property("actions", th.ArrayType(th.StringType)),
+        th.Property("sftp_host", th.StringType, required=True),
+        th.Property("sftp_port", th.IntegerType, default=22),
+        th.Property("sftp_username", th.StringType, required=True),
+        th.Property("sftp_password", th.StringType, required=True, secret=True),
+        th.Property("sftp_path", th.StringType, required=True),
+        th.Property("sftp_host_key", th.StringType),
+        th.Property("poll_interval_seconds", th.NumberType, default=15),
+    ).to_dict()
+
+    def discover_streams(self) -> list[Stream]:
+        """The one stream."""
+        return [ActivityStream(self)]
+
+
+def _iso(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _host_key(line: str | None) -> paramiko.PKey | None:
+    """The first ``ssh-keyscan`` line's key; None trusts any key (what most SFTP taps do)."""
+    if not line:
+        return None
+    fields = line.split()
+    key_type, key_data = (fields[1], fields[2]) if len(fields) >= 3 else (fields[0], fields[1])
+    return paramiko.PKey.from_type_string(key_type, base64.b64decode(key_data))
