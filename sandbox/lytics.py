@@ -223,6 +223,18 @@ class LyticsStandIn(HttpStandIn):
         )
 
     # -- admin --------------------------------------------------------------------------------
+    def value_counts(self, stream: str, field_name: str | None = None) -> dict[str, Any]:
+        """Accepted events of ``stream`` per value of a field (default: the event action)."""
+        events = self.events.get(stream, [])
+        if field_name is None:
+            candidates = ("cr_event_action", "action")
+            field_name = next((f for f in candidates if any(f in e for e in events)), candidates[0])
+        values: dict[str, int] = {}
+        for event in events:
+            value = str(event.get(field_name, "(missing)"))
+            values[value] = values.get(value, 0) + 1
+        return {"stream": stream, "field": field_name, "values": values}
+
     def summary(self) -> dict[str, Any]:
         """Counts for the admin endpoint and the CLI."""
         with self._lock:
@@ -248,6 +260,10 @@ class LyticsStandIn(HttpStandIn):
                 limit = int(request.query.get("limit", len(events)))
                 return Response.json(
                     200, {"stream": stream, "total": len(events), "events": events[:limit]}
+                )
+            if path == "/counts" and method == "GET":
+                return Response.json(
+                    200, self.value_counts(request.query["stream"], request.query.get("field"))
                 )
             if path == "/reset" and method == "POST":
                 self.reset()

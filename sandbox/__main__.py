@@ -1,0 +1,222 @@
+"""Command line: ``python -m sandbox up|show|add-events``.
+
+``up`` runs the three services in the foreground until SIGINT/SIGTERM and writes an env file that
+configures both plugins through Meltano's env-var convention, plus a small JSON file with the admin
+URLs (no secrets) that ``show`` and ``add-events`` read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import sys
+import threading
+import urllib.parse
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sandbox.cordial import CordialStandIn
+from sandbox.events import generate_events
+from sandbox.lytics import LyticsStandIn
+from sandbox.sftp import start_sftp_server
+
+DEFAULT_ENV_FILE = Path(".sandbox/env.sh")
+STATE_FILE_NAME = "sandbox.json"
+READY_LINE = "SANDBOX READY"
+
+
+def _rfc3339(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def plugin_env(
+    sftp: Any, cordial: CordialStandIn, lytics: LyticsStandIn, *, start_date: datetime, poll: float
+) -> dict[str, str]:
+    """Environment variables that configure tap-cordial-activity and target-lytics."""
+    return {
+        "TAP_CORDIAL_ACTIVITY_API_KEY": cordial.api_key,
+        "TAP_CORDIAL_ACTIVITY_API_URL": cordial.url,
+        "TAP_CORDIAL_ACTIVITY_START_DATE": _rfc3339(start_date),
+        "TAP_CORDIAL_ACTIVITY_SFTP_HOST": sftp.host,
+        "TAP_CORDIAL_ACTIVITY_SFTP_PORT": str(sftp.port),
+        "TAP_CORDIAL_ACTIVITY_SFTP_USERNAME": sftp.username,
+        "TAP_CORDIAL_ACTIVITY_SFTP_PATH": sftp.sftp_path,
+        "TAP_CORDIAL_ACTIVITY_SFTP_PASSWORD": sftp.password,
+        "TAP_CORDIAL_ACTIVITY_SFTP_HOST_KEY": sftp.host_key_line,
+        "TAP_CORDIAL_ACTIVITY_POLL_INTERVAL_SECONDS": f"{poll:g}",
+        "TARGET_LYTICS_API_TOKEN": lytics.token,
+        "TARGET_LYTICS_API_URL": lytics.url,
+    }
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file readable by its owner only (it holds secrets)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start the services, write the env file, print the readiness line, wait for a signal."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    env_file = Path(args.env_file)
+    state_file = env_file.parent / STATE_FILE_NAME
+    end = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
+    start = end - timedelta(hours=args.hours)
+    events = generate_events(args.events, seed=args.seed, start=start, end=end)
+    sftp = start_sftp_server(allow_fallback=not args.require_openssh)
+    try:
+        with (
+            CordialStandIn(
+                sftp_root=sftp.root,
+                sftp_path=sftp.sftp_path,
+                events=events,
+                seed=args.seed,
+                sftp=sftp,
+            ) as cordial,
+            LyticsStandIn(count_only=args.count_only) as lytics,
+        ):
+            env = plugin_env(sftp, cordial, lytics, start_date=start, poll=args.poll_interval)
+            _write_private(
+                env_file, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+            )
+            state = {
+                "pid": os.getpid(),
+                "cordial_url": cordial.url,
+                "cordial_admin": cordial.base_url + cordial.ADMIN_PREFIX,
+                "lytics_url": lytics.url,
+                "lytics_admin": lytics.base_url + lytics.ADMIN_PREFIX,
+                "sftp": f"{sftp.kind} {sftp.host}:{sftp.port} {sftp.sftp_path}",
+                "env_file": str(env_file),
+            }
+            _write_private(state_file, json.dumps(state, indent=2) + "\n")
+            print(
+                f"sftp: {state['sftp']} (user {sftp.username})\n"
+                f"cordial: {cordial.url} ({len(cordial.events)} events from {_rfc3339(start)})\n"
+                f"lytics: {lytics.url}\nenv file: {env_file}",
+                file=sys.stderr,
+            )
+            print(READY_LINE, flush=True)
+            stop.wait()
+    finally:
+        sftp.stop()
+        for path in (env_file, state_file):
+            path.unlink(missing_ok=True)
+    return 0
+
+
+def _state(args: argparse.Namespace) -> dict[str, Any]:
+    path = Path(args.env_file).parent / STATE_FILE_NAME
+    try:
+        return dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise SystemExit(
+            f"no running sandbox found ({path} is missing): start 'up' first"
+        ) from None
+
+
+def _call(url: str, payload: Any = None, method: str | None = None) -> Any:
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(  # noqa: S310 - a local http:// admin URL
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        return json.loads(response.read())
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Print what the Lytics stand-in holds for a stream."""
+    admin = _state(args)["lytics_admin"]
+    summary = _call(f"{admin}/summary")
+    query = urllib.parse.urlencode({"stream": args.stream, "limit": args.limit})
+    sample = _call(f"{admin}/events?{query}")
+    counts = _call(f"{admin}/counts?{urllib.parse.urlencode({'stream': args.stream})}")
+    if args.json:
+        print(json.dumps({"summary": summary, "counts": counts, "sample": sample}, indent=2))
+        return 0
+    total = summary["streams"].get(args.stream, 0)
+    rejected = summary["rejected"].get(args.stream, 0)
+    print(f"Lytics stream {args.stream}: {total} events ({rejected} rejected)")
+    print(f"requests: {summary['requests']}  statuses: {summary['statuses']}")
+    if counts["values"]:
+        print(f"events per {counts['field']}:")
+        width = max(len(str(k)) for k in counts["values"])
+        for value, count in sorted(counts["values"].items(), key=lambda kv: (-kv[1], kv[0])):
+            print(f"  {value!s:<{width}}  {count:>8}")
+    if sample["events"]:
+        print(f"first {len(sample['events'])} events:")
+        for event in sample["events"]:
+            print("  " + json.dumps(event, ensure_ascii=False, sort_keys=True))
+    return 0
+
+
+def cmd_add_events(args: argparse.Namespace) -> int:
+    """Add generated events to the running Cordial stand-in (times after everything exported)."""
+    admin = _state(args)["cordial_admin"]
+    payload: dict[str, Any] = {"generate": args.count}
+    if args.seed is not None:
+        payload["seed"] = args.seed
+    result = _call(f"{admin}/events", payload)
+    print(f"added {result['added']} events between {result['start']} and {result['end']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m sandbox`` argument parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--env-file",
+        default=str(DEFAULT_ENV_FILE),
+        help="env file written by 'up' (its folder also holds sandbox.json); default %(default)s",
+    )
+    parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser(
+        "up", parents=[common], help="run SFTP, Cordial and Lytics stand-ins until SIGINT/SIGTERM"
+    )
+    up.add_argument("--events", type=int, default=2000, help="generated events (%(default)s)")
+    up.add_argument("--seed", type=int, default=7, help="generator seed (%(default)s)")
+    up.add_argument(
+        "--hours", type=float, default=48, help="events span the last N hours (%(default)s)"
+    )
+    up.add_argument(
+        "--poll-interval", type=float, default=0.5, help="tap poll interval seconds (%(default)s)"
+    )
+    up.add_argument("--count-only", action="store_true", help="Lytics keeps counts, not events")
+    up.add_argument(
+        "--require-openssh",
+        action="store_true",
+        default=os.environ.get("SANDBOX_REQUIRE_OPENSSH", "") not in ("", "0"),
+        help="never fall back to the paramiko SFTP server",
+    )
+    up.set_defaults(func=cmd_up)
+    show = sub.add_parser("show", parents=[common], help="print what the Lytics stand-in received")
+    show.add_argument("--stream", default="cordial_activity")
+    show.add_argument("--limit", type=int, default=3, help="sample events shown (%(default)s)")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(func=cmd_show)
+    add = sub.add_parser(
+        "add-events", parents=[common], help="add N new events to the Cordial stand-in"
+    )
+    add.add_argument("count", type=int)
+    add.add_argument("--seed", type=int, default=None)
+    add.set_defaults(func=cmd_add_events)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
