@@ -36,6 +36,7 @@ _STOCK_TAP_SETTINGS = [
     ("sftp_path", "string"),
     ("sftp_host_key", "string"),
     ("poll_interval_seconds", "decimal"),
+    ("actions", "array"),
 ]
 _STOCK_TARGET_SETTINGS = [("api_token", "password"), ("api_url", "string")]
 
@@ -92,6 +93,8 @@ class MeltanoProject:
                 "executable": f"bin/{STOCK_TAP}",
                 "capabilities": ["catalog", "discover", "state", "about"],
                 "settings": _settings(_STOCK_TAP_SETTINGS),
+                # Set here, not from the environment (see run._meltano_tap_config).
+                "config": {"poll_interval_seconds": 0.2},
             }
         )
         plugins.setdefault("loaders", []).append(

@@ -21,9 +21,13 @@ from typing import Any, Self
 import orjson
 
 from sandbox.cordial import CordialStandIn
+from sandbox.events import RESERVED_ACTIONS
 from sandbox.httpbase import Request, Response
 from sandbox.lytics import LyticsStandIn
 from sandbox.sftp import SftpServer, start_sftp_server
+
+#: Cordial's reserved actions plus ``custom`` (every other action).
+ALL_ACTIONS = [*RESERVED_ACTIONS, "custom"]
 
 
 class TimedCordial(CordialStandIn):
@@ -73,7 +77,9 @@ class TimedLytics(LyticsStandIn):
             data = orjson.loads(response.body).get("data") or {}
             if not data.get("dryrun"):
                 with self._count_lock:
-                    self.accepted += int(data.get("message_count") or 0)
+                    self.accepted += int(data.get("message_count") or 0) - int(
+                        data.get("rejected_count") or 0
+                    )
                     self.uploads += 1
                     self.last_accepted_at = time.monotonic()
         return response
@@ -121,7 +127,8 @@ class Sandbox:
                 )
             )
             self._events = ()  # the stand-in holds them now
-            self.lytics = self._stack.enter_context(TimedLytics())
+            # Counts only: keeping a million events would cost the harness time and memory.
+            self.lytics = self._stack.enter_context(TimedLytics(count_only=True))
         except BaseException:
             self._stack.close()
             raise
@@ -152,6 +159,8 @@ class Sandbox:
             "sftp_path": self.sftp.sftp_path,
             "sftp_host_key": self.sftp.host_key_line,
             "poll_interval_seconds": 0.2,
+            # Every action, so the export holds every generated event.
+            "actions": ALL_ACTIONS,
         }
         if not stock:
             config["job_timeout_seconds"] = 3600
