@@ -71,8 +71,13 @@ def test_default_mapping_of_real_cordial_records():
     for record in records:
         event = mapper.map(record)
         assert set(event) <= {
-            "cr_contact_id", "cr_first", "cr_system_event_id", "cr_message_contact_id",
-            "cr_message_name", "cr_message_sent_timestamp", "cr_event_action",
+            "cr_contact_id",
+            "cr_first",
+            "cr_system_event_id",
+            "cr_message_contact_id",
+            "cr_message_name",
+            "cr_message_sent_timestamp",
+            "cr_event_action",
             "cr_event_timestamp",
         }
         assert event["cr_contact_id"] == record["cID"]
@@ -149,8 +154,16 @@ def test_bad_date_time_names_the_field():
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        (True, True), (False, False), (1, True), (0, False), ("true", True), ("1", True),
-        ("false", False), ("0", False), ("TRUE", True), (decimal.Decimal("1"), True),
+        (True, True),
+        (False, False),
+        (1, True),
+        (0, False),
+        ("true", True),
+        ("1", True),
+        ("false", False),
+        ("0", False),
+        ("TRUE", True),
+        (decimal.Decimal("1"), True),
     ],
 )
 def test_booleans(value, expected):
@@ -170,13 +183,19 @@ def test_user_mapping_and_include_unmapped():
     )
     record = {"cID": "c", "time": "2020-01-01T00:00:00+00:00", "email": "a@b", "action": None}
     only_mapped = RecordMapper(
-        stream_name="activity", schema=ACTIVITY_SCHEMA, mapping=mapping,
-        include_unmapped_fields=False, logger=LOG,
+        stream_name="activity",
+        schema=ACTIVITY_SCHEMA,
+        mapping=mapping,
+        include_unmapped_fields=False,
+        logger=LOG,
     )
     assert only_mapped.map(record) == {"uid": "c", "ts": "2020-01-01T00:00:00Z"}
     with_unmapped = RecordMapper(
-        stream_name="activity", schema=ACTIVITY_SCHEMA, mapping=mapping,
-        include_unmapped_fields=True, logger=LOG,
+        stream_name="activity",
+        schema=ACTIVITY_SCHEMA,
+        mapping=mapping,
+        include_unmapped_fields=True,
+        logger=LOG,
     )
     assert with_unmapped.map(record) == {"uid": "c", "ts": "2020-01-01T00:00:00Z", "email": "a@b"}
 
@@ -194,8 +213,11 @@ def test_pass_through_keeps_fields_and_encodes_arrays_of_objects(caplog):
         },
     }
     mapper = RecordMapper(
-        stream_name="orders", schema=schema, mapping=StreamMapping.from_setting("orders", None),
-        include_unmapped_fields=False, logger=logging.getLogger("test.orders"),
+        stream_name="orders",
+        schema=schema,
+        mapping=StreamMapping.from_setting("orders", None),
+        include_unmapped_fields=False,
+        logger=logging.getLogger("test.orders"),
     )
     assert mapper.mapping.lytics_stream == "orders"
     record = {
@@ -297,3 +319,18 @@ def test_retry_after_and_backoff():
     assert policy.backoff(3, rng=lambda: 1.0) == 4
     assert policy.backoff(10, rng=lambda: 1.0) == 5
     assert policy.backoff(3, rng=lambda: 0.5) == 2
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2017-03-13T22:48:40+00:00",
+        "2017-03-13T22:48:40+01:00",
+        "2017-03-13T22:48:40.5+00:00",
+        "2017-03-13 22:48:40+00:00",
+        "2017-W11-1T22:48:40+00:00",
+    ],
+)
+def test_string_shortcut_matches_datetime_path(text):
+    parsed = datetime.datetime.fromisoformat(text)
+    assert to_rfc3339_utc(text) == to_rfc3339_utc(parsed)

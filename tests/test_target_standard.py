@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from singer_sdk.testing import get_target_test_class
 from singer_sdk.testing.runners import TargetTestRunner
+from target_lytics.target import TargetLytics
 
 from sandbox.lytics import LyticsStandIn
-from target_lytics.target import TargetLytics
 
 # The factory needs a config up front; the real one (the stand-in's URL) comes from the `runner`
 # fixture below, built per test with a fresh stand-in.

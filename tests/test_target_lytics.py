@@ -1,0 +1,502 @@
+"""target-lytics against the Lytics stand-in: uploads, splitting, retries, errors, STATE."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from tap_cordial_activity.records import normalize
+from tap_cordial_activity.streams import SCHEMA as ACTIVITY_SCHEMA
+from target_lytics.client import LyticsClient, LyticsError
+from target_lytics.target import TargetLytics
+
+from sandbox.events import generate_events
+from sandbox.httpbase import Fault
+from sandbox.lytics import LyticsStandIn
+
+COLLECT = "/collect/json/"
+FAST_RETRIES = {"retry_initial_delay_seconds": 0.01, "retry_max_delay_seconds": 0.05}
+EXPECTED_FIELDS = {
+    "cID": "cr_contact_id",
+    "first": "cr_first",
+    "_id": "cr_system_event_id",
+    "mcID": "cr_message_contact_id",
+    "message_name": "cr_message_name",
+    "message_sent": "cr_message_sent_timestamp",
+    "action": "cr_event_action",
+    "time": "cr_event_timestamp",
+}
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def cordial_records(count: int, seed: int = 3) -> list[dict[str, Any]]:
+    """The sandbox generator's events after the tap's own normalization."""
+    records = []
+    for line, event in enumerate(generate_events(count, seed=seed), start=1):
+        normalize(event, "export.json", line)
+        records.append(event)
+    return records
+
+
+def schema_message(stream: str, schema: dict, key_properties: list[str] | None = None) -> str:
+    message = {"type": "SCHEMA", "stream": stream, "schema": schema}
+    message["key_properties"] = key_properties or []
+    return json.dumps(message) + "\n"
+
+
+def record_message(stream: str, record: dict) -> str:
+    return json.dumps({"type": "RECORD", "stream": stream, "record": record}) + "\n"
+
+
+def state_message(value: dict) -> str:
+    return json.dumps({"type": "STATE", "value": value}) + "\n"
+
+
+def activity_lines(records: list[dict], state_every: int | None = None) -> list[str]:
+    lines = [schema_message("activity", ACTIVITY_SCHEMA, ["_id"])]
+    for i, record in enumerate(records, start=1):
+        lines.append(record_message("activity", record))
+        if state_every and i % state_every == 0:
+            lines.append(state_message({"bookmarks": {"activity": {"upto": i}}}))
+    return lines
+
+
+def config_for(lytics: LyticsStandIn, **overrides: Any) -> dict[str, Any]:
+    config = {"api_token": lytics.token, "api_url": lytics.url, **FAST_RETRIES}
+    config.update(overrides)
+    return config
+
+
+def run_target(
+    config: dict[str, Any], lines: list[str], target_class: type[TargetLytics] = TargetLytics
+) -> tuple[list[dict], BaseException | None]:
+    """Run the target in-process on ``lines``; return its STATE output and the error, if any."""
+    target = target_class(config=config)
+    out = io.StringIO()
+    error: BaseException | None = None
+    with contextlib.redirect_stdout(out):
+        try:
+            target.listen(io.StringIO("".join(lines)))
+        except Exception as exc:
+            error = exc
+    states = [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
+    return states, error
+
+
+def uploaded_ids(lytics: LyticsStandIn, stream: str = "cordial_activity") -> list[str]:
+    return [event["cr_system_event_id"] for event in lytics.events.get(stream, [])]
+
+
+# -- mapping of real Cordial records ------------------------------------------------------------
+
+
+def test_cordial_records_are_mapped_and_converted(lytics):
+    records = cordial_records(300)
+    states, error = run_target(
+        config_for(lytics), [*activity_lines(records), state_message({"s": 1})]
+    )
+    assert error is None
+    assert states == [{"s": 1}]
+    events = lytics.events["cordial_activity"]
+    assert len(events) == len(records)
+    by_id = {event["cr_system_event_id"]: event for event in events}
+    firsts = set()
+    for record in records:
+        event = by_id[record["_id"]]
+        assert set(event) <= set(EXPECTED_FIELDS.values())
+        for source, target in EXPECTED_FIELDS.items():
+            if record.get(source) is None:
+                assert target not in event
+        assert event["cr_contact_id"] == record["cID"]
+        assert event["cr_event_action"] == record["action"]
+        assert event["cr_event_timestamp"].endswith("Z")
+        when = datetime.datetime.fromisoformat(event["cr_event_timestamp"])
+        assert when == datetime.datetime.fromisoformat(record["time"])
+        if "message_sent" in record:
+            assert event["cr_message_sent_timestamp"].endswith("Z")
+        if "first" in record:
+            assert type(event["cr_first"]) is bool
+            assert event["cr_first"] is record["first"]
+            firsts.add(event["cr_first"])
+        if "message_name" in record:
+            assert event["cr_message_name"] == record["message_name"]  # unicode kept
+    assert firsts == {True, False}
+    for request in lytics.requests:
+        assert request.stream == "cordial_activity"
+        assert request.query == {"timestamp_field": "cr_event_timestamp"}
+        assert request.status == 200
+
+
+def test_raw_cordial_booleans_and_offsets(lytics):
+    """A tap that does not normalize: `first` as 1/0/"true", `+0000` offsets, nulls."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "_id": {"type": "string"},
+            "cID": {"type": "string"},
+            "time": {"type": "string", "format": "date-time"},
+            "first": {"type": ["boolean", "integer", "string", "null"]},
+            "mcID": {"type": ["string", "null"]},
+        },
+    }
+    rows = [
+        {"_id": "a", "cID": "c", "time": "2017-03-13T22:48:40+0000", "first": 1, "mcID": None},
+        {"_id": "b", "cID": "c", "time": "2017-03-13T23:48:40+01:00", "first": "true"},
+        {"_id": "c", "cID": "c", "time": "2017-03-13T22:48:40Z", "first": 0},
+        {"_id": "d", "cID": "c", "time": "2017-03-13T22:48:40+00:00", "first": "0"},
+    ]
+    lines = [schema_message("activity", schema)] + [record_message("activity", r) for r in rows]
+    _, error = run_target(config_for(lytics), lines)
+    assert error is None
+    events = {e["cr_system_event_id"]: e for e in lytics.events["cordial_activity"]}
+    assert events["a"] == {
+        "cr_system_event_id": "a",
+        "cr_contact_id": "c",
+        "cr_first": True,
+        "cr_event_timestamp": "2017-03-13T22:48:40Z",
+    }
+    assert events["b"]["cr_first"] is True
+    assert events["b"]["cr_event_timestamp"] == "2017-03-13T22:48:40Z"
+    assert events["c"]["cr_first"] is False
+    assert events["d"]["cr_first"] is False
+
+
+def test_include_unmapped_fields_and_user_mapping(lytics):
+    records = cordial_records(40)
+    config = config_for(
+        lytics,
+        include_unmapped_fields=True,
+        streams={"other": {"lytics_stream": "misc"}},
+    )
+    _, error = run_target(config, activity_lines(records))
+    assert error is None
+    events = lytics.events["cordial_activity"]
+    with_email = [e for e in events if "email" in e]
+    assert with_email, "unmapped fields are sent when include_unmapped_fields is true"
+    assert all("cID" not in e and "time" not in e for e in events)  # mapped ones are renamed
+    # Nested objects holding arrays of objects are JSON text, so Lytics accepts every event.
+    assert sum(lytics.rejected.values()) == 0
+
+
+def test_pass_through_stream(lytics):
+    schema = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"},
+            "name": {"type": ["string", "null"]},
+            "price": {"type": ["number", "null"]},
+            "active": {"type": ["boolean", "null"]},
+            "updated_at": {"type": ["string", "null"], "format": "date-time"},
+            "lines": {"type": ["array", "null"], "items": {"type": "object"}},
+            "meta": {"type": ["object", "null"]},
+        },
+    }
+    rows = [
+        {
+            "id": 1,
+            "name": "Zoë",
+            "price": 19.9,
+            "active": True,
+            "updated_at": "2024-05-01T10:00:00+02:00",
+            "lines": [{"sku": "a", "qty": 2}],
+            "meta": {"tags": ["x"], "k": {"v": 1}},
+        },
+        {"id": 2, "name": None, "price": 5, "active": False},
+    ]
+    lines = [schema_message("orders", schema, ["id"])] + [record_message("orders", r) for r in rows]
+    _, error = run_target(config_for(lytics), lines)
+    assert error is None
+    assert [r.stream for r in lytics.requests] == ["orders"]
+    assert lytics.requests[0].query == {}  # no timestamp_field for an unmapped stream
+    first, second = lytics.events["orders"]
+    assert first["id"] == 1
+    assert first["name"] == "Zoë"
+    assert first["price"] == 19.9
+    assert b'"price":19.9' in lytics.requests[0].body  # the exact number, not a string
+    assert first["active"] is True
+    assert first["updated_at"] == "2024-05-01T08:00:00Z"
+    assert json.loads(first["lines"]) == [{"sku": "a", "qty": 2}]  # sent as JSON text
+    assert first["meta"] == {"tags": ["x"], "k": {"v": 1}}  # plain objects stay objects
+    assert second == {"id": 2, "price": 5, "active": False}  # null field left out
+
+
+def test_configured_stream_with_timestamp_field(lytics):
+    schema = {"type": "object", "properties": {"id": {"type": "integer"}, "at": {"type": "string"}}}
+    config = config_for(
+        lytics,
+        streams={
+            "orders": {"lytics_stream": "shop", "fields": {"id": "oid"}, "timestamp_field": "at"}
+        },
+    )
+    lines = [schema_message("orders", schema), record_message("orders", {"id": 3, "at": "x"})]
+    _, error = run_target(config, lines)
+    assert error is None
+    assert lytics.events["shop"] == [{"oid": 3}]
+    assert lytics.requests[0].query == {"timestamp_field": "at"}
+
+
+# -- request splitting ----------------------------------------------------------------------------
+
+
+def test_requests_are_split_by_size(lytics):
+    records = cordial_records(500)
+    limit = 4_000
+    _, error = run_target(config_for(lytics, max_request_bytes=limit), activity_lines(records))
+    assert error is None
+    bodies = [r.body for r in lytics.requests]
+    assert len(bodies) > 10
+    assert all(len(body) <= limit for body in bodies)
+    arrays = [orjson.loads(body) for body in bodies]
+    assert all(isinstance(array, list) and array for array in arrays)
+    # Greedy packing: the next request's first event would not have fitted in this one.
+    for body, following in zip(bodies, arrays[1:], strict=False):
+        assert len(body) + 1 + len(orjson.dumps(following[0])) > limit
+    assert sorted(uploaded_ids(lytics)) == sorted(r["_id"] for r in records)
+
+
+def test_batch_size_rows_drains_without_state(lytics):
+    records = cordial_records(120)
+    states, error = run_target(
+        config_for(lytics, batch_size_rows=50), [*activity_lines(records, state_every=30)]
+    )
+    assert error is None
+    assert [len(orjson.loads(r.body)) for r in lytics.requests] == [50, 50, 20]
+    assert states == [{"bookmarks": {"activity": {"upto": 120}}}]
+
+
+def test_single_event_larger_than_limit_ends_the_run(lytics):
+    schema = {"type": "object", "properties": {"blob": {"type": "string"}}}
+    lines = [schema_message("big", schema), record_message("big", {"blob": "x" * 600})]
+    states, error = run_target(config_for(lytics, max_request_bytes=500), lines)
+    assert isinstance(error, LyticsError)
+    assert "max_request_bytes" in str(error)
+    assert states == []
+
+
+# -- retries ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        pytest.param([Fault(status=429)], id="429"),
+        pytest.param([Fault(status=500), Fault(status=502), Fault(status=503)], id="5xx"),
+        pytest.param([Fault(reset=True)], id="connection-reset"),
+        pytest.param([Fault(status=503, after_store=True)], id="503-after-store"),
+    ],
+)
+def test_transient_failures_are_retried(lytics, faults, caplog):
+    records = cordial_records(30)
+    lytics.inject(COLLECT, *faults)
+    states, error = run_target(
+        config_for(lytics), [*activity_lines(records), state_message({"s": 2})]
+    )
+    assert error is None
+    assert states == [{"s": 2}]
+    assert lytics.pending_faults() == 0
+    # At-least-once: a request stored before its 503 is stored again by the retry.
+    assert set(uploaded_ids(lytics)) == {r["_id"] for r in records}
+    retries = [r for r in caplog.records if "retry" in r.getMessage()]
+    assert len(retries) == len(faults)
+
+
+def test_timeouts_are_retried(lytics):
+    records = cordial_records(10)
+    lytics.inject(COLLECT, Fault(delay_seconds=1.0))
+    _, error = run_target(config_for(lytics, request_timeout_seconds=0.3), activity_lines(records))
+    assert error is None
+    assert set(uploaded_ids(lytics)) == {r["_id"] for r in records}
+    assert len(lytics.requests) >= 1
+
+
+def test_retry_after_is_honoured(lytics):
+    lytics.inject(COLLECT, Fault(status=429, retry_after=0.6))
+    client = LyticsClient(api_url=lytics.url, api_token=lytics.token)
+    client.retry = client.retry.__class__(base_delay_seconds=0.01, max_delay_seconds=0.01)
+    started = time.monotonic()
+    result = client.upload("s", b'[{"a":1}]')
+    assert time.monotonic() - started >= 0.6
+    assert result.message_count == 1
+    client.close()
+
+
+def test_retries_are_bounded(lytics):
+    lytics.inject(COLLECT, *[Fault(status=500)] * 4)
+    states, error = run_target(
+        config_for(lytics, max_retries=3),
+        [*activity_lines(cordial_records(5)), state_message({"s": 1})],
+    )
+    assert isinstance(error, LyticsError)
+    assert "after 4 attempts" in str(error)
+    assert "HTTP 500" in str(error)
+    assert states == []
+    assert lytics.events.get("cordial_activity", []) == []
+
+
+# -- errors that end the run ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "advice"),
+    [
+        (400, "check the stream mapping"),
+        (403, "IP allow-list"),
+        (413, "lower max_request_bytes"),
+    ],
+)
+def test_fatal_statuses_end_the_run(lytics, status, advice):
+    lytics.inject(COLLECT, Fault(status=status), Fault(status=status))
+    states, error = run_target(
+        config_for(lytics), [*activity_lines(cordial_records(5)), state_message({"s": 1})]
+    )
+    assert isinstance(error, LyticsError)
+    assert f"HTTP {status}" in str(error)
+    assert advice in str(error)
+    assert states == []
+    assert lytics.pending_faults() == 1  # one request made: not retried
+
+
+def test_rejected_events_end_the_run(lytics, monkeypatch):
+    """If an event Lytics cannot parse ever got through, the run stops with the counts."""
+    monkeypatch.setattr(
+        "target_lytics.mapping.NestedValueHandler.converter",
+        lambda self, name: lambda value: value,
+    )
+    schema = {"type": "object", "properties": {"id": {"type": "integer"}, "p": {"type": "object"}}}
+    lines = [
+        schema_message("orders", schema),
+        record_message("orders", {"id": 1, "p": {"items": [{"a": 1}]}}),
+        record_message("orders", {"id": 2}),
+        state_message({"s": 1}),
+    ]
+    states, error = run_target(config_for(lytics), lines)
+    assert isinstance(error, LyticsError)
+    assert "rejected 1 of 2 events" in str(error)
+    assert states == []
+
+
+# -- STATE only after acceptance ------------------------------------------------------------------
+
+
+class EagerStateTarget(TargetLytics):
+    """Drains (and so may emit STATE) after every record, like an old record would trigger."""
+
+    _MAX_RECORD_AGE_IN_MINUTES = -1.0
+
+
+def test_state_never_covers_records_not_uploaded(lytics, monkeypatch):
+    records = cordial_records(60)
+    original_upload = LyticsClient.upload
+    calls = {"n": 0}
+
+    def failing_later(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 25:
+            # From here on Lytics fails for good (beyond max_retries).
+            lytics.inject(COLLECT, *[Fault(status=500)] * 10)
+        return original_upload(self, *args, **kwargs)
+
+    monkeypatch.setattr(LyticsClient, "upload", failing_later)
+    states, error = run_target(
+        config_for(lytics, max_retries=2), activity_lines(records, state_every=5), EagerStateTarget
+    )
+    assert isinstance(error, LyticsError)
+    accepted = set(uploaded_ids(lytics))
+    assert len(accepted) == 24
+    assert states, "STATE messages were emitted before the failure"
+    last = states[-1]["bookmarks"]["activity"]["upto"]
+    assert last == 20
+    # Every record the last STATE covers was accepted by Lytics.
+    assert {r["_id"] for r in records[:last]} <= accepted
+
+
+def test_no_state_when_the_final_drain_fails(lytics):
+    records = cordial_records(50)
+    # Default settings: one body at the end of input, STATE after it. The upload is refused.
+    lytics.inject(COLLECT, Fault(status=401))
+    states, error = run_target(config_for(lytics), activity_lines(records, state_every=10))
+    assert isinstance(error, LyticsError)
+    assert states == []
+
+
+def test_state_after_successful_upload(lytics):
+    records = cordial_records(50)
+    states, error = run_target(config_for(lytics), activity_lines(records, state_every=10))
+    assert error is None
+    assert states == [{"bookmarks": {"activity": {"upto": 50}}}]
+    assert len(uploaded_ids(lytics)) == 50
+
+
+# -- dry run and the connection check -------------------------------------------------------------
+
+
+def test_dry_run_sends_dryrun_and_stores_nothing(lytics):
+    _, error = run_target(config_for(lytics, dry_run=True), activity_lines(cordial_records(10)))
+    assert error is None
+    assert lytics.requests
+    assert all(r.query.get("dryrun") == "true" for r in lytics.requests)
+    assert lytics.total() == 0
+
+
+def _cli(args: list[str], config: dict, tmp_path: Path, stdin: str = "", **env: str):
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(config))
+    return subprocess.run(
+        [sys.executable, "-m", "target_lytics.target", "--config", str(config_file), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+        check=False,
+    )
+
+
+def test_cli_test_flag_checks_the_connection(lytics, tmp_path):
+    result = _cli(["--test"], config_for(lytics), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Connection check passed" in result.stderr
+    assert [r.stream for r in lytics.requests] == ["cordial_activity"]
+    assert lytics.requests[0].query["dryrun"] == "true"
+    assert lytics.total() == 0
+
+
+def test_cli_test_flag_reports_a_bad_token(lytics, tmp_path):
+    token = "wrong-token-" + os.urandom(8).hex()
+    result = _cli(["--test"], config_for(lytics, api_token=token), tmp_path)
+    assert result.returncode == 1
+    assert "HTTP 401" in result.stderr
+    assert "check api_token" in result.stderr
+    assert token not in result.stderr + result.stdout
+
+
+def test_cli_run_exits_non_zero_and_keeps_secrets(tmp_path):
+    token = "tok-" + os.urandom(12).hex()
+    with LyticsStandIn(token=token) as lytics:
+        records = cordial_records(20)
+        stdin = "".join([*activity_lines(records), state_message({"s": 9})])
+        ok = _cli([], config_for(lytics), tmp_path, stdin, LOGLEVEL="DEBUG")
+        assert ok.returncode == 0, ok.stderr
+        assert ok.stdout.strip().splitlines() == ['{"s": 9}']
+        assert len(lytics.events["cordial_activity"]) == 20
+        lytics.inject(COLLECT, Fault(status=403))
+        failed = _cli([], config_for(lytics), tmp_path, stdin, LOGLEVEL="DEBUG")
+        assert failed.returncode != 0
+        assert "HTTP 403" in failed.stderr
+        assert "IP allow-list" in failed.stderr
+        assert failed.stdout.strip() == ""  # no STATE
+        for output in (ok.stdout, ok.stderr, failed.stdout, failed.stderr):
+            assert token not in output
+        assert all(token not in r.query.values() for r in lytics.requests)
