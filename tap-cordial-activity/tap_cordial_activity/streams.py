@@ -342,6 +342,9 @@ class ActivityStream(Stream):
         total = 0
         with counter, self.get_sync_timer():
             try:
+                # Log in (and verify the host key) before asking Cordial for anything, so a bad
+                # SFTP setting fails without leaving export jobs behind.
+                sftp.connect()
                 for window in self.windows():
                     records = self.window_records(window, client, sftp)
                     if fast:
@@ -368,7 +371,10 @@ class ActivityStream(Stream):
         dumps = orjson.dumps
         now = datetime.datetime.now
         utc = datetime.UTC
+        # msgspec (the SDK path's writer) spells UTC as Z; orjson needs this option to agree.
+        utc_z = orjson.OPT_UTC_Z
         head = b'{"type":"RECORD","stream":' + dumps(self.name) + b',"record":'
+        extracted = b',"time_extracted":'
         out = sys.stdout.buffer
         batch: list[bytes] = []
         for record in records:
@@ -378,7 +384,7 @@ class ActivityStream(Stream):
             # Same bytes as RecordMessage.to_dict() through the msgspec writer: record, then the
             # extraction time as an aware UTC datetime.
             batch.append(
-                head + dumps(record) + b',"time_extracted":' + dumps(now(utc)) + b"}\n"
+                head + dumps(record) + extracted + dumps(now(utc), option=utc_z) + b"}\n"
             )
             total += 1
             if len(batch) >= _WRITE_BATCH:
