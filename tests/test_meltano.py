@@ -49,11 +49,15 @@ def _base_env() -> dict[str, str]:
 
 
 def _setting_env(prefix: str, config: Mapping[str, Any]) -> dict[str, str]:
-    """Meltano's env-var form of a plugin config: PREFIX_<SETTING>, JSON for non-strings."""
+    """Meltano's env-var form of a plugin config: PREFIX_<SETTING>, JSON for non-strings.
+
+    Floats are left out: Meltano 4.4 cannot serialize a `kind: decimal` setting read from a
+    variable, so those come from the `sandbox` environment in meltano.yml (as in the demo).
+    """
     return {
         f"{prefix}_{key.upper()}": value if isinstance(value, str) else json.dumps(value)
         for key, value in config.items()
-        if value is not None
+        if value is not None and not isinstance(value, float)
     }
 
 
