@@ -254,18 +254,20 @@ def test_decimals_are_written_exactly():
 def test_body_builder_respects_limit():
     builder = BodyBuilder(20)
     events = [b'{"a":1}', b'{"b":22}', b'{"c":333}']
-    assert builder.fits(events[0])
-    builder.add(events[0])
-    assert builder.fits(events[1])
-    builder.add(events[1])
+    assert builder.add(events[0])
+    assert builder.add(events[1])
     assert builder.size == len(b'[{"a":1},{"b":22}]') == 18
-    assert not builder.fits(events[2])
+    assert not builder.add(events[2])  # 18 + 1 + 9 > 20: refused, nothing added
+    assert builder.size == 18
     body, count = builder.take()
     assert body == b'[{"a":1},{"b":22}]'
     assert count == 2
     assert orjson.loads(body) == [{"a": 1}, {"b": 22}]
     assert builder.count == 0
     assert builder.size == 2
+    assert not builder.add(b'{"x":"' + b"y" * 20 + b'"}')  # alone it would not fit either
+    assert builder.add(b'{"x":"yyyyyyyyyy"}')  # exactly 20 bytes with the brackets
+    assert builder.take() == (b'[{"x":"yyyyyyyyyy"}]', 1)
 
 
 def test_settings_defaults_and_merge():

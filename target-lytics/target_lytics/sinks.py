@@ -3,13 +3,16 @@
 Each record is mapped then serialized once with orjson into the body being built. A body is
 ``[`` + events joined by ``,`` + ``]`` and is sent before adding an event would take it past
 ``max_request_bytes``, so memory stays bounded by one body per sink whatever ``batch_size_rows``
-is. Whatever remains is sent when the SDK drains the sink; singer-sdk emits STATE only after every
-sink has drained, and a failed upload raises, so STATE never covers events Lytics has not accepted.
+is. A full body is uploaded by a background thread while the next one is built (one request in
+flight per sink). Draining the sink sends what remains and waits for every upload; singer-sdk
+emits STATE only after every sink has drained, and a failed upload raises there, so STATE never
+covers events Lytics has not accepted.
 """
 
 from __future__ import annotations
 
 import typing as t
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import fastjsonschema
 import orjson
@@ -73,17 +76,18 @@ class BodyBuilder:
         """Size of the body if it were closed now."""
         return len(self._buffer) + len(_CLOSE)
 
-    def fits(self, event: bytes) -> bool:
-        """True when ``event`` can be added without passing ``max_bytes``."""
-        extra = len(event) + (len(_SEPARATOR) if self.count else 0)
-        return self.size + extra <= self.max_bytes
-
-    def add(self, event: bytes) -> None:
-        """Append one serialized event (the caller checked :meth:`fits`)."""
+    def add(self, event: bytes) -> bool:
+        """Append one serialized event if it fits; False (nothing added) when it does not."""
         if self.count:
+            # Separator and closing bracket: 2 bytes beyond the buffer and the event.
+            if len(self._buffer) + len(event) + 2 > self.max_bytes:
+                return False
             self._buffer += _SEPARATOR
+        elif len(event) + 2 > self.max_bytes:
+            return False
         self._buffer += event
         self.count += 1
+        return True
 
     def take(self) -> tuple[bytes, int]:
         """Return the closed body and its event count, and start a new one."""
@@ -96,6 +100,11 @@ class BodyBuilder:
 
 class LyticsSink(Sink):
     """Uploads one Singer stream into one Lytics stream."""
+
+    # Rows between the SDK's sink drains (when batch_size_rows is not set). Bodies are bounded by
+    # bytes and sent as they fill, so a drain only flushes a partial body and waits for it: the
+    # SDK's 10,000 would mean ~3 MB requests and a wait every 10,000 records.
+    MAX_SIZE_DEFAULT = 200_000
 
     target: TargetLytics
 
@@ -121,6 +130,8 @@ class LyticsSink(Sink):
         self.body = BodyBuilder(target.max_request_bytes)
         self.uploaded_events = 0
         self.uploaded_requests = 0
+        self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lytics-upload")
+        self._in_flight: Future[None] | None = None
 
     @property
     def client(self) -> LyticsClient:
@@ -137,9 +148,10 @@ class LyticsSink(Sink):
         """Map one record and serialize the event once."""
         return orjson.dumps(self.mapper.map(record), default=json_default)
 
-    def add_event(self, event: bytes) -> None:
-        """Add a serialized event, first sending the body when the event would not fit."""
-        if not self.body.fits(event):
+    def process_record(self, record: dict, context: dict) -> None:
+        """Map, serialize and buffer one record (sending the body first when it is full)."""
+        event = orjson.dumps(self.mapper.map(record), default=json_default)
+        if not self.body.add(event):
             if self.body.count == 0:
                 raise LyticsError(
                     f"One event of stream '{self.stream_name}' is {len(event)} bytes, more than "
@@ -147,20 +159,36 @@ class LyticsSink(Sink):
                     "(at most 10,000,000) or leave large fields out of the mapping."
                 )
             self.send_body()
-        self.body.add(event)
-
-    def process_record(self, record: dict, context: dict) -> None:
-        """Map, serialize and buffer one record (sending a full body first)."""
-        self.add_event(self.serialize(record))
+            self.body.add(event)
 
     def process_batch(self, context: dict) -> None:
-        """Send what is left; the SDK writes STATE only after every sink got here."""
+        """Send what is left and wait until Lytics accepted all of it.
+
+        The SDK writes STATE only after every sink returned from here.
+        """
         if self.body.count:
             self.send_body()
+        self.wait_for_uploads()
+
+    def wait_for_uploads(self) -> None:
+        """Wait for the upload in flight; re-raise its error (LyticsError) in this thread."""
+        future, self._in_flight = self._in_flight, None
+        if future is not None:
+            future.result()
+
+    def clean_up(self) -> None:
+        """Stop the upload thread (after the last drain, nothing is in flight)."""
+        self._uploader.shutdown(wait=True)
+        super().clean_up()
 
     def send_body(self) -> None:
-        """Upload the current body; raises LyticsError when Lytics does not accept it."""
+        """Hand the current body to the upload thread, once the previous upload succeeded."""
         body, count = self.body.take()
+        self.wait_for_uploads()
+        self._in_flight = self._uploader.submit(self._upload, body, count)
+
+    def _upload(self, body: bytes, count: int) -> None:
+        """Upload one body (upload thread); raises LyticsError when Lytics does not accept it."""
         result = self.client.upload(
             self.stream_mapping.lytics_stream,
             body,
