@@ -17,6 +17,11 @@ STATE_ID="sandbox:tap-cordial-activity-to-target-lytics"
 if [ -t 1 ]; then bold=$'\033[1m'; dim=$'\033[2m'; reset=$'\033[0m'; else bold=; dim=; reset=; fi
 step() { printf '\n%s== %s%s\n' "$bold" "$*" "$reset"; }
 note() { printf '%s%s%s\n' "$dim" "$*" "$reset"; }
+# The lines of a `meltano run` log that tell the story: windows, jobs, files, records, state.
+highlights() {
+  grep -E "Exporting activity|: Done,|Read .* bytes|done: [0-9]+ records|completed processing|state has been updated|No state was found|Resuming" "$1" \
+    | sed -E 's/^[0-9T:.-]+Z \[[a-z ]+\] /   /' | cut -c1-160 || true
+}
 # Runs a command with its output in a log file; on failure shows the end of the log and stops.
 logged() {
   local log="$1"; shift
@@ -39,9 +44,8 @@ logged "$WORK/meltano-install.log" meltano install
 
 step "Starting the sandbox with $EVENTS generated Cordial events"
 rm -f "$ENV_FILE"
-# --allow-sftp-fallback: without root or sshd the sandbox serves SFTP with paramiko instead.
-python -m sandbox up --events "$EVENTS" --allow-sftp-fallback --env-file "$ENV_FILE" \
-  >"$WORK/sandbox.log" 2>&1 &
+# Without root or sshd the sandbox serves SFTP with paramiko instead of OpenSSH (the tests never do).
+python -m sandbox up --events "$EVENTS" --env-file "$ENV_FILE" >"$WORK/sandbox.out" 2>"$WORK/sandbox.log" &
 sandbox_pid=$!
 stop_sandbox() {
   if kill -0 "$sandbox_pid" 2>/dev/null; then
@@ -53,17 +57,20 @@ stop_sandbox() {
 trap stop_sandbox EXIT
 trap 'exit 130' INT TERM
 for _ in $(seq 1 600); do
-  grep -qx "SANDBOX READY" "$WORK/sandbox.log" 2>/dev/null && break
+  grep -qx "SANDBOX READY" "$WORK/sandbox.out" 2>/dev/null && break
   if ! kill -0 "$sandbox_pid" 2>/dev/null; then
     echo "the sandbox did not start:" >&2; cat "$WORK/sandbox.log" >&2; exit 1
   fi
   sleep 0.1
 done
-grep -qx "SANDBOX READY" "$WORK/sandbox.log" || { echo "sandbox not ready after 60 s" >&2; exit 1; }
+grep -qx "SANDBOX READY" "$WORK/sandbox.out" || { echo "sandbox not ready after 60 s" >&2; exit 1; }
+sed 's/^/   /' "$WORK/sandbox.log"
 # The sandbox's addresses and throwaway credentials, as TAP_CORDIAL_ACTIVITY_* / TARGET_LYTICS_*.
 # shellcheck disable=SC1090
 source "$ENV_FILE"
-grep -v "^SANDBOX READY$" "$WORK/sandbox.log" | sed 's/^/   /' | head -n 8 || true
+# Meltano 4.4 cannot serialize a decimal setting read from a variable: the sandbox environment in
+# meltano.yml sets the poll interval instead.
+unset TAP_CORDIAL_ACTIVITY_POLL_INTERVAL_SECONDS
 
 # A new sandbox holds new events: forget the bookmark of an earlier demo.
 meltano --environment=sandbox state clear --force "$STATE_ID" >/dev/null 2>&1 || true
@@ -71,36 +78,55 @@ meltano --environment=sandbox state clear --force "$STATE_ID" >/dev/null 2>&1 ||
 bookmark() {
   meltano --environment=sandbox state get "$STATE_ID" 2>/dev/null | python -c '
 import json, sys
-state = json.load(sys.stdin)["singer_state"]["bookmarks"]["activity"]
-print(state["replication_key_value"])'
+print(json.load(sys.stdin)["singer_state"]["bookmarks"]["activity"]["replication_key_value"])'
+}
+# Counts what the Lytics stand-in holds; prints "total distinct".
+lytics_counts() {
+  python -m sandbox show --env-file "$ENV_FILE" --json --limit 100000000 | python -c '
+import json, sys
+events = json.load(sys.stdin)["sample"]["events"]
+print(len(events), len({e["cr_system_event_id"] for e in events}))'
+}
+# Shows the last N events Lytics received, one per line.
+latest_events() {
+  python -m sandbox show --env-file "$ENV_FILE" --json --limit 100000000 | python -c '
+import json, sys
+for event in json.load(sys.stdin)["sample"]["events"][-int(sys.argv[1]):]:
+    print("  " + json.dumps(event, ensure_ascii=False, sort_keys=True))' "$1"
 }
 
 step "Run 1: meltano run tap-cordial-activity target-lytics"
 logged "$WORK/run-1.log" meltano --environment=sandbox run tap-cordial-activity target-lytics
+highlights "$WORK/run-1.log"
 
 step "What Lytics received"
 python -m sandbox show --env-file "$ENV_FILE"
 first_bookmark="$(bookmark)"
+read -r total_1 distinct_1 < <(lytics_counts)
 echo
 echo "Bookmark in Meltano's state ($STATE_ID): time = $first_bookmark"
+note "(the tap's default actions leave out pageview and message-stopped events, hence fewer than $EVENTS)"
 
 step "Adding $NEW_EVENTS new events in Cordial, timed after the bookmark"
-python -m sandbox add-events "$NEW_EVENTS" --since "$first_bookmark" --env-file "$ENV_FILE"
+python -m sandbox add-events "$NEW_EVENTS" --env-file "$ENV_FILE"
 
 step "Run 2: the same command; the tap starts from the bookmark"
 logged "$WORK/run-2.log" meltano --environment=sandbox run tap-cordial-activity target-lytics
+highlights "$WORK/run-2.log"
 
 step "What Lytics received now"
-python -m sandbox show --env-file "$ENV_FILE"
+python -m sandbox show --env-file "$ENV_FILE" --limit 0
+read -r total_2 distinct_2 < <(lytics_counts)
+echo "the last 3 events received (from run 2):"
+latest_events 3
 echo
 echo "Bookmark in Meltano's state: time = $(bookmark) (was $first_bookmark)"
-python -m sandbox show --env-file "$ENV_FILE" --json | python -c '
-import json, sys
-summary = json.load(sys.stdin)
-expected = int(sys.argv[1]) + int(sys.argv[2])
-total, distinct = summary["total"], summary["distinct_event_ids"]
-print(f"{total} events in Lytics, {distinct} distinct: run 2 delivered only the {sys.argv[2]} new ones"
-      if total == distinct else f"DUPLICATES: {total} events but {distinct} distinct")
-sys.exit(0 if total == distinct else 1)' "$EVENTS" "$NEW_EVENTS"
+echo "Run 1 delivered $total_1 events, run 2 delivered $((total_2 - total_1)) more;" \
+  "$distinct_2 distinct event ids in $total_2 events."
+if [ "$total_2" -le "$total_1" ] || [ "$distinct_2" -ne "$total_2" ] || [ "$distinct_1" -ne "$total_1" ]; then
+  echo "UNEXPECTED: run 2 should add only new, distinct events" >&2
+  exit 1
+fi
+echo "Only the new events arrived: no event was delivered twice."
 
 step "Done: the sandbox stops now"
