@@ -61,7 +61,9 @@ def run_tap(
 
 def event(event_id: str, when: datetime | str, action: str = "open", **extra: Any) -> dict:
     """A raw Cordial event at ``when`` (``+0000`` offset, as Cordial writes it)."""
-    text = when if isinstance(when, str) else when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S+0000")
+    if isinstance(when, str):
+        return {"_id": event_id, "cID": "c-" + event_id, "action": action, "time": when, **extra}
+    text = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S+0000")
     return {"_id": event_id, "cID": "c-" + event_id, "action": action, "time": text, **extra}
 
 

@@ -9,17 +9,16 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import jsonschema
 import pytest
+from tap_cordial_activity.streams import SCHEMA
+from test_tap_helpers import event, iso, run_tap
+
 from sandbox.cordial import DEFAULT_SAVED_KEY, CordialStandIn
 from sandbox.httpbase import Fault
 from sandbox.pytest_plugin import Sandbox
 from sandbox.sftp import generate_ed25519_key
-from test_tap_helpers import event, iso, run_tap
-
-from tap_cordial_activity.streams import SCHEMA
 
 DEFAULT_ACTIONS = {"message-sent", "open", "click", "optout", "bounce", "complaint"}
 RESERVED = DEFAULT_ACTIONS | {"pageview", "message-stopped"}
@@ -63,7 +62,8 @@ def test_default_run_emits_every_event_once_with_valid_schema(sandbox: Sandbox, 
     assert all(body["compress"] is True for body in sandbox.cordial.exports)
     assert len(run.states) >= len(sandbox.cordial.exports)
     assert run.bookmark["replication_key"] == "time"
-    assert "Read singer-activity-" in run.stderr and "bytes in" in run.stderr
+    assert "Read singer-activity-" in run.stderr
+    assert "bytes in" in run.stderr
     assert_clean(run, sandbox)
 
 
@@ -101,7 +101,8 @@ def test_formats_give_the_same_records(sandbox, tmp_path, reference_ids, overrid
         assert any(name.split(".")[0].endswith("-2") for name in files), files
     if overrides.get("export_format") == "csv":
         nested = [r for r in run.records if "sp" in r]
-        assert nested and all(isinstance(r["sp"], dict) for r in nested)
+        assert nested
+        assert all(isinstance(r["sp"], dict) for r in nested)
 
 
 def test_password_login_only(sandbox, tmp_path, reference_ids):
@@ -151,7 +152,8 @@ def test_encrypted_key_with_passphrase(sandbox, tmp_path, reference_ids):
 def test_wrong_sftp_password_is_refused_before_any_export(sandbox, tmp_path):
     run = run_tap(tmp_path, sandbox.tap_config(sftp_private_key=None, sftp_password="wrong-pw"))
     assert run.returncode != 0
-    assert "SFTP login as" in run.stderr and "was refused" in run.stderr
+    assert "SFTP login as" in run.stderr
+    assert "was refused" in run.stderr
     assert sandbox.cordial.exports == []
 
 
@@ -182,7 +184,8 @@ def test_unknown_host_key_is_refused(sandbox, tmp_path):
 def test_changed_host_key_is_refused(sandbox, tmp_path):
     run = run_tap(tmp_path, sandbox.tap_config(sftp_host_key=_other_host_key()))
     assert run.returncode != 0
-    assert "DOES NOT MATCH" in run.stderr and "ssh-keyscan" in run.stderr
+    assert "DOES NOT MATCH" in run.stderr
+    assert "ssh-keyscan" in run.stderr
     assert sandbox.cordial.exports == []
 
 
@@ -243,7 +246,8 @@ def test_backfill_is_split_into_windows_in_time_order(quiet, tmp_path):
         ("2024-05-03T00:00:00.000Z", "2024-05-04T00:00:00.000Z"),
     ]
     names = [b["name"] for b in quiet.cordial.exports]
-    assert len(set(names)) == 3 and all(n.startswith("singer-activity-") for n in names)
+    assert len(set(names)) == 3
+    assert all(n.startswith("singer-activity-") for n in names)
     assert sorted(r["_id"] for r in run.records) == sorted(f"e{h}" for h in range(0, 72, 5))
     bookmarks = [s["bookmarks"]["activity"]["replication_key_value"] for s in run.states]
     assert bookmarks == [
@@ -326,7 +330,8 @@ def test_failed_run_keeps_the_bookmark_and_rerun_loses_nothing(quiet, tmp_path):
     quiet.cordial.route = flaky  # type: ignore[method-assign]
     failed = run_tap(tmp_path, config)
     assert failed.returncode != 0
-    assert "HTTP 503" in failed.stderr and "down" in failed.stderr
+    assert "HTTP 503" in failed.stderr
+    assert "down" in failed.stderr
     assert failed.bookmark["replication_key_value"] == "2024-05-02T00:00:00+00:00"
     quiet.cordial.route = original  # type: ignore[method-assign]
     rerun = run_tap(tmp_path, config, state=failed.states[-1])
@@ -369,7 +374,8 @@ def test_export_rejected_with_4xx_is_not_retried(sandbox, tmp_path):
     sandbox.cordial.inject("/v2/contactactivityexport", Fault(status=406))
     run = run_tap(tmp_path, sandbox.tap_config())
     assert run.returncode != 0
-    assert "HTTP 406" in run.stderr and "creating the export job" in run.stderr
+    assert "HTTP 406" in run.stderr
+    assert "creating the export job" in run.stderr
     assert sandbox.cordial.pending_faults() == 0
     assert "retry" not in run.stderr
     assert sandbox.cordial.exports == []  # the one (faulted) request was not sent again
@@ -383,8 +389,10 @@ def test_429_retry_after_5xx_and_resets_are_retried(sandbox, tmp_path, reference
     run = run_tap(tmp_path, sandbox.tap_config())
     assert run.returncode == 0, run.stderr
     assert datetime.now(UTC) - started >= timedelta(seconds=1)  # Retry-After was honoured
-    assert "HTTP 429" in run.stderr and "retry 1/8 in 1.0s" in run.stderr
-    assert "HTTP 500" in run.stderr and "HTTP 502" in run.stderr
+    assert "HTTP 429" in run.stderr
+    assert "retry 1/8 in 1.0s" in run.stderr
+    assert "HTTP 500" in run.stderr
+    assert "HTTP 502" in run.stderr
     assert {r["_id"] for r in run.records} == reference_ids
 
 
@@ -392,7 +400,8 @@ def test_5xx_gives_up_after_max_retries(sandbox, tmp_path):
     sandbox.cordial.inject("/v2/contactactivityexport", *[Fault(status=500)] * 3)
     run = run_tap(tmp_path, sandbox.tap_config(max_retries=2))
     assert run.returncode != 0
-    assert "HTTP 500" in run.stderr and "Gave up after 3 attempts" in run.stderr
+    assert "HTTP 500" in run.stderr
+    assert "Gave up after 3 attempts" in run.stderr
 
 
 @pytest.mark.parametrize(
@@ -446,13 +455,17 @@ def test_unknown_top_level_field_is_kept_and_named_once(quiet, tmp_path):
 def test_connection_test_creates_no_export(sandbox, tmp_path):
     run = run_tap(tmp_path, sandbox.tap_config(), "--test")
     assert run.returncode == 0, run.stderr
-    assert "/health OK" in run.stderr and "login OK, host key verified" in run.stderr
+    assert "/health OK" in run.stderr
+    assert "login OK, host key verified" in run.stderr
     assert sandbox.cordial.exports == []
     assert [p for _, p, _ in sandbox.cordial.request_log] == ["/v2/health"]
     bad = run_tap(tmp_path, sandbox.tap_config(api_key="wrong"), "--test")
-    assert bad.returncode != 0 and "HTTP 401" in bad.stderr and "IP allow-list" in bad.stderr
+    assert bad.returncode != 0
+    assert "HTTP 401" in bad.stderr
+    assert "IP allow-list" in bad.stderr
     missing = run_tap(tmp_path, sandbox.tap_config(sftp_path="/no/such/folder"), "--test")
-    assert missing.returncode != 0 and "cannot list SFTP folder '/no/such/folder'" in missing.stderr
+    assert missing.returncode != 0
+    assert "cannot list SFTP folder '/no/such/folder'" in missing.stderr
     assert_clean(run, sandbox)
 
 

@@ -377,6 +377,8 @@ class ActivityStream(Stream):
         extracted = b',"time_extracted":'
         out = sys.stdout.buffer
         batch: list[bytes] = []
+        # As in the SDK's _write_record_message: records went out, so STATE is due again.
+        self.state_manager.is_flushed = False
         for record in records:
             if limit is not None and total >= limit:
                 self._flush(out, batch)
@@ -392,7 +394,6 @@ class ActivityStream(Stream):
                 counter.increment(_WRITE_BATCH)
         counter.increment(len(batch))
         self._flush(out, batch)
-        self.state_manager.is_flushed = False
         return total
 
     @staticmethod
