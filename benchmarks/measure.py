@@ -63,54 +63,64 @@ class PeakRssSampler(threading.Thread):
     """Samples the high-water RSS of every process under ``root_pid``, per role.
 
     ``roles`` maps a role name to a predicate on the process's command line; the first match wins
-    and a process matching none is ignored. Sampling every ``interval`` seconds.
+    and a process matching none is ignored. Known processes are sampled every ``interval`` seconds;
+    the tree is walked again every ``rescan`` seconds (a walk reads every process of the machine,
+    too costly to repeat at the sampling rate on a shared 2-core machine). The command line is read
+    at each sample, not cached: a child forked by Meltano shows Meltano's until it execs.
     """
 
     def __init__(
         self,
         root_pid: int,
         roles: Mapping[str, Callable[[Sequence[str]], bool]],
+        *,
+        tree: bool = True,
         interval: float = 0.02,
+        rescan: float = 0.25,
     ) -> None:
         super().__init__(name=f"rss-sampler:{root_pid}", daemon=True)
         self.root_pid = root_pid
         self.roles = dict(roles)
+        self.tree = tree
         self.interval = interval
+        self.rescan = rescan
         self.peaks: dict[str, int] = {}
-        self._role_of: dict[int, str | None] = {}
+        self._pids: list[int] = [root_pid]
         self._stop_event = threading.Event()
 
-    def _role(self, proc: psutil.Process) -> str | None:
-        if proc.pid not in self._role_of:
-            try:
-                cmdline = proc.cmdline()
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                return None
-            if not cmdline:
-                return None  # not exec'ed yet: look again at the next sample
-            self._role_of[proc.pid] = next(
-                (name for name, match in self.roles.items() if match(cmdline)), None
-            )
-        return self._role_of[proc.pid]
-
-    def sample(self) -> None:
-        """Take one sample of the whole tree."""
+    def _walk(self) -> None:
         try:
-            root = psutil.Process(self.root_pid)
-            procs = [root, *root.children(recursive=True)]
+            children = psutil.Process(self.root_pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return
-        for proc in procs:
-            role = self._role(proc)
+        self._pids = [self.root_pid, *(child.pid for child in children)]
+
+    def _role(self, pid: int) -> str | None:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                raw = handle.read()
+        except OSError:
+            return None
+        cmdline = [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
+        return next((name for name, match in self.roles.items() if match(cmdline)), None)
+
+    def sample(self) -> None:
+        """Take one sample of the known processes."""
+        for pid in self._pids:
+            role = self._role(pid)
             if role is None:
                 continue
-            hwm = _vm_hwm(proc.pid)
+            hwm = _vm_hwm(pid)
             if hwm is not None and hwm > self.peaks.get(role, 0):
                 self.peaks[role] = hwm
 
     def run(self) -> None:
         """Sample until stopped."""
+        next_walk = 0.0
         while not self._stop_event.is_set():
+            if self.tree and time.monotonic() >= next_walk:
+                self._walk()
+                next_walk = time.monotonic() + self.rescan
             self.sample()
             self._stop_event.wait(self.interval)
 
@@ -125,6 +135,7 @@ def run_measured(
     cmd: Sequence[str],
     *,
     roles: Mapping[str, Callable[[Sequence[str]], bool]],
+    tree: bool = False,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     stdin: IO[bytes] | None = None,
@@ -135,6 +146,7 @@ def run_measured(
 ) -> Run:
     """Run ``cmd`` to its end while sampling peak RSS; optionally count RECORD lines on its stdout.
 
+    ``tree`` samples the process's descendants too (Meltano's plugins), else the process alone.
     Without ``count_records`` stdout goes to /dev/null. ``save_stdout`` keeps a copy of it.
     """
     stderr_file = open(stderr_path, "wb") if stderr_path else subprocess.DEVNULL  # noqa: SIM115
@@ -148,7 +160,7 @@ def run_measured(
             env=dict(env) if env is not None else None,
             cwd=cwd,
         )
-        sampler = PeakRssSampler(proc.pid, roles)
+        sampler = PeakRssSampler(proc.pid, roles, tree=tree)
         sampler.start()
         records, last_record_at = 0, None
         killer = threading.Timer(timeout, proc.kill)

@@ -94,7 +94,7 @@ class MeltanoProject:
                 "capabilities": ["catalog", "discover", "state", "about"],
                 "settings": _settings(_STOCK_TAP_SETTINGS),
                 # Set here, not from the environment (see run._meltano_tap_config).
-                "config": {"poll_interval_seconds": 0.2},
+                "config": {"poll_interval_seconds": 0.1},
             }
         )
         plugins.setdefault("loaders", []).append(
@@ -147,6 +147,19 @@ class MeltanoProject:
                 f'exec "{sys.executable}" -m {module} "$@"\n'
             )
             wrapper.chmod(0o755)
+
+    def decimal_settings(self, plugin: str) -> set[str]:
+        """Names of the plugin's ``kind: decimal`` settings in the project copy."""
+        definition = yaml.safe_load((self.dir / "meltano.yml").read_text())
+        for plugins in definition.get("plugins", {}).values():
+            for entry in plugins:
+                if entry.get("name") == plugin:
+                    return {
+                        setting["name"]
+                        for setting in entry.get("settings", [])
+                        if setting.get("kind") == "decimal"
+                    }
+        return set()
 
     def run_command(self, tap: str, target: str) -> list[str]:
         """``meltano run`` of one pair, ignoring state left by an earlier measurement."""

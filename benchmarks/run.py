@@ -27,9 +27,9 @@ from typing import Any
 
 import orjson
 
-from benchmarks import measure
+from benchmarks import measure, profiling
 from benchmarks.meltano_project import STOCK_TAP, STOCK_TARGET, TAP, TARGET, MeltanoProject
-from benchmarks.report import Result, machine_line, render
+from benchmarks.report import TAP_RATIO_GOAL, TARGET_RATIO_GOAL, Result, machine_line, render
 from benchmarks.services import Dataset, Sandbox
 from benchmarks.stock_tap.tap import USES_PREFETCH
 from sandbox.events import generate_events
@@ -164,14 +164,46 @@ class Bench:
 
         return self._best(f"target {impl}", once)
 
+    # -- profiles ---------------------------------------------------------------------------
+    def profiles(self, results: list[Result]) -> dict[str, str]:
+        """cProfile summaries of our tap and target: with --profile, or where a ratio goal fails."""
+        out: dict[str, str] = {}
+        for kind, goal in (("tap", TAP_RATIO_GOAL), ("target", TARGET_RATIO_GOAL)):
+            ours = next((r for r in results if (r.kind, r.impl) == (kind, "ours")), None)
+            stock = next((r for r in results if (r.kind, r.impl) == (kind, "stock")), None)
+            missed = ours is not None and stock is not None and ours.rate < goal * stock.rate
+            if not (self.args.profile or missed):
+                continue
+            if kind == "target" and not self.tap_output.exists():
+                continue
+            _log(f"profiling our {kind} (cProfile)")
+            cmd = self._tap_cmd("ours") if kind == "tap" else self._target_cmd("ours")
+            self.sb.lytics.clear()
+            with open(self.tap_output if kind == "target" else os.devnull, "rb") as stdin:
+                out[kind] = profiling.profile(
+                    [sys.executable, *cmd],
+                    out=self.work / f"{kind}.prof",
+                    env=self.env,
+                    cwd=ROOT,
+                    stdin=stdin,
+                )
+            self.sb.clear_exports()
+            (RESULTS / f"profile-{kind}.txt").write_text(out[kind])
+        return out
+
     # -- (c) meltano run --------------------------------------------------------------------
     def pipeline(self, impl: str, project: MeltanoProject) -> Result:
         """``meltano run`` from its start to its exit; RSS of tap and target apart."""
         if impl == "ours":
             tap, target = TAP, TARGET
             settings = {
-                **self.sb.meltano_env("TAP_CORDIAL_ACTIVITY", _meltano_tap_config(self.sb, False)),
-                **self.sb.meltano_env("TARGET_LYTICS", self.sb.target_config()),
+                **self.sb.meltano_env(
+                    "TAP_CORDIAL_ACTIVITY",
+                    _meltano_settings(project, TAP, self.sb.tap_config(stock=False)),
+                ),
+                **self.sb.meltano_env(
+                    "TARGET_LYTICS", _meltano_settings(project, TARGET, self.sb.target_config())
+                ),
             }
             roles = {
                 "meltano": measure.cmdline_has(f"{BIN}/meltano"),
@@ -181,7 +213,10 @@ class Bench:
         else:
             tap, target = STOCK_TAP, STOCK_TARGET
             settings = {
-                **self.sb.meltano_env("STOCK_TAP_CORDIAL", _meltano_tap_config(self.sb, True)),
+                **self.sb.meltano_env(
+                    "STOCK_TAP_CORDIAL",
+                    _meltano_settings(project, STOCK_TAP, self.sb.tap_config(stock=True)),
+                ),
                 **self.sb.meltano_env("STOCK_TARGET_LYTICS", self.sb.target_config()),
             }
             roles = {
@@ -195,6 +230,7 @@ class Bench:
             run = measure.run_measured(
                 project.run_command(tap, target),
                 roles=roles,
+                tree=True,
                 env=project.env(settings),
                 cwd=project.dir,
                 stderr_path=self.work / f"{impl}-meltano.stderr",
@@ -221,16 +257,23 @@ class Bench:
         return self._best(f"meltano run {impl}", once)
 
 
-def _meltano_tap_config(sb: Sandbox, stock: bool) -> dict[str, Any]:
-    """The tap's settings for Meltano's environment variables.
+def _meltano_settings(
+    project: MeltanoProject, plugin: str, config: dict[str, Any]
+) -> dict[str, Any]:
+    """A plugin's settings minus those Meltano cannot take from the environment.
 
-    ``poll_interval_seconds`` is left out: Meltano 4.4 turns a ``kind: decimal`` value read from the
-    environment into a ``Decimal`` it then fails to serialize. The ``sandbox`` environment of
-    meltano.yml (and the stock plugin's definition) already set it to 0.2 s.
+    Meltano 4.4 turns a ``kind: decimal`` value read from an environment variable into a ``Decimal``
+    that it then fails to serialize (``meltano run`` dies with "Object of type Decimal is not JSON
+    serializable"). Those settings (poll interval, job timeout) keep the values of meltano.yml's
+    ``sandbox`` environment, or of the stock plugin's definition.
     """
-    config = sb.tap_config(stock=stock)
-    config.pop("poll_interval_seconds")
-    return config
+    decimal = project.decimal_settings(plugin)
+    return {key: value for key, value in config.items() if key not in decimal}
+
+
+def _head(text: str, lines: int) -> str:
+    """The first ``lines`` non-blank lines of a pstats report (the own-time table)."""
+    return "\n".join([line for line in text.splitlines() if line.strip()][:lines])
 
 
 def _check(run: measure.Run, what: str) -> None:
@@ -258,9 +301,9 @@ def _schema_differences(ours: Path, stock: Path) -> list[str]:
 
 
 def run_size(
-    count: int, args: argparse.Namespace, project: MeltanoProject | None, with_stock: bool
-) -> tuple[list[Result], list[str]]:
-    """All measurements on a dataset of ``count`` events."""
+    count: int, args: argparse.Namespace, project: MeltanoProject | None, *, main: bool
+) -> tuple[list[Result], list[str], dict[str, str]]:
+    """All measurements on a dataset of ``count`` events, and profiles (see Bench.profiles)."""
     work = WORK / str(count)
     if work.exists():
         shutil.rmtree(work)
@@ -271,7 +314,8 @@ def run_size(
     events = generate_events(count, seed=args.seed, start=dataset.start, end=dataset.end)
     notes: list[str] = []
     results: list[Result] = []
-    impls = ["ours", "stock"] if with_stock else ["ours"]
+    # The stock baselines and the profiles belong to the main size; --compare-small is ours only.
+    impls = ["ours", "stock"] if main and not args.no_stock else ["ours"]
     with Sandbox(dataset, events, work) as sb:
         _log(f"sandbox up: {len(sb.cordial.events):,} events, sshd on port {sb.sftp.port}")
         bench = Bench(sb, args, work)
@@ -292,9 +336,10 @@ def run_size(
         if "pipeline" in args.only and project is not None:
             for impl in impls:
                 results.append(bench.pipeline(impl, project))
+        profiles = bench.profiles(results) if main else {}
     if not args.keep_output:
         bench.tap_output.unlink(missing_ok=True)
-    return results, notes
+    return results, notes, profiles
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -319,6 +364,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="comma-separated subset of tap,target,pipeline",
     )
     parser.add_argument("--no-stock", action="store_true", help="skip the stock baselines")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile our tap and target (done anyway where a 5x goal is missed)",
+    )
     parser.add_argument("--keep-output", action="store_true", help="keep the saved tap output")
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.md")
     args = parser.parse_args(argv)
@@ -337,9 +387,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log("preparing the Meltano project copy (meltano install when needed)")
         project.prepare(WORK / "meltano-install.log")
     started = datetime.now(UTC)
-    results, notes = run_size(args.events, args, project, with_stock=not args.no_stock)
+    results, notes, profiles = run_size(args.events, args, project, main=True)
     if args.compare_small and args.compare_small != args.events:
-        small, small_notes = run_size(args.compare_small, args, project, with_stock=False)
+        small, small_notes, _ = run_size(args.compare_small, args, project, main=False)
         results += small
         notes += small_notes
     command = " ".join(["scripts/bench.sh", *(sys.argv[1:] if argv is None else argv)])
@@ -359,6 +409,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         *(f"- Note: {note}" for note in notes),
     ]
     text = render(results, header=header)
+    for kind, summary in profiles.items():
+        text += (
+            f"\n### Profile of our {kind} ({args.events:,} events, cProfile; full: "
+            f"benchmarks/results/profile-{kind}.txt)\n\n```\n" + _head(summary, 45) + "\n```\n"
+        )
     args.output.write_text(text + "\n")
     print(text)
     return 0

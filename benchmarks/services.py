@@ -158,7 +158,7 @@ class Sandbox:
             "sftp_password": self.sftp.password,
             "sftp_path": self.sftp.sftp_path,
             "sftp_host_key": self.sftp.host_key_line,
-            "poll_interval_seconds": 0.2,
+            "poll_interval_seconds": 0.1,
             # Every action, so the export holds every generated event.
             "actions": ALL_ACTIONS,
         }
