@@ -225,14 +225,22 @@ def generate_events(
 
     n_contacts = min(max(count // 20, 16), 100_000)
     contacts = [(_hex(rng, 24), _contact_email(rng, i)) for i in range(n_contacts)]
-    n_messages = min(max(count // 2000, 8), 400)
-    messages = [_message(rng, t0, fmt) for _ in range(n_messages)]
+    n_messages = min(max(count // 2000, len(_SUBJECTS) + 6), 400)
+    messages = [_message(rng, t0, fmt, k) for k in range(n_messages)]
     machine = _hex(rng, 6)
     counter0 = rng.getrandbits(36)
     coverage_at = {i * count // len(_COVERAGE): c for i, c in enumerate(_COVERAGE)} if count else {}
 
+    prev_ts = t0 - 1
     for i in range(count):
-        ts = t0 + (span * i + int(span * r())) // count if count else t0
+        ts = t0 + (span * i + int(span * r())) // count
+        if r() < 0.15:
+            # Bursts: a batch send produces many events in the same second.
+            ts = max(prev_ts, t0)
+        elif ts // 3600 != prev_ts // 3600 and r() < 0.5:
+            # Events exactly on the hour land on export window edges (exactly-once cases).
+            ts = max(ts - ts % 3600, t0)
+        prev_ts = ts
         time_text = fmt(ts)
         plan = coverage_at.get(i)
         if plan is not None:
@@ -283,12 +291,16 @@ def _contact_email(rng: random.Random, index: int) -> str:
     return f"{first}.{last}{index}@{_DOMAINS[rng.randrange(len(_DOMAINS))]}"
 
 
-def _message(rng: random.Random, t0: int, fmt: _TimeFormatter) -> dict[str, Any]:
-    """One sent message (batch or automated) that activity events refer to."""
+def _message(rng: random.Random, t0: int, fmt: _TimeFormatter, index: int) -> dict[str, Any]:
+    """One sent message (batch or automated) that activity events refer to.
+
+    Subjects cycle through the samples, so every script and emoji appears in any large sample.
+    """
     account = rng.randrange(10, 99)
     sent_ts = t0 - rng.randrange(0, 3 * 86400)
     sent = datetime.fromtimestamp(sent_ts, UTC)
-    chnl = "email" if rng.random() < 0.85 else "sms"
+    # The first messages are e-mails (which carry the subjects); later ones are sometimes SMS.
+    chnl = "email" if index < len(_SUBJECTS) or rng.random() < 0.7 else "sms"
     tags = rng.sample(_TAGS, rng.randrange(0, 4))
     return {
         "bmID": f"{account}:{_hex(rng, 24)}:d{sent:%y%m%d}",
@@ -297,7 +309,7 @@ def _message(rng: random.Random, t0: int, fmt: _TimeFormatter) -> dict[str, Any]
         "sent_ts": sent_ts,
         "message_sent": fmt(sent_ts),
         "message_name": _MESSAGE_NAMES[rng.randrange(len(_MESSAGE_NAMES))],
-        "subject": _SUBJECTS[rng.randrange(len(_SUBJECTS))],
+        "subject": _SUBJECTS[index % len(_SUBJECTS)],
         "chnl": chnl,
         "chnl-type": rng.choice(_CHANNEL_TYPES[chnl]),
         "mTags": tags,
