@@ -151,7 +151,7 @@ def test_raw_cordial_booleans_and_offsets(lytics):
             "mcID": {"type": ["string", "null"]},
         },
     }
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"_id": "a", "cID": "c", "time": "2017-03-13T22:48:40+0000", "first": 1, "mcID": None},
         {"_id": "b", "cID": "c", "time": "2017-03-13T23:48:40+01:00", "first": "true"},
         {"_id": "c", "cID": "c", "time": "2017-03-13T22:48:40Z", "first": 0},
@@ -203,7 +203,7 @@ def test_pass_through_stream(lytics):
             "meta": {"type": ["object", "null"]},
         },
     }
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "id": 1,
             "name": "Zoë",
@@ -489,6 +489,7 @@ def test_cli_run_exits_non_zero_and_keeps_secrets(tmp_path):
         stdin = "".join([*activity_lines(records), state_message({"s": 9})])
         ok = _cli([], config_for(lytics), tmp_path, stdin, LOGLEVEL="DEBUG")
         assert ok.returncode == 0, ok.stderr
+        assert "Uploaded 20 events" in ok.stderr  # DEBUG logging was on
         assert ok.stdout.strip().splitlines() == ['{"s": 9}']
         assert len(lytics.events["cordial_activity"]) == 20
         lytics.inject(COLLECT, Fault(status=403))

@@ -8,9 +8,10 @@ import logging
 
 import orjson
 import pytest
+import requests
 from singer_sdk.exceptions import ConfigValidationError
 from tap_cordial_activity.records import normalize
-from target_lytics.client import RetryPolicy, parse_retry_after
+from target_lytics.client import LyticsClient, LyticsError, RetryPolicy, parse_retry_after
 from target_lytics.mapping import (
     RecordMapper,
     StreamMapping,
@@ -336,3 +337,30 @@ def test_retry_after_and_backoff():
 def test_string_shortcut_matches_datetime_path(text):
     parsed = datetime.datetime.fromisoformat(text)
     assert to_rfc3339_utc(text) == to_rfc3339_utc(parsed)
+
+
+def _response(payload: dict) -> requests.Response:
+    response = requests.Response()
+    response.status_code = 200
+    response._content = orjson.dumps(payload)
+    return response
+
+
+def test_success_envelope_with_string_status_and_counts():
+    result = LyticsClient._accepted(
+        _response({"status": "success", "data": {"message_count": "3", "rejected_count": "0"}}),
+        "s",
+        3,
+    )
+    assert result.message_count == 3
+    assert result.rejected_count == 0
+    assert result.status == "success"
+
+
+def test_rejected_count_as_text_still_ends_the_run():
+    with pytest.raises(LyticsError, match="rejected 2 of 5 events"):
+        LyticsClient._accepted(
+            _response({"status": "200", "data": {"message_count": 5, "rejected_count": "2"}}),
+            "s",
+            5,
+        )

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import orjson
 import requests
+import requests.adapters
 
 from target_lytics import __version__
 
@@ -120,6 +121,10 @@ class LyticsClient:
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
         self.session = requests.Session()
+        # Each sink has at most one request in flight; keep that many connections alive.
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
         self.session.headers.update(
             {
                 "Authorization": api_token,

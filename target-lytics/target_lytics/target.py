@@ -253,7 +253,8 @@ class TargetLytics(Target):
         if sink is None or self._sinks_active.get(stream_name) is not sink:
             super()._process_record_message(message_dict)
             return
-        self._assert_line_requires(message_dict, requires={"stream", "record"})
+        if "record" not in message_dict:
+            self._assert_line_requires(message_dict, requires={"stream", "record"})  # raises
         record = message_dict["record"]
         if not _SDC_COLUMNS.isdisjoint(record):
             sink._remove_sdc_metadata_from_record(record)
@@ -265,7 +266,9 @@ class TargetLytics(Target):
                 sink.logger.exception("Record validation failed")
                 if sink.fail_on_record_validation_exception:
                     raise
-        sink._singer_validate_message(record)
+        for key in sink.key_properties:
+            if key not in record:
+                sink._singer_validate_message(record)  # raises the SDK's error
         sink.tally_record_read()
         sink.process_record(record, {})
         sink.record_counter_metric.increment()
