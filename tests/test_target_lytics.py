@@ -422,6 +422,31 @@ def test_state_never_covers_records_not_uploaded(lytics, monkeypatch):
     assert {r["_id"] for r in records[:last]} <= accepted
 
 
+def test_background_upload_failure_ends_the_run_without_state(lytics, monkeypatch):
+    """Full bodies go out from the upload thread; its failure surfaces and no STATE follows."""
+    records = cordial_records(300)
+    original_upload = LyticsClient.upload
+    calls = {"n": 0}
+
+    def failing_later(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            lytics.inject(COLLECT, Fault(status=400))
+        return original_upload(self, *args, **kwargs)
+
+    monkeypatch.setattr(LyticsClient, "upload", failing_later)
+    states, error = run_target(
+        config_for(lytics, max_request_bytes=3_000), activity_lines(records, state_every=20)
+    )
+    assert isinstance(error, LyticsError)
+    assert "HTTP 400" in str(error)
+    assert states == []
+    assert calls["n"] == 4  # nothing was sent after the failed request
+    accepted = uploaded_ids(lytics)
+    assert 0 < len(accepted) < len(records)
+    assert accepted == [r["_id"] for r in records[: len(accepted)]]  # in order, a prefix
+
+
 def test_no_state_when_the_final_drain_fails(lytics):
     records = cordial_records(50)
     # Default settings: one body at the end of input, STATE after it. The upload is refused.
