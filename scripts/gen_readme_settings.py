@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import re
 import shutil
 import subprocess
@@ -31,10 +32,10 @@ def _executable(plugin: str) -> str:
     return found
 
 
-def about_markdown(plugin: str) -> str:
-    """Return what `<plugin> --about --format=markdown` prints."""
+def about(plugin: str, about_format: str) -> str:
+    """Return what `<plugin> --about --format=<about_format>` prints."""
     result = subprocess.run(
-        [_executable(plugin), "--about", "--format=markdown"],
+        [_executable(plugin), "--about", f"--format={about_format}"],
         capture_output=True,
         text=True,
         check=False,
@@ -43,6 +44,12 @@ def about_markdown(plugin: str) -> str:
     if result.returncode != 0:
         raise RuntimeError(f"{plugin} --about failed ({result.returncode}):\n{result.stderr}")
     return result.stdout
+
+
+def secret_settings(about_json: str) -> list[str]:
+    """Names of the settings a plugin marks secret (the markdown table does not show it)."""
+    properties = json.loads(about_json)["settings"]["properties"]
+    return [name for name, schema in properties.items() if schema.get("secret")]
 
 
 def _section(markdown: str, heading: str) -> list[str]:
@@ -60,8 +67,8 @@ def _section(markdown: str, heading: str) -> list[str]:
     return body
 
 
-def settings_block(plugin: str, markdown: str) -> str:
-    """The generated README text for one plugin: capabilities and the settings table."""
+def settings_block(plugin: str, markdown: str, secrets: list[str]) -> str:
+    """The generated README text for one plugin: capabilities, secrets and the settings table."""
     capabilities = [
         line.strip()[2:] for line in _section(markdown, "Capabilities") if line.startswith("- ")
     ]
@@ -69,9 +76,12 @@ def settings_block(plugin: str, markdown: str) -> str:
     table = [line for line in _section(markdown, "Settings") if line.startswith("|")]
     if not table:
         raise RuntimeError(f"{plugin} --about printed no settings table")
+    secret_names = ", ".join(f"`{name}`" for name in secrets)
     return "\n".join(
         [
             f"Capabilities: {', '.join(capabilities)}.",
+            "",
+            f"Secret (redacted by Meltano, kept in `.env`): {secret_names}.",
             "",
             *table,
         ]
@@ -100,7 +110,12 @@ def render(readme: str, blocks: dict[str, str]) -> str:
 def expected_readme() -> tuple[str, str]:
     """Return (current README text, the README text with freshly generated tables)."""
     current = README.read_text(encoding="utf-8")
-    blocks = {plugin: settings_block(plugin, about_markdown(plugin)) for plugin in PLUGINS}
+    blocks = {
+        plugin: settings_block(
+            plugin, about(plugin, "markdown"), secret_settings(about(plugin, "json"))
+        )
+        for plugin in PLUGINS
+    }
     return current, render(current, blocks)
 
 

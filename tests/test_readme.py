@@ -52,3 +52,57 @@ def test_readme_gives_exactly_the_two_commands_and_the_placeholders():
         assert (ROOT / script).is_file(), script
     for marker in ("<!-- PERFORMANCE -->", "<!-- RELIABILITY -->"):
         assert marker in text
+
+
+# Distinctive parts of the messages that README's Troubleshooting explains: each must still be in
+# the plugins' code (a reworded message would leave the README explaining something never shown).
+TROUBLESHOOTING_PHRASES = {
+    "tap-cordial-activity": (
+        "No SFTP login for the tap",
+        "No way for Cordial to write the export to SFTP",
+        "is not a date (yyyy-mm-dd) or ISO 8601 date-time",
+        "must be after `start_date`",
+        "key's IP allow-list",
+        "Gave up after",
+        "Cordial API unreachable while",
+        "failed: ",
+        "did not finish within",
+        "but no file beginning",
+        "is unknown: the server presented",
+        "DOES NOT MATCH",
+        "the tap refuses to connect",
+        "refused: check `sftp_username`",
+        "cannot reach SFTP server",
+        "refused to start the SFTP subsystem",
+        "cannot list SFTP folder",
+        "reconnects failed",
+        "Bad export data in",
+        "record without `_id`",
+        "truncated gzip file",
+        "the schema does not describe",
+        "the private key is encrypted: set `sftp_private_key_passphrase`",
+    ),
+    "target-lytics": (
+        "the token is invalid or missing: check api_token",
+        "the token lacks permission: check the token's role",
+        "Lytics rejected the data as invalid",
+        "the request body is too large: lower max_request_bytes",
+        "no such endpoint: check api_url",
+        "Lytics may be",
+        "Lytics rejected",
+        "more than",
+        "Lytics accepts at most",
+        "Record Message Validation Error",
+    ),
+}
+
+
+def test_troubleshooting_messages_are_still_the_plugins_messages():
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Troubleshooting") : text.index("## Development")]
+    for plugin, phrases in TROUBLESHOOTING_PHRASES.items():
+        package = ROOT / plugin / plugin.replace("-", "_")
+        source = "\n".join(p.read_text(encoding="utf-8") for p in sorted(package.glob("*.py")))
+        for phrase in phrases:
+            assert phrase in source, f"{plugin} no longer says {phrase!r}: update the README"
+            assert phrase in section, f"README Troubleshooting does not explain {phrase!r}"
