@@ -177,8 +177,15 @@ class LyticsSink(Sink):
             future.result()
 
     def clean_up(self) -> None:
-        """Stop the upload thread (after the last drain, nothing is in flight)."""
+        """Stop the upload thread (after the last drain, nothing is in flight) and report."""
         self._uploader.shutdown(wait=True)
+        self.logger.info(
+            "Lytics accepted %d events in %d requests into stream '%s'%s",
+            self.uploaded_events,
+            self.uploaded_requests,
+            self.stream_mapping.lytics_stream,
+            " (dry run: nothing stored)" if self.dry_run else "",
+        )
         super().clean_up()
 
     def send_body(self) -> None:

@@ -171,7 +171,8 @@ class TargetLytics(Target):
             raise ValueError(msg)
         self.max_request_bytes = max_bytes
         self.streams_config = self.merged_streams(self.config.get("streams"))
-        self._client: LyticsClient | None = None
+        # Created up front: upload threads of several sinks share it.
+        self.client = self._new_client()
         # Sinks that take the fast path, by Singer stream name; rebuilt on each SCHEMA.
         self._fast_sinks: dict[str, LyticsSink] = {}
 
@@ -187,21 +188,18 @@ class TargetLytics(Target):
         """The resolved mapping of a Singer stream (pass-through when not configured)."""
         return StreamMapping.from_setting(stream_name, self.streams_config.get(stream_name))
 
-    @property
-    def client(self) -> LyticsClient:
+    def _new_client(self) -> LyticsClient:
         """The one Lytics client (one keep-alive session) shared by every sink."""
-        if self._client is None:
-            self._client = LyticsClient(
-                api_url=str(self.config.get("api_url") or "https://api.lytics.io"),
-                api_token=str(self.config["api_token"]),
-                timeout_seconds=float(self.config.get("request_timeout_seconds") or 60),
-                retry=RetryPolicy(
-                    max_retries=int(self.config.get("max_retries", 8)),
-                    base_delay_seconds=float(self.config.get("retry_initial_delay_seconds", 1)),
-                    max_delay_seconds=float(self.config.get("retry_max_delay_seconds", 60)),
-                ),
-            )
-        return self._client
+        return LyticsClient(
+            api_url=str(self.config.get("api_url") or "https://api.lytics.io"),
+            api_token=str(self.config["api_token"]),
+            timeout_seconds=float(self.config.get("request_timeout_seconds") or 60),
+            retry=RetryPolicy(
+                max_retries=int(self.config.get("max_retries", 8)),
+                base_delay_seconds=float(self.config.get("retry_initial_delay_seconds", 1)),
+                max_delay_seconds=float(self.config.get("retry_max_delay_seconds", 60)),
+            ),
+        )
 
     # Record fast path ---------------------------------------------------------------------------
 
