@@ -35,7 +35,6 @@ KNOWN_FIELDS = frozenset(
         "sp", "d",
     }
 )
-TIMESTAMP_FIELDS = ("time", "message_sent")
 #: CSV columns whose text is JSON (an object or a list) in the JSON export.
 JSON_COLUMNS = frozenset({"properties", "sp", "d", "mTags"})
 
@@ -97,6 +96,29 @@ def to_bool(value: Any) -> bool:
     raise ValueError(f"{value!r} is not a boolean (true/false/1/0)")
 
 
+#: Parsed timestamps by their raw text. Events of one export share many second-precision times
+#: (and every event of a message shares its ``message_sent``), so most lookups hit.
+_TIMESTAMP_CACHE: dict[str, tuple[str, datetime.datetime]] = {}
+_TIMESTAMP_CACHE_LIMIT = 20_000
+
+
+def _timestamp(value: Any, key: str, file_name: str, line: int) -> tuple[str, datetime.datetime]:
+    """:func:`normalize_timestamp` through the cache, with the data error on failure."""
+    cached = _TIMESTAMP_CACHE.get(value) if value.__class__ is str else None
+    if cached is not None:
+        return cached
+    try:
+        result = normalize_timestamp(str(value))
+    except ValueError:
+        raise ExportDataError(
+            file_name, line, f"`{key}` {value!r} is not an ISO 8601 date-time"
+        ) from None
+    if len(_TIMESTAMP_CACHE) >= _TIMESTAMP_CACHE_LIMIT:
+        _TIMESTAMP_CACHE.clear()  # bounded memory; the cache refills from the next records
+    _TIMESTAMP_CACHE[value] = result
+    return result
+
+
 def normalize(record: dict[str, Any], file_name: str, line: int) -> datetime.datetime:
     """Normalize ``record`` in place; return its event time (aware datetime).
 
@@ -108,30 +130,19 @@ def normalize(record: dict[str, Any], file_name: str, line: int) -> datetime.dat
     raw_time = record.get("time")
     if not raw_time:
         raise ExportDataError(file_name, line, f"record {record['_id']} without `time`")
-    event_time: datetime.datetime | None = None
-    for key in TIMESTAMP_FIELDS:
-        value = record.get(key)
-        if value is None:
-            continue
-        if value == "":
-            del record[key]
-            continue
-        try:
-            text, parsed = normalize_timestamp(str(value))
-        except ValueError:
-            raise ExportDataError(
-                file_name, line, f"`{key}` {value!r} is not an ISO 8601 date-time"
-            ) from None
-        record[key] = text
-        if key == "time":
-            event_time = parsed
+    record["time"], event_time = _timestamp(raw_time, "time", file_name, line)
+    sent = record.get("message_sent")
+    if sent is not None:
+        if sent == "":
+            del record["message_sent"]
+        else:
+            record["message_sent"] = _timestamp(sent, "message_sent", file_name, line)[0]
     first = record.get("first")
     if first is not None and first.__class__ is not bool:
         try:
             record["first"] = to_bool(first)
         except ValueError as exc:
             raise ExportDataError(file_name, line, f"`first` {exc}") from None
-    assert event_time is not None  # `time` is required above
     return event_time
 
 
