@@ -507,6 +507,17 @@ def test_cli_test_flag_reports_a_bad_token(lytics, tmp_path):
     assert token not in result.stderr + result.stdout
 
 
+def test_cli_test_flag_reports_an_unreachable_api(tmp_path):
+    with LyticsStandIn() as lytics:
+        config = config_for(lytics)  # the port is closed once the stand-in stops
+    started = time.monotonic()
+    result = _cli(["--test"], config, tmp_path)
+    assert result.returncode == 1
+    assert "connection error" in result.stderr
+    assert "after 3 attempts" in result.stderr
+    assert time.monotonic() - started < 20
+
+
 def test_cli_run_exits_non_zero_and_keeps_secrets(tmp_path):
     token = "tok-" + os.urandom(12).hex()
     with LyticsStandIn(token=token) as lytics:

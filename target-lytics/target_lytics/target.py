@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import sys
 import typing as t
 
@@ -290,6 +291,9 @@ class TargetLytics(Target):
         """
         streams = sorted({self.stream_mapping(name).lytics_stream for name in self.streams_config})
         sample = b'[{"target_lytics_connection_check":true}]'
+        # A check should answer quickly: at most two retries, whatever max_retries says.
+        policy = self.client.retry
+        self.client.retry = dataclasses.replace(policy, max_retries=min(policy.max_retries, 2))
         for lytics_stream in streams:
             self.client.upload(lytics_stream, sample, dry_run=True, event_count=1)
         return streams
