@@ -247,6 +247,22 @@ def test_configured_stream_with_timestamp_field(lytics):
     assert lytics.requests[0].query == {"timestamp_field": "at"}
 
 
+def test_schema_fastjsonschema_cannot_compile_falls_back_to_jsonschema(lytics, caplog):
+    schema = {
+        "type": "object",
+        "properties": {"id": {"type": "integer"}, "odd": {"$ref": "#/definitions/missing"}},
+    }
+    good = [schema_message("s", schema), record_message("s", {"id": 1})]
+    _, error = run_target(config_for(lytics), good)
+    assert error is None
+    assert lytics.events["s"] == [{"id": 1}]
+    assert "validating stream 's' with jsonschema instead" in caplog.text
+    bad = [schema_message("s", schema), record_message("s", {"id": "one"})]
+    _, error = run_target(config_for(lytics), bad)
+    assert error is not None
+    assert "'one' is not of type 'integer'" in str(error)
+
+
 # -- request splitting ----------------------------------------------------------------------------
 
 

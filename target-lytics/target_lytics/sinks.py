@@ -11,6 +11,7 @@ covers events Lytics has not accepted.
 
 from __future__ import annotations
 
+import re
 import typing as t
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -18,7 +19,7 @@ import fastjsonschema
 import orjson
 from singer_sdk.exceptions import InvalidJSONSchema, InvalidRecord
 from singer_sdk.sinks import Sink
-from singer_sdk.sinks.core import BaseJSONSchemaValidator
+from singer_sdk.sinks.core import BaseJSONSchemaValidator, JSONSchemaValidator
 
 from target_lytics.client import LyticsError
 from target_lytics.mapping import RecordMapper, StreamMapping, json_default
@@ -45,7 +46,7 @@ class FastJSONSchemaValidator(BaseJSONSchemaValidator):
         self.stream_name = stream_name
         try:
             self._validate = fastjsonschema.compile(schema, use_formats=False)
-        except fastjsonschema.JsonSchemaDefinitionException as exc:
+        except (fastjsonschema.JsonSchemaDefinitionException, re.error) as exc:
             msg = f"Schema Validation Error for stream '{stream_name}': {exc}"
             raise InvalidJSONSchema(msg) from exc
 
@@ -139,10 +140,22 @@ class LyticsSink(Sink):
         return self.target.client
 
     def get_validator(self) -> BaseJSONSchemaValidator | None:
-        """A fastjsonschema validator, unless ``validate_records`` is false."""
+        """A fastjsonschema validator, unless ``validate_records`` is false.
+
+        A schema fastjsonschema cannot compile (a construct it does not support) falls back to
+        singer-sdk's jsonschema validator, which also rejects schemas that are truly invalid.
+        """
         if not self.validate_schema:
             return None
-        return FastJSONSchemaValidator(self.schema, self.stream_name)
+        try:
+            return FastJSONSchemaValidator(self.schema, self.stream_name)
+        except InvalidJSONSchema as exc:
+            self.logger.warning(
+                "%s; validating stream '%s' with jsonschema instead (slower)", exc, self.stream_name
+            )
+            return JSONSchemaValidator(
+                self.schema, validate_formats=self.validate_field_string_format
+            )
 
     def serialize(self, record: dict[str, t.Any]) -> bytes:
         """Map one record and serialize the event once."""
