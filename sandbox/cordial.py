@@ -20,11 +20,13 @@ import csv
 import dataclasses
 import gzip
 import io
+import itertools
 import math
 import re
 import secrets
 import threading
 import time
+from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -193,64 +195,106 @@ class _ApiError(Exception):
 
 
 class EventStore(Sequence[dict[str, Any]]):
-    """Cordial's activity "database": one orjson ``bytes`` per event plus its time and action.
+    """Cordial's activity "database", compact enough for millions of events.
 
-    Reading it as a sequence decodes events on access.
+    Each event is kept as its orjson text plus a newline in one ``bytearray`` (``_offsets[i]`` is
+    where event ``i`` starts), with its time and action code in typed arrays. A JSON Lines export of
+    consecutive events is then a single slice of that buffer. (Keeping one ``bytes`` per event
+    would cost about 4 KB each: orjson's output buffers fragment the heap.) Reading the store as a
+    sequence decodes events on access.
     """
+
+    _ADD_CHUNK = 10_000  # events encoded per lock acquisition
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._blobs: list[bytes] = []
-        self._times: list[float] = []  # epoch seconds; inf when missing or unparsable
-        self._actions: list[str] = []
+        self._data = bytearray()
+        self._offsets = array("Q", [0])
+        self._times = array("d")  # epoch seconds; inf when missing or unparsable
+        self._codes = array("H")  # action code per event
+        self._action_codes: dict[str, int] = {}
+        self._action_names: list[str] = []
         self._untimed: list[int] = []
         self._sorted = True
         self._max_time = -math.inf
+        self._days: dict[str, float] = {}
         self.keys: set[str] = set()
+
+    def _epoch(self, raw: Any) -> float:
+        """Epoch seconds of an event's ``time``; inf when missing or unparsable."""
+        if not isinstance(raw, str):
+            return math.inf
+        # Fast path for Cordial's own "YYYY-MM-DDTHH:MM:SS+0000" (a per-day cache).
+        if len(raw) == 24 and raw.endswith("+0000") and raw[10] == "T":
+            day = self._days.get(raw[:10])
+            try:
+                if day is None:
+                    day = datetime.fromisoformat(raw[:10]).replace(tzinfo=UTC).timestamp()
+                    self._days[raw[:10]] = day
+                return day + int(raw[11:13]) * 3600 + int(raw[14:16]) * 60 + int(raw[17:19])
+            except ValueError:
+                return math.inf
+        try:
+            return parse_cordial_time(raw).timestamp()
+        except ValueError:
+            return math.inf
+
+    def _code(self, action: Any) -> int:
+        name = action if isinstance(action, str) else ""
+        code = self._action_codes.get(name)
+        if code is None:
+            code = self._action_codes[name] = len(self._action_names)
+            self._action_names.append(name)
+        return code
 
     def add(self, events: Iterable[dict[str, Any]]) -> int:
         """Store events; returns how many were added."""
-        dumps, parse, inf = orjson.dumps, parse_cordial_time, math.inf
-        blobs: list[bytes] = []
+        added = 0
+        iterator = iter(events)
+        while True:
+            chunk = list(itertools.islice(iterator, self._ADD_CHUNK))
+            if not chunk:
+                return added
+            self._add_chunk(chunk)
+            added += len(chunk)
+
+    def _add_chunk(self, events: list[dict[str, Any]]) -> None:
+        dumps, inf = orjson.dumps, math.inf
+        data = bytearray()
+        ends: list[int] = []
         times: list[float] = []
-        actions: list[str] = []
+        codes: list[int] = []
         keys: set[str] = set()
         for event in events:
-            blobs.append(dumps(event))
-            raw = event.get("time")
-            try:
-                ts = parse(raw).timestamp() if isinstance(raw, str) else inf
-            except ValueError:
-                ts = inf
-            times.append(ts)
-            action = event.get("action")
-            actions.append(action if isinstance(action, str) else "")
+            data += dumps(event)
+            data.append(10)  # newline
+            ends.append(len(data))
+            times.append(self._epoch(event.get("time")))
+            codes.append(self._code(event.get("action")))
             keys.update(event)
         with self._lock:
-            base = len(self._blobs)
+            base_index, base_offset = len(self._times), len(self._data)
             last = self._times[-1] if self._times else -inf
             for offset, ts in enumerate(times):
                 if ts == inf:
-                    self._untimed.append(base + offset)
+                    self._untimed.append(base_index + offset)
                 elif ts > self._max_time:
                     self._max_time = ts
                 if ts < last:
                     self._sorted = False
                 last = ts
-            self._blobs.extend(blobs)
+            self._data += data
+            self._offsets.extend(base_offset + end for end in ends)
             self._times.extend(times)
-            self._actions.extend(actions)
+            self._codes.extend(codes)
             self.keys |= keys
-        return len(blobs)
 
     def latest_time(self) -> float | None:
         """The latest event time (epoch seconds), or None without timed events."""
         return self._max_time if self._max_time != -math.inf else None
 
-    def select(
-        self, start: float, end: float, actions: frozenset[str] | None
-    ) -> tuple[list[bytes], list[str]]:
-        """Blobs (in time order) with ``start <= time <= end`` whose action is selected.
+    def select(self, start: float, end: float, actions: frozenset[str] | None) -> list[int]:
+        """Indices (in time order) of events with ``start <= time <= end`` and a selected action.
 
         ``actions`` None selects every action; ``"custom"`` in it selects every non-reserved
         action. Events without a usable time are added to every export (tests feed bad records so).
@@ -258,27 +302,52 @@ class EventStore(Sequence[dict[str, Any]]):
         with self._lock:
             times = self._times
             if self._sorted:
-                indices: Iterable[int] = range(
-                    bisect.bisect_left(times, start), bisect.bisect_right(times, end)
-                )
+                lo, hi = bisect.bisect_left(times, start), bisect.bisect_right(times, end)
+                indices = list(range(lo, hi))
             else:
                 indices = sorted(
                     (i for i, t in enumerate(times) if start <= t <= end), key=times.__getitem__
                 )
-            indices = [*indices, *self._untimed]
-            blobs, all_actions = self._blobs, self._actions
-            if actions is not None:
-                custom = "custom" in actions
-                indices = [
-                    i
-                    for i in indices
-                    if all_actions[i] in actions or (custom and all_actions[i] not in _RESERVED)
-                ]
-            return [blobs[i] for i in indices], sorted(self.keys)
+            indices.extend(self._untimed)
+            if actions is None:
+                return indices
+            custom = "custom" in actions
+            wanted = {
+                code
+                for name, code in self._action_codes.items()
+                if name in actions or (custom and name not in _RESERVED)
+            }
+            codes = self._codes
+            return [i for i in indices if codes[i] in wanted]
+
+    def records(self, indices: Sequence[int]) -> list[bytes]:
+        """The JSON text of the given events (no newline)."""
+        with self._lock:
+            data, offsets = self._data, self._offsets
+            return [bytes(data[offsets[i] : offsets[i + 1] - 1]) for i in indices]
+
+    def jsonl(self, indices: Sequence[int]) -> bytes:
+        """The given events as JSON Lines (each line ends with a newline).
+
+        Runs of consecutive indices are copied as one slice of the buffer.
+        """
+        parts: list[bytes] = []
+        with self._lock:
+            data, offsets = self._data, self._offsets
+            run_start = prev = -2
+            for i in indices:
+                if i != prev + 1:
+                    if run_start >= 0:
+                        parts.append(bytes(data[offsets[run_start] : offsets[prev + 1]]))
+                    run_start = i
+                prev = i
+            if run_start >= 0:
+                parts.append(bytes(data[offsets[run_start] : offsets[prev + 1]]))
+        return b"".join(parts)
 
     def __len__(self) -> int:
         """Number of stored events."""
-        return len(self._blobs)
+        return len(self._times)
 
     @overload
     def __getitem__(self, index: int) -> dict[str, Any]: ...
@@ -287,14 +356,17 @@ class EventStore(Sequence[dict[str, Any]]):
     def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
         """Decode one event (or a slice of them)."""
         if isinstance(index, slice):
-            return [orjson.loads(b) for b in self._blobs[index]]
-        event: dict[str, Any] = orjson.loads(self._blobs[index])
+            return [orjson.loads(b) for b in self.records(range(len(self))[index])]
+        position = range(len(self))[index]  # negative indices, IndexError
+        event: dict[str, Any] = orjson.loads(self.records([position])[0])
         return event
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        """Decode events one by one."""
-        for blob in list(self._blobs):
-            yield orjson.loads(blob)
+        """Decode events one by one (a snapshot of the current length)."""
+        total = len(self)
+        for start in range(0, total, _BATCH):
+            for blob in self.records(range(start, min(start + _BATCH, total))):
+                yield orjson.loads(blob)
 
 
 class CordialStandIn(HttpStandIn):
@@ -483,26 +555,26 @@ class CordialStandIn(HttpStandIn):
         start, end, actions = _validate_export(body)
         job_id = secrets.token_hex(12)
         options = dataclasses.replace(self.options)
-        blobs, keys = self._store.select(start.timestamp(), end.timestamp(), actions)
+        selected = self._store.select(start.timestamp(), end.timestamp(), actions)
         job = Job(
             id=job_id,
             request=body,
             options=options,
-            total_items=len(blobs),
+            total_items=len(selected),
             created=datetime.now(UTC),
         )
         with self._lock:
             self.exports.append(body)
             self.jobs[job_id] = job
         writer = threading.Thread(
-            target=self._write_job, args=(job, blobs, keys), name=f"export-{job_id}", daemon=True
+            target=self._write_job, args=(job, selected), name=f"export-{job_id}", daemon=True
         )
         self._writers.append(writer)
         writer.start()
         return Response.json(200, {"jobId": job_id})
 
     # -- export writing ---------------------------------------------------------------------
-    def _write_job(self, job: Job, blobs: list[bytes], keys: list[str]) -> None:
+    def _write_job(self, job: Job, selected: list[int]) -> None:
         try:
             if job.options.write_delay_seconds:
                 time.sleep(job.options.write_delay_seconds)
@@ -520,7 +592,7 @@ class CordialStandIn(HttpStandIn):
                     "does not exist on the SFTP server"
                 )
                 return
-            job.files = write_export(job, blobs, keys, folder)
+            job.files = write_export(job, self._store, selected, folder)
         except Exception as exc:  # a failed write is a Failed job, as in Cordial
             job.error = f"Export failed: {type(exc).__name__}: {exc}"
         finally:
@@ -702,24 +774,24 @@ def export_file_names(
     return [f"{name}-{n}{suffix}" for n in range(1, parts + 1)]
 
 
-def write_export(job: Job, blobs: list[bytes], keys: list[str], folder: Path) -> list[str]:
+def write_export(job: Job, store: EventStore, selected: list[int], folder: Path) -> list[str]:
     """Write the selected events as the job asked; returns the file names (first first)."""
     req, opts = job.request, job.options
     limit = int(req.get("limitRecordsPerFile") or 0)
     split = limit > 0
-    parts = max(1, math.ceil(len(blobs) / limit)) if split else 1
+    parts = max(1, math.ceil(len(selected) / limit)) if split else 1
     compress = bool(req.get("compress"))
     names = export_file_names(req["name"], req["exportType"], compress, parts, split)
-    per_file = limit if split else max(len(blobs), 1)
-    columns = [*CSV_COLUMNS, *(k for k in keys if k not in CSV_COLUMNS)]
+    per_file = limit if split else max(len(selected), 1)
+    columns = [*CSV_COLUMNS, *sorted(k for k in store.keys if k not in CSV_COLUMNS)]
     for number, file_name in enumerate(names):
         first = number * per_file
-        chunk = blobs[first : first + per_file]
+        chunk = selected[first : first + per_file]
         with _open_output(folder / file_name, compress, opts.gzip_level) as out:
             if req["exportType"] == "csv":
-                _write_csv(out, chunk, first, columns, bool(req.get("showHeader")), job)
+                _write_csv(out, store, chunk, first, columns, bool(req.get("showHeader")), job)
             else:
-                _write_json(out, chunk, first, opts.json_array, job)
+                _write_json(out, store, chunk, first, opts.json_array, job)
         job.completed_items = min(first + len(chunk), job.total_items)
     if compress and opts.truncate_gzip:
         target = folder / names[-1]
@@ -759,22 +831,31 @@ def _damaged(blob: bytes) -> bytes:
 
 
 def _write_json(
-    out: io.BufferedIOBase, blobs: list[bytes], first: int, array: bool, job: Job
+    out: io.BufferedIOBase,
+    store: EventStore,
+    indices: list[int],
+    first: int,
+    array: bool,
+    job: Job,
 ) -> None:
     corrupt = job.options.corrupt_line
-    sep = b",\n" if array else b"\n"
     if array:
         out.write(b"[\n")
-    for start in range(0, len(blobs), _BATCH):
-        batch = blobs[start : start + _BATCH]
-        if corrupt is not None and first + start < corrupt <= first + start + len(batch):
-            batch = list(batch)
-            batch[corrupt - first - start - 1] = _damaged(batch[corrupt - first - start - 1])
-        if start and array:
-            out.write(sep)
-        out.write(sep.join(batch))
-        if not array:
-            out.write(b"\n")
+    for start in range(0, len(indices), _BATCH):
+        batch = indices[start : start + _BATCH]
+        damaged_at = corrupt - first - start - 1 if corrupt is not None else -1
+        if not array and not 0 <= damaged_at < len(batch):
+            out.write(store.jsonl(batch))  # the fast path: slices of the store, as they are
+        else:
+            records = store.records(batch)
+            if 0 <= damaged_at < len(records):
+                records[damaged_at] = _damaged(records[damaged_at])
+            if array:
+                if start:
+                    out.write(b",\n")
+                out.write(b",\n".join(records))
+            else:
+                out.write(b"\n".join(records) + b"\n")
         job.completed_items = min(first + start + len(batch), job.total_items)
     if array:
         out.write(b"\n]\n")
@@ -794,7 +875,8 @@ def _csv_value(value: Any) -> str:
 
 def _write_csv(
     out: io.BufferedIOBase,
-    blobs: list[bytes],
+    store: EventStore,
+    indices: list[int],
     first: int,
     columns: list[str],
     header: bool,
@@ -807,15 +889,15 @@ def _write_csv(
         writer.writerow(columns)
     corrupt = job.options.corrupt_line
     time_column = columns.index("time")
-    for offset, blob in enumerate(blobs, 1):
-        event = orjson.loads(blob)
-        row = [_csv_value(event.get(column)) for column in columns]
-        if corrupt is not None and first + offset == corrupt:
-            row[time_column] = "not-a-time"
-        writer.writerow(row)
-        if offset % _BATCH == 0:
-            out.write(buffer.getvalue().encode())
-            buffer.seek(0)
-            buffer.truncate()
-            job.completed_items = min(first + offset, job.total_items)
+    for start in range(0, len(indices), _BATCH):
+        for offset, blob in enumerate(store.records(indices[start : start + _BATCH]), start + 1):
+            event = orjson.loads(blob)
+            row = [_csv_value(event.get(column)) for column in columns]
+            if corrupt is not None and first + offset == corrupt:
+                row[time_column] = "not-a-time"
+            writer.writerow(row)
+        out.write(buffer.getvalue().encode())
+        buffer.seek(0)
+        buffer.truncate()
+        job.completed_items = min(first + start + _BATCH, job.total_items)
     out.write(buffer.getvalue().encode())

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import orjson
 
 from sandbox.httpbase import Fault, HttpStandIn, Request, Response
@@ -32,6 +33,8 @@ _COLLECT_PREFIX = "/collect/json/"
 # an event with an array of objects, so the exact per-event check is skipped for most bodies.
 _ARRAY_OF_OBJECTS = re.compile(rb"\[\s*\{")
 _TRUE = {"true", "1", "yes"}
+_RAW_ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
+_RAW_VALUE = msgspec.json.Decoder(msgspec.Raw)
 
 
 @dataclass
@@ -81,6 +84,41 @@ class StreamEvents(Mapping[str, list[dict[str, Any]]]):
     def __len__(self) -> int:
         """Number of streams that received events."""
         return len(self._owner._chunks)
+
+
+def _split_body(body: bytes) -> list[msgspec.Raw] | str | None:
+    """The events of a body as raw JSON slices; an error text when it is not JSON; None when it
+    is neither an object nor an array.
+
+    msgspec validates the JSON and finds each element's bounds without building Python objects:
+    ~15x faster than decoding a 5 MB body, which matters when the benchmark pushes a million
+    events through here.
+    """
+    first = body.lstrip()[:1]
+    try:
+        if first == b"[":
+            return _RAW_ITEMS.decode(body)
+        raw = _RAW_VALUE.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return str(exc)
+    return [raw] if first == b"{" else None
+
+
+def _rejected_positions(body: bytes, items: list[msgspec.Raw]) -> frozenset[int]:
+    """Positions of events Lytics refuses: not an object, or holding an array of objects."""
+    inner_start = body.find(b"[") + 1 if body.lstrip()[:1] == b"[" else 0
+    suspicious = _ARRAY_OF_OBJECTS.search(body, inner_start) is not None
+    rejected = []
+    for position, raw in enumerate(items):
+        view = memoryview(raw)
+        if view[:1] != b"{":
+            rejected.append(position)
+        elif suspicious:
+            text = view.tobytes()
+            # The pattern may sit inside a string: decode to be sure.
+            if _ARRAY_OF_OBJECTS.search(text) and holds_array_of_objects(orjson.loads(text)):
+                rejected.append(position)
+    return frozenset(rejected)
 
 
 def holds_array_of_objects(value: Any) -> bool:
@@ -174,17 +212,12 @@ class LyticsStandIn(HttpStandIn):
             )
         if not record.stream or "/" in record.stream:
             return self.error(400, f"invalid stream name {record.stream!r}")
-        try:
-            data = orjson.loads(request.body)
-        except orjson.JSONDecodeError as exc:
-            return self.error(400, f"invalid JSON body: {exc}")
-        if isinstance(data, dict):
-            items: list[Any] = [data]
-        elif isinstance(data, list):
-            items = data
-        else:
+        items = _split_body(request.body)
+        if items is None:
             return self.error(400, "the body must be a JSON object or an array of objects")
-        rejected = self._rejected_positions(request.body, items)
+        if isinstance(items, str):
+            return self.error(400, f"invalid JSON body: {items}")
+        rejected = _rejected_positions(request.body, items)
         record.message_count = len(items)
         record.rejected_count = len(rejected)
         accepted = len(items) - len(rejected)
@@ -207,20 +240,6 @@ class LyticsStandIn(HttpStandIn):
         if "filename" in request.query:
             data_out["filename"] = request.query["filename"]
         return Response.json(200, {"status": 200, "message": "success", "data": data_out})
-
-    @staticmethod
-    def _rejected_positions(body: bytes, items: list[Any]) -> frozenset[int]:
-        """Positions of events Lytics refuses: not an object, or holding an array of objects."""
-        first = body.lstrip()[:1]
-        inner_start = body.find(b"[") + 1 if first == b"[" else 0
-        suspicious = _ARRAY_OF_OBJECTS.search(body, inner_start) is not None
-        if not suspicious and all(type(item) is dict for item in items):
-            return frozenset()
-        return frozenset(
-            i
-            for i, item in enumerate(items)
-            if not isinstance(item, dict) or (suspicious and holds_array_of_objects(item))
-        )
 
     # -- admin --------------------------------------------------------------------------------
     def value_counts(self, stream: str, field_name: str | None = None) -> dict[str, Any]:
