@@ -223,7 +223,9 @@ class ParamikoSftpServer(SftpServer):
             with self._lock:
                 self._transports.add(transport)
             try:
-                transport.start_server(server=_Auth(self))
+                # With an event, the handshake runs in the transport's own thread: a slow or
+                # silent client cannot hold up the accept loop.
+                transport.start_server(event=threading.Event(), server=_Auth(self))
             except (paramiko.SSHException, EOFError, OSError):
                 self._forget(transport)
                 continue

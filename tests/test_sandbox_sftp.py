@@ -6,6 +6,7 @@ import base64
 import io
 import os
 import pwd
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -253,3 +254,14 @@ def test_paramiko_fallback_serves_the_folder(method: str) -> None:
             sftp.listdir(server.sftp_path)
         client.close()
     assert not server.root.exists()
+
+
+def test_paramiko_fallback_is_not_blocked_by_a_silent_client() -> None:
+    with ParamikoSftpServer() as server:
+        silent = socket.create_connection((server.host, server.port))
+        try:
+            client = connect(server, password=server.password)
+            assert client.open_sftp().listdir(server.sftp_path) == []
+            client.close()
+        finally:
+            silent.close()
