@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.cordial import CordialStandIn
-from sandbox.events import generate_events
+from sandbox.events import generate_events, load_events_jsonl
 from sandbox.lytics import LyticsStandIn
 from sandbox.sftp import start_sftp_server
 
@@ -71,7 +71,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     state_file = env_file.parent / STATE_FILE_NAME
     end = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
     start = end - timedelta(hours=args.hours)
-    events = generate_events(args.events, seed=args.seed, start=start, end=end)
+    events = (
+        load_events_jsonl(args.events_file)
+        if args.events_file
+        else generate_events(args.events, seed=args.seed, start=start, end=end)
+    )
     sftp = start_sftp_server(allow_fallback=not args.require_openssh)
     try:
         with (
@@ -184,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--events", type=int, default=2000, help="generated events (%(default)s)")
     up.add_argument("--seed", type=int, default=7, help="generator seed (%(default)s)")
+    up.add_argument(
+        "--events-file",
+        help="serve the events of this JSON Lines file (.gz too) instead of generated ones",
+    )
     up.add_argument(
         "--hours", type=float, default=48, help="events span the last N hours (%(default)s)"
     )

@@ -65,11 +65,10 @@ class Running:
         self.env = read_env(env_file)
 
 
-@pytest.fixture
-def running(tmp_path: Path) -> Iterator[Running]:
+def start_up(tmp_path: Path, *args: str) -> Running:
     env_file = tmp_path / "sbx" / "env.sh"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sandbox", "up", "--events", "300", "--env-file", str(env_file)],
+        [sys.executable, "-m", "sandbox", "up", *args, "--env-file", str(env_file)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -87,12 +86,18 @@ def running(tmp_path: Path) -> Iterator[Running]:
         proc.kill()
         _, err = proc.communicate()
         pytest.fail(f"sandbox up did not get ready: {first_line!r} {err}")
+    return Running(proc, env_file, first_line)
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Running]:
+    up = start_up(tmp_path, "--events", "300")
     try:
-        yield Running(proc, env_file, first_line)
+        yield up
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        if up.proc.poll() is None:
+            up.proc.kill()
+            up.proc.communicate()
 
 
 def stop(running: Running) -> tuple[int, str, str]:
@@ -176,3 +181,18 @@ def test_show_without_a_running_sandbox(tmp_path: Path) -> None:
     result = cli("show", "--env-file", str(tmp_path / "none" / "env.sh"))
     assert result.returncode != 0
     assert "no running sandbox" in result.stderr
+
+
+def test_up_serves_a_jsonl_file(tmp_path: Path) -> None:
+    events = [
+        {"_id": f"{i:024x}", "cID": "c" * 24, "action": "open", "time": "2024-01-01T00:00:00+0000"}
+        for i in range(7)
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    up = start_up(tmp_path, "--events-file", str(path))
+    try:
+        state = json.loads((up.env_file.parent / "sandbox.json").read_text())
+        assert requests.get(f"{state['cordial_admin']}/summary", timeout=10).json()["events"] == 7
+    finally:
+        assert stop(up)[0] == 0
