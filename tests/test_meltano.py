@@ -293,3 +293,30 @@ def test_config_list_redacts_secrets(meltano):
     assert token_lines, "api_token not listed"
     assert all("(redacted)" in line for line in token_lines), token_lines
     assert not (meltano.project / ".env").exists(), "secrets were written to .env"
+
+
+def test_production_reads_credentials_from_the_environment(meltano):
+    env = dict(meltano.env)
+    env["TAP_CORDIAL_ACTIVITY_API_KEY"] = "prod-key-" + secrets.token_hex(8)
+    production = Meltano(
+        project=meltano.project, env=env, secrets=[env["TAP_CORDIAL_ACTIVITY_API_KEY"]]
+    )
+    listed = production("--environment=production", "config", "list", "tap-cordial-activity")
+    [line] = [line for line in listed.stdout.splitlines() if line.startswith("api_key ")]
+    assert "(redacted)" in line
+    assert "TAP_CORDIAL_ACTIVITY_API_KEY variable in the environment" in line
+
+
+def test_config_set_keeps_secrets_out_of_meltano_yml(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy2(ROOT / "meltano.yml", project / "meltano.yml")
+    env = _base_env()
+    env["MELTANO_DATABASE_URI"] = f"sqlite:///{tmp_path / 'meltano.db'}"
+    secret = "set-key-" + secrets.token_hex(8)
+    config_set = Meltano(project=project, env=env, secrets=[secret])
+    config_set("config", "set", "tap-cordial-activity", "api_key", secret)
+    config_set("config", "set", "tap-cordial-activity", "sftp_host", "sftp.example.com")
+    assert secret not in (project / "meltano.yml").read_text(encoding="utf-8")
+    assert "sftp.example.com" in (project / "meltano.yml").read_text(encoding="utf-8")
+    assert f"TAP_CORDIAL_ACTIVITY_API_KEY='{secret}'" in (project / ".env").read_text("utf-8")
