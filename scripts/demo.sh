@@ -40,7 +40,14 @@ export MELTANO_SEND_ANONYMOUS_USAGE_STATS=false
 mkdir -p "$WORK"
 
 step "meltano install"
-logged "$WORK/meltano-install.log" meltano install
+# `meltano install` upgrades the plugins' venvs in place; when meltano.yml or a plugin's dependencies
+# changed since the last demo, reinstall them from scratch (--clean) so nothing stale remains.
+stamp=.meltano/.demo-installed
+want="$(cat meltano.yml tap-cordial-activity/pyproject.toml target-lytics/pyproject.toml | sha256sum | cut -d' ' -f1)"
+clean=()
+[ "$(cat "$stamp" 2>/dev/null)" = "$want" ] || clean=(--clean)
+logged "$WORK/meltano-install.log" meltano install "${clean[@]}"
+echo "$want" >"$stamp"
 
 step "Starting the sandbox with $EVENTS generated Cordial events"
 rm -f "$ENV_FILE"
