@@ -153,6 +153,14 @@ _DEVICES: tuple[dict[str, Any], ...] = (
 _BOUNCE_REASONS = ("550 5.1.1 user unknown", "452 4.2.2 mailbox full", "554 5.7.1 rejected – spam")
 _PAGES = ("/", "/sale", "/produits/été", "/cart", "/account", "/p/ünïcode-shoe")
 _CURRENCIES = ("USD", "EUR", "GBP", "JPY")
+_CUSTOM_NAMES = {
+    "purchase": "Purchase",
+    "page-view": "Page View",
+    "add-to-cart": "Add to Cart",
+    "browse": "Browse",
+    "signup": "Inscription ✍️",
+    "pageview": "Page View",
+}
 
 # Coverage plan: the first few events (spread over the whole range) take these shapes, so that
 # even a small sample holds every action, both forms of `first`, and a record with every optional
@@ -279,6 +287,8 @@ def generate_events(
         if action in MESSAGE_ACTIONS:
             _add_message_fields(event, msg, action, time_text, r)
         else:
+            # Custom events carry their display name (the documented `name` key).
+            event["name"] = _CUSTOM_NAMES.get(action, action)
             event["properties"] = _custom_properties(action, r, i)
         if action in {"open", "click", "pageview", "page-view"} and r() < 0.9:
             event["d"] = dict(_DEVICES[int(r() * len(_DEVICES))])
@@ -364,7 +374,7 @@ def _custom_properties(action: str, r: Any, i: int) -> dict[str, Any]:
                 for _ in range(order["items_count"])
             ]
         return properties
-    if action in {"page-view", "browse"}:
+    if action in {"pageview", "page-view", "browse"}:
         return {"url": f"https://shop.example.com{_PAGES[int(r() * len(_PAGES))]}", "ref": None}
     if action == "add-to-cart":
         return {"sku": f"SKU-{int(r() * 9999):04d}", "qty": 1 + int(r() * 3), "price": 19.9}

@@ -175,3 +175,12 @@ def test_load_events_jsonl_names_the_bad_line(tmp_path: Path) -> None:
     path.write_text('{"_id": "a"}\n[1]\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: not a JSON object"):
         list(load_events_jsonl(path))
+
+
+def test_custom_and_page_events_carry_name_and_url(sample: list[dict[str, Any]]) -> None:
+    named = [e for e in sample if "name" in e]
+    assert named
+    assert all(e["action"] not in MESSAGE_ACTIONS for e in named)
+    pages = [e for e in sample if e["action"] == "pageview" and "properties" in e]
+    assert pages
+    assert all(p["properties"]["url"].startswith("https://") for p in pages)
