@@ -50,7 +50,9 @@ logged "$WORK/meltano-install.log" meltano install "${clean[@]}"
 echo "$want" >"$stamp"
 
 step "Starting the sandbox with $EVENTS generated Cordial events"
-rm -f "$ENV_FILE"
+# Removed first: the background job truncates its log files only once it runs, after the wait
+# loop below may have looked at them.
+rm -f "$ENV_FILE" "$WORK/sandbox.out" "$WORK/sandbox.log"
 # Without root or sshd the sandbox serves SFTP with paramiko instead of OpenSSH (the tests never do).
 python -m sandbox up --events "$EVENTS" --env-file "$ENV_FILE" >"$WORK/sandbox.out" 2>"$WORK/sandbox.log" &
 sandbox_pid=$!
@@ -70,7 +72,9 @@ for _ in $(seq 1 600); do
   fi
   sleep 0.1
 done
-grep -qx "SANDBOX READY" "$WORK/sandbox.out" || { echo "sandbox not ready after 60 s" >&2; exit 1; }
+grep -qx "SANDBOX READY" "$WORK/sandbox.out" 2>/dev/null || {
+  echo "sandbox not ready after 60 s:" >&2; cat "$WORK/sandbox.log" >&2; exit 1
+}
 sed 's/^/   /' "$WORK/sandbox.log"
 # The sandbox's addresses and throwaway credentials, as TAP_CORDIAL_ACTIVITY_* / TARGET_LYTICS_*.
 # shellcheck disable=SC1090
@@ -110,9 +114,12 @@ step "What Lytics received"
 python -m sandbox show --env-file "$ENV_FILE"
 first_bookmark="$(bookmark)"
 read -r total_1 distinct_1 < <(lytics_counts)
-echo
-echo "Bookmark in Meltano's state ($STATE_ID): time = $first_bookmark"
 note "(the tap's default actions leave out pageview and message-stopped events, hence fewer than $EVENTS)"
+echo
+echo "Meltano's state (meltano state list, then meltano state get $STATE_ID):"
+meltano --environment=sandbox state list 2>/dev/null | sed 's/^/  /'
+meltano --environment=sandbox state get "$STATE_ID" 2>/dev/null | sed 's/^/  /'
+echo "Bookmark: time = $first_bookmark (the next run exports from there)"
 
 step "Adding $NEW_EVENTS new events in Cordial, timed after the bookmark"
 python -m sandbox add-events "$NEW_EVENTS" --env-file "$ENV_FILE"
