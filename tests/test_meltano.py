@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from sandbox.events import RESERVED_ACTIONS
+
 pytestmark = pytest.mark.meltano
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,9 +33,8 @@ BIN = Path(sys.executable).parent
 MELTANO = BIN / "meltano"
 STATE_ID = "sandbox:tap-cordial-activity-to-target-lytics"
 LYTICS_STREAM = "cordial_activity"
-# Actions that the tap's default `actions` setting does not export (reserved, but not listed).
-UNEXPORTED_ACTIONS = {"pageview", "message-stopped"}
-SECRET_SETTINGS = ("api_key", "sftp_password", "sftp_private_key", "sftp_private_key_passphrase")
+# The reserved actions in the tap's default `actions`; its `custom` adds every non-reserved one.
+DEFAULT_RESERVED_ACTIONS = {"message-sent", "open", "click", "optout", "bounce", "complaint"}
 PLUGIN_ENV_PREFIXES = ("TAP_CORDIAL_ACTIVITY_", "TARGET_LYTICS_", "TARGET_JSONL_", "MELTANO_")
 COPY_IGNORE = shutil.ignore_patterns(
     "__pycache__", "*.egg-info", "build", "dist", ".pytest_cache", ".mypy_cache", ".ruff_cache"
@@ -128,14 +129,16 @@ def meltano(meltano_project: Path, sandbox: Any, tmp_path: Path) -> Meltano:
     env.update(_setting_env("TAP_CORDIAL_ACTIVITY", tap_config))
     env.update(_setting_env("TARGET_LYTICS", target_config))
     env["TARGET_JSONL_DESTINATION_PATH"] = str(tmp_path / "jsonl")
-    found = [str(tap_config[k]) for k in SECRET_SETTINGS if tap_config.get(k)]
-    found.append(str(target_config["api_token"]))
-    return Meltano(project=meltano_project, env=env, secrets=found)
+    return Meltano(project=meltano_project, env=env, secrets=sandbox.secrets())
 
 
 def _exported(events: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The raw Cordial events the tap's default settings export, by `_id`."""
-    return {e["_id"]: e for e in events if e["action"] not in UNEXPORTED_ACTIONS}
+    return {
+        e["_id"]: e
+        for e in events
+        if e["action"] in DEFAULT_RESERVED_ACTIONS or e["action"] not in RESERVED_ACTIONS
+    }
 
 
 def _rfc3339_z(cordial_time: str) -> str:
