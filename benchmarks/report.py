@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -76,8 +77,6 @@ def machine_line() -> str:
             )
     except OSError:
         pass
-    import os
-
     return (
         f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"singer-sdk {metadata.version('singer-sdk')}, meltano {metadata.version('meltano')}, "
@@ -141,6 +140,15 @@ def goal_lines(results: Sequence[Result]) -> list[str]:
             )
         else:
             out.append(f"- NOT CHECKED {kind} >= {goal:g}x stock: a measurement is missing")
+        read = "job Done to last RECORD s"
+        if kind == "tap" and ours and stock and read in ours.extra and read in stock.extra:
+            # The export job is Cordial's work, the same for both taps: show the taps' own share.
+            ours_rate = ours.records / ours.extra[read]
+            stock_rate = stock.records / stock.extra[read]
+            out.append(
+                f"- INFO tap read phase alone (job Done to last RECORD): "
+                f"{ours_rate / stock_rate:.1f}x ({ours_rate:,.0f} vs {stock_rate:,.0f} records/s)"
+            )
     pipeline = _find(results, "pipeline", "ours", big)
     if pipeline is None or big < PIPELINE_GOAL_EVENTS:
         out.append(
