@@ -345,7 +345,7 @@ def run_size(
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command line."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="scripts/bench.sh", description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=200_000, help="dataset size (200,000)")
     parser.add_argument(
         "--compare-small",
