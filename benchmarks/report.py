@@ -113,13 +113,18 @@ def render(results: Sequence[Result], *, header: Sequence[str]) -> str:
                 )
         lines.append("")
         extras = [
-            f"- {_label(r)}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.extra.items())
+            f"- {_label(r)}: " + ", ".join(f"{k} {_number(v)}" for k, v in r.extra.items())
             for r in results
             if r.events == size and r.extra
         ]
         lines += extras + ([""] if extras else [])
     lines += ["### Goals", "", *goal_lines(results), ""]
     return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    """Counts as integers, durations with two decimals."""
+    return str(value) if isinstance(value, int) else f"{value:.2f}"
 
 
 def goal_lines(results: Sequence[Result]) -> list[str]:
