@@ -35,9 +35,13 @@ def _rfc3339(value: datetime) -> str:
 
 
 def plugin_env(
-    sftp: Any, cordial: CordialStandIn, lytics: LyticsStandIn, *, start_date: datetime, poll: float
+    sftp: Any, cordial: CordialStandIn, lytics: LyticsStandIn, *, start_date: datetime
 ) -> dict[str, str]:
-    """Environment variables that configure tap-cordial-activity and target-lytics."""
+    """Environment variables that configure tap-cordial-activity and target-lytics.
+
+    Numeric (decimal) settings such as the poll interval are left to meltano.yml's sandbox
+    environment: Meltano 4.4 cannot serialize a decimal setting read from a variable.
+    """
     return {
         "TAP_CORDIAL_ACTIVITY_API_KEY": cordial.api_key,
         "TAP_CORDIAL_ACTIVITY_API_URL": cordial.url,
@@ -48,7 +52,6 @@ def plugin_env(
         "TAP_CORDIAL_ACTIVITY_SFTP_PATH": sftp.sftp_path,
         "TAP_CORDIAL_ACTIVITY_SFTP_PASSWORD": sftp.password,
         "TAP_CORDIAL_ACTIVITY_SFTP_HOST_KEY": sftp.host_key_line,
-        "TAP_CORDIAL_ACTIVITY_POLL_INTERVAL_SECONDS": f"{poll:g}",
         "TARGET_LYTICS_API_TOKEN": lytics.token,
         "TARGET_LYTICS_API_URL": lytics.url,
     }
@@ -88,7 +91,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             ) as cordial,
             LyticsStandIn(count_only=args.count_only) as lytics,
         ):
-            env = plugin_env(sftp, cordial, lytics, start_date=start, poll=args.poll_interval)
+            env = plugin_env(sftp, cordial, lytics, start_date=start)
             _write_private(
                 env_file, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
             )
@@ -194,9 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--hours", type=float, default=48, help="events span the last N hours (%(default)s)"
-    )
-    up.add_argument(
-        "--poll-interval", type=float, default=0.5, help="tap poll interval seconds (%(default)s)"
     )
     up.add_argument("--count-only", action="store_true", help="Lytics keeps counts, not events")
     up.add_argument(

@@ -79,9 +79,6 @@ sed 's/^/   /' "$WORK/sandbox.log"
 # The sandbox's addresses and throwaway credentials, as TAP_CORDIAL_ACTIVITY_* / TARGET_LYTICS_*.
 # shellcheck disable=SC1090
 source "$ENV_FILE"
-# Meltano 4.4 cannot serialize a decimal setting read from a variable: the sandbox environment in
-# meltano.yml sets the poll interval instead.
-unset TAP_CORDIAL_ACTIVITY_POLL_INTERVAL_SECONDS
 
 # A new sandbox holds new events: forget the bookmark of an earlier demo.
 meltano --environment=sandbox state clear --force "$STATE_ID" >/dev/null 2>&1 || true
