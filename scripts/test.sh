@@ -14,5 +14,5 @@ if ! command -v sshd >/dev/null && [ ! -x /usr/sbin/sshd ]; then
 fi
 source scripts/bootstrap.sh
 echo "== ruff"; ruff check .
-echo "== mypy"; mypy sandbox tap-cordial-activity/tap_cordial_activity target-lytics/target_lytics
+echo "== mypy"; mypy sandbox tap-cordial-activity/tap_cordial_activity target-lytics/target_lytics benchmarks
 echo "== pytest"; pytest "$@"
