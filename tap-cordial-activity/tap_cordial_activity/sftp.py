@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import io
 import logging
@@ -39,6 +41,27 @@ _KEY_CLASSES: tuple[type[paramiko.PKey], ...] = (
 
 
 T = TypeVar("T")
+
+#: glibc's mallopt parameter M_ARENA_MAX.
+_M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas before paramiko starts its threads.
+
+    paramiko's transport thread allocates the received blocks and the main thread frees them; with
+    glibc's default of 8 arenas per core the freed memory stays in the thread arenas, and peak RSS
+    grew with the export size (117 MB at 200k events, up to 185 MB at 1M under `meltano run`).
+    With two arenas it stays flat. A no-op where the C library has no mallopt (not glibc).
+    """
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return
+    try:
+        mallopt = ctypes.CDLL(libc_name).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_ARENA_MAX, arenas)
 
 
 class SftpError(Exception):
@@ -224,6 +247,7 @@ class SftpReader:
         """Open the SSH transport, verify the host key, log in and start SFTP."""
         s = self.settings
         self.close()
+        limit_malloc_arenas()
         try:
             sock = socket.create_connection((s.host, s.port), timeout=s.timeout_seconds)
         except OSError as exc:
