@@ -16,6 +16,7 @@ twice, and nothing before the checkpoint is ever sent again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -88,10 +89,8 @@ def _kill_midway(meltano: Meltano, box: Sandbox, sig: signal.Signals, log: Path)
             os.killpg(process.pid, sig)
             code = process.wait(timeout=30)
         finally:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)  # whatever outlived the signal
-            except ProcessLookupError:
-                pass
             process.wait()
     # The request in flight when the kill landed is still stored by the stand-in once its delay
     # is over (as a real Lytics would finish a request whose client vanished): let it settle.
