@@ -130,18 +130,50 @@ def test_sftp_drop_midway_through_a_file_loses_and_duplicates_nothing(quiet: San
     run.assert_no_secrets(quiet.secrets())
 
 
-def test_wrong_sftp_key_is_a_clear_error_before_any_export(sandbox: Sandbox, tmp_path):
+def _other_host_key() -> str:
+    """A valid Ed25519 public key that is not the server's (`ssh-ed25519 AAAA...`)."""
+    _, public = generate_ed25519_key()
+    return " ".join(public.split()[:2])
+
+
+SFTP_REFUSALS = [
+    pytest.param("wrong-password", r"SFTP login as '[^']+' on \S+ with the password was refused",
+                 id="wrong-password"),
+    pytest.param("wrong-key", r"SFTP login as '[^']+' on \S+ with the private key was refused",
+                 id="wrong-key"),
+    pytest.param("unknown-host-key", r"host key of \S+ is unknown", id="unknown-host-key"),
+    pytest.param("changed-host-key", r"DOES NOT MATCH", id="changed-host-key"),
+]
+
+
+@pytest.mark.parametrize(("case", "message"), SFTP_REFUSALS)
+def test_sftp_refusal_is_a_clear_error_before_any_export(sandbox: Sandbox, tmp_path, case,
+                                                         message):
+    """The tap checks its SFTP login and the host key before it asks Cordial for an export.
+
+    tests/test_tap_sync.py checks these messages in detail; here the whole pipeline's outcome
+    and the secrets (including the wrong credentials) are checked.
+    """
     other_key, _ = generate_ed25519_key()
-    config = sandbox.tap_config(sftp_password=None, sftp_private_key=other_key,
-                                cordial_saved_key=DEFAULT_SAVED_KEY)
+    extra_secrets = ["wrong-sftp-password", *_key_lines(other_key)]
+    if case == "wrong-password":
+        config = sandbox.tap_config(sftp_private_key=None, sftp_password="wrong-sftp-password")
+    elif case == "wrong-key":
+        config = sandbox.tap_config(sftp_password=None, sftp_private_key=other_key,
+                                    cordial_saved_key=DEFAULT_SAVED_KEY)
+    elif case == "unknown-host-key":
+        known_hosts = tmp_path / "known_hosts"
+        known_hosts.write_text("")
+        config = sandbox.tap_config(sftp_host_key=None, sftp_known_hosts_path=str(known_hosts))
+    else:
+        config = sandbox.tap_config(sftp_host_key=_other_host_key())
     run = run_pipeline(tmp_path, config, sandbox.target_config())
     assert run.tap_returncode != 0
-    assert "SFTP login as" in run.tap_stderr
-    assert "with the private key was refused" in final_line(run.tap_stderr)
+    assert re.search(message, final_line(run.tap_stderr)), run.tap_stderr[-2000:]
     assert sandbox.cordial.exports == []
     assert sandbox.lytics.total() == 0
     assert run.states == []
-    run.assert_no_secrets([*sandbox.secrets(), *_key_lines(other_key)])
+    run.assert_no_secrets([*sandbox.secrets(), *extra_secrets])
 
 
 def _key_lines(private_key: str) -> list[str]:
@@ -279,6 +311,7 @@ def test_lytics_timeout_after_store_delivers_at_least_once(quiet: Sandbox, tmp_p
 @pytest.mark.parametrize(
     ("status", "advice"),
     [(401, "check api_token"), (403, "IP allow-list"), (413, "lower max_request_bytes")],
+    ids=["401", "403", "413"],
 )
 def test_lytics_401_403_413_end_the_run_without_state(quiet: Sandbox, tmp_path, status, advice):
     added = day2_events()
