@@ -99,10 +99,10 @@ def assert_exactly_once(ids: list[str], expected: set[str]) -> None:
 
 
 def test_sftp_drop_midway_through_a_file_loses_and_duplicates_nothing(quiet: Sandbox, tmp_path):
-    """The connection is cut while the tap is midway through a ~30 MB file (back-pressured by a
+    """The connection is cut while the tap is midway through a ~34 MB file (back-pressured by a
     slow Lytics); the tap resumes at its byte offset and Lytics gets every event exactly once.
     """
-    quiet.cordial.add_generated(90_000, seed=11, start=T0, end=DAY1 - timedelta(seconds=1))
+    quiet.cordial.add_generated(60_000, seed=11, start=T0, end=DAY1 - timedelta(seconds=1))
     expected = {e["_id"] for e in quiet.cordial.events}
     # The first upload hangs 3 s: the target stops reading, the pipe fills, the tap stalls with
     # at most its 16 MB prefetch window read ahead, well short of the file's end.
@@ -112,9 +112,10 @@ def test_sftp_drop_midway_through_a_file_loses_and_duplicates_nothing(quiet: San
     )
 
     def drop_midway() -> None:
-        wait_until(lambda: any(job.written.is_set() for job in quiet.cordial.jobs.values()),
-                   what="the export file")
-        time.sleep(1.0)  # the tap has listed, opened and started streaming the file
+        # The target's first upload has begun (it took the delay fault): the tap is streaming
+        # the file. A moment later the pipe is full and the tap is stalled midway.
+        wait_until(lambda: quiet.lytics.pending_faults() == 0, what="the first upload")
+        time.sleep(0.3)
         quiet.sftp.drop_connections()
 
     run = run_pipeline(tmp_path, config, quiet.target_config(max_request_bytes=1_000_000),
