@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,6 @@ class PipelineRun:
     #: The target's stdout: the STATE lines it emitted (what Meltano would store).
     target_stdout: str
     seconds: float
-    outputs: dict[str, str] = field(default_factory=dict)
 
     @property
     def states(self) -> list[dict[str, Any]]:
