@@ -151,7 +151,7 @@ def test_killed_meltano_run_then_next_run_delivers_every_event(
     assert len(duplicated) == delivered_by_killed
     assert max(received.values()) <= 2
     assert all(received[i] == 1 for i in before), "an event before the checkpoint came twice"
-    print(  # shown with `pytest -rP`: the figures docs/reliability.md quotes
+    print(  # shown with `pytest -rP`: the figures the README's Reliability section quotes
         f"{sig.name}: {len(expected)} events, {len(before)} before the checkpoint, killed run "
         f"delivered {delivered_by_killed}, duplicates after recovery {len(duplicated)}"
     )
