@@ -438,6 +438,41 @@ def test_state_never_covers_records_not_uploaded(lytics, monkeypatch):
     assert {r["_id"] for r in records[:last]} <= accepted
 
 
+class CheckpointEveryStateTarget(TargetLytics):
+    """Checkpoints every changed STATE at once (the default waits up to 30 s between them)."""
+
+    STATE_CHECKPOINT_SECONDS = 0.0
+
+
+def test_changed_state_is_checkpointed_after_its_records_are_accepted(lytics, monkeypatch):
+    """A STATE in mid-stream is written once Lytics accepted every record before it."""
+    records = cordial_records(90)
+    accepted_at_state: list[int] = []
+    original_write = TargetLytics._write_state_message
+
+    def recording_write(self, state):
+        accepted_at_state.append(len(uploaded_ids(lytics)))
+        original_write(self, state)
+
+    monkeypatch.setattr(TargetLytics, "_write_state_message", recording_write)
+    lines = activity_lines(records, state_every=30)
+    lines.insert(32, state_message({"bookmarks": {"activity": {"upto": 30}}}))  # unchanged: no-op
+    states, error = run_target(config_for(lytics), lines, CheckpointEveryStateTarget)
+    assert error is None
+    # One STATE per change (30, 60, 90), each after its records were stored; singer-sdk writes
+    # the latest one again when the input ends.
+    assert [s["bookmarks"]["activity"]["upto"] for s in states] == [30, 60, 90, 90]
+    assert accepted_at_state == [30, 60, 90, 90]
+    assert len(uploaded_ids(lytics)) == 90
+
+
+def test_state_waits_for_the_checkpoint_interval_while_records_are_pending(lytics):
+    """With the default interval, STATEs close together are written once, at the end."""
+    states, error = run_target(config_for(lytics), activity_lines(cordial_records(90), 30))
+    assert error is None
+    assert [s["bookmarks"]["activity"]["upto"] for s in states] == [90]
+
+
 def test_background_upload_failure_ends_the_run_without_state(lytics, monkeypatch):
     """Full bodies go out from the upload thread; its failure surfaces and no STATE follows."""
     records = cordial_records(300)

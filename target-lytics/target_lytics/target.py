@@ -282,6 +282,25 @@ class TargetLytics(Target):
             self.drain_one(sink)
         self._handle_max_record_age()
 
+    #: A changed STATE is checkpointed (uploads finished, then STATE written) at most this often
+    #: while records are pending; with nothing pending it is written at once.
+    STATE_CHECKPOINT_SECONDS = 30.0
+
+    def _process_state_message(self, message_dict: dict) -> None:
+        """Checkpoint the tap's STATE once the records before it are accepted by Lytics.
+
+        singer-sdk writes STATE only when the input ends (or records are 5 minutes old), so a run
+        killed midway would leave no checkpoint and the next run would resend all it delivered.
+        Draining first keeps the rule that STATE never covers records Lytics has not accepted.
+        """
+        previous = self._latest_state
+        super()._process_state_message(message_dict)
+        if self._latest_state == previous:
+            return
+        pending = any(sink.current_size for sink in self._sinks_active.values())
+        if not pending or self._max_record_age_in_minutes * 60 >= self.STATE_CHECKPOINT_SECONDS:
+            self.drain_all()
+
     # Connection check ---------------------------------------------------------------------------
 
     def check_connection(self) -> list[str]:
