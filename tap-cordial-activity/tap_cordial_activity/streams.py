@@ -97,6 +97,14 @@ class Window:
     emitted: int = 0
     outside: int = 0
     duplicates: int = 0
+    #: The interrupted run's ``progress`` in this window, when this run resumes it.
+    resume: dict[str, Any] | None = None
+    #: The export being read, for ``progress``.
+    export: str = ""
+    job_id: str = ""
+    files: list[str] = field(default_factory=list)
+    #: Records consumed from the export files (emitted or skipped) up to the last checkpoint.
+    records_read: int = 0
 
 
 def export_name(now: datetime.datetime | None = None) -> str:
@@ -120,6 +128,9 @@ class ActivityStream(Stream):
     # Events inside one export are not in time order; the bookmark is the window end instead.
     is_sorted = False
     schema = SCHEMA
+    #: Within a window, a STATE with ``progress`` follows about every this many records read
+    #: (and each export file but the last), so a stopped run's successor resumes mid-window.
+    CHECKPOINT_RECORDS = 20_000
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """Set up the per-run bookkeeping."""
@@ -132,6 +143,33 @@ class ActivityStream(Stream):
     def get_replication_key_signpost(self, context: Context | None = None) -> None:
         """No signpost: the stream sets its bookmark itself, to each finished window's end."""
         return None
+
+    def resumable_progress(self, start: datetime.datetime) -> dict[str, Any] | None:
+        """The stream state's ``progress`` if it checkpoints a window beginning at ``start``."""
+        progress = self.stream_state.get("progress")
+        if not progress:
+            return None
+        try:
+            files = progress["files"]
+            valid = (
+                isinstance(files, list) and bool(files) and all(isinstance(f, str) for f in files)
+                and isinstance(progress["records_read"], int) and progress["records_read"] >= 0
+                and bool(progress["export"]) and progress["job_id"] is not None
+            )
+            begins = parse_moment(str(progress["window_start"]))
+            ends = parse_moment(str(progress["window_end"]))
+        except (KeyError, TypeError, ValueError):
+            valid = False
+        if not valid or ends <= begins:
+            self.logger.warning("Ignoring a malformed 'progress' in the stream state")
+            return None
+        if begins != start:
+            self.logger.info(
+                "Ignoring 'progress' of a window at %s: this run starts at %s",
+                to_rfc3339(begins), to_rfc3339(start),
+            )
+            return None
+        return dict(progress)
 
     def sync_range(self) -> tuple[datetime.datetime, datetime.datetime, frozenset[str]]:
         """Start (bookmark, else ``start_date``, else 7 days ago), end, and ids to skip."""
@@ -155,8 +193,15 @@ class ActivityStream(Stream):
         if start >= end:
             self.logger.info("Nothing to export: start %s is not before end %s", start, end)
             return
+        # A checkpoint of the first window (from a run stopped midway through it) is resumed.
+        progress = self.resumable_progress(start)
         while start < end:
-            window = Window(start, min(start + span, end), skip)
+            if progress is not None:
+                window_end = parse_moment(str(progress["window_end"]))
+                window = Window(start, window_end, skip, resume=progress)
+                progress = None
+            else:
+                window = Window(start, min(start + span, end), skip)
             yield window
             start, skip = window.end, frozenset(window.boundary_ids)
 
@@ -211,24 +256,56 @@ class ActivityStream(Stream):
             files.add(given)
         return sorted(files, key=lambda f: _file_order(name, f))
 
+    def resume_files(self, sftp: SftpReader, progress: dict[str, Any]) -> list[str] | None:
+        """The checkpointed export's files, or None (with a warning) if one is gone."""
+        folder = self.config["sftp_path"]
+        listed = {entry.filename for entry in sftp.list_files(folder)}
+        missing = [f for f in progress["files"] if f not in listed]
+        if missing:
+            self.logger.warning(
+                "Cannot resume export %r: %s no longer in SFTP folder %r. Exporting the window "
+                "%s .. %s again (events already delivered from it are sent again).",
+                progress["export"], ", ".join(missing), folder, progress["window_start"],
+                progress["window_end"],
+            )
+            return None
+        return list(progress["files"])
+
     def window_records(
         self, window: Window, client: CordialClient, sftp: SftpReader
-    ) -> Iterator[dict[str, Any]]:
-        """Run the export job for ``window`` and yield its records that belong to it."""
+    ) -> Iterator[dict[str, Any] | None]:
+        """Run the export job for ``window`` and yield its records that belong to it.
+
+        A ``None`` among the records is a checkpoint: every record read so far has been
+        yielded, and ``window.records_read`` says how many were consumed from the files.
+        """
         config = self.config
-        name = export_name()
-        self.logger.info(
-            "Exporting activity %s .. %s as %r", to_rfc3339(window.start),
-            to_rfc3339(window.end), name,
-        )
-        job_id = client.create_export(self.export_body(name, window))
-        job = client.wait_for_job(
-            job_id,
-            poll_interval_seconds=float(config.get("poll_interval_seconds", 15)),
-            timeout_seconds=float(config.get("job_timeout_seconds", 7200)),
-        )
-        job.setdefault("jobId", job_id)
-        files = self.export_files(sftp, name, job)
+        resume = window.resume
+        files = self.resume_files(sftp, resume) if resume else None
+        replay = 0
+        if resume and files:
+            name, job_id = str(resume["export"]), str(resume["job_id"])
+            # The interrupted run emitted these; they are read again only for boundary_ids.
+            replay = window.records_read = int(resume["records_read"])
+            self.logger.info(
+                "Resuming export %r (job %s) of %s .. %s after its first %d records",
+                name, job_id, to_rfc3339(window.start), to_rfc3339(window.end), replay,
+            )
+        else:
+            name = export_name()
+            self.logger.info(
+                "Exporting activity %s .. %s as %r", to_rfc3339(window.start),
+                to_rfc3339(window.end), name,
+            )
+            job_id = client.create_export(self.export_body(name, window))
+            job = client.wait_for_job(
+                job_id,
+                poll_interval_seconds=float(config.get("poll_interval_seconds", 15)),
+                timeout_seconds=float(config.get("job_timeout_seconds", 7200)),
+            )
+            job.setdefault("jobId", job_id)
+            files = self.export_files(sftp, name, job)
+        window.export, window.job_id, window.files = name, job_id, list(files or ())
         if not files:
             total = (job.get("result") or {}).get("totalRecords") if isinstance(
                 job.get("result"), dict
@@ -244,11 +321,14 @@ class ActivityStream(Stream):
         export_format = config.get("export_format", "json")
         start, end, skip_ids = window.start, window.end, window.skip_ids
         known, warned = KNOWN_FIELDS, self._warned_fields
+        every, read = self.CHECKPOINT_RECORDS, 0
+        last_file = files[-1]
         for file_name in files:
             began = time.monotonic()
             remote = sftp.open(f"{folder}/{file_name}")
             try:
                 for record, moment, _line in read_records(remote, file_name, export_format):
+                    read += 1
                     if moment < start or moment > end:
                         window.outside += 1
                         continue
@@ -257,10 +337,19 @@ class ActivityStream(Stream):
                         continue
                     if moment == end:
                         window.boundary_ids.add(record["_id"])
+                    if read <= replay:
+                        continue
                     if not known.issuperset(record):
                         self._warn_unknown(record.keys() - known - warned)
                     window.emitted += 1
                     yield record
+                    if read - window.records_read >= every:
+                        window.records_read = read
+                        yield None
+                # A file boundary is a natural checkpoint (the last file's is the window's end).
+                if file_name != last_file and read > window.records_read:
+                    window.records_read = read
+                    yield None
             finally:
                 remote.close()
             elapsed = max(time.monotonic() - began, 1e-9)
@@ -292,7 +381,9 @@ class ActivityStream(Stream):
         client, sftp = self._tap.cordial_client(), self._tap.sftp_reader()  # type: ignore[attr-defined]
         try:
             for window in self.windows():
-                yield from self.window_records(window, client, sftp)
+                for record in self.window_records(window, client, sftp):
+                    if record is not None:
+                        yield record
         finally:
             sftp.close()
             client.close()
@@ -308,12 +399,30 @@ class ActivityStream(Stream):
             and all(self.mask.values())
         )
 
+    def _checkpoint(self, window: Window) -> None:
+        """Emit STATE with the unchanged bookmark plus how far into ``window`` the run got.
+
+        Every record consumed before the checkpoint must already be written: a later run
+        resuming from it skips that many records of the same export files.
+        """
+        self.stream_state["progress"] = {
+            "export": window.export,
+            "job_id": window.job_id,
+            "window_start": to_rfc3339(window.start),
+            "window_end": to_rfc3339(window.end),
+            "files": list(window.files),
+            "records_read": window.records_read,
+        }
+        self.state_manager.is_flushed = False
+        self._write_state_message()
+
     def _finish_window(self, window: Window) -> None:
         """Move the bookmark to the window's end and emit STATE."""
         state = self.stream_state
         state["replication_key"] = self.replication_key
         state["replication_key_value"] = to_rfc3339(window.end)
         state["boundary_ids"] = sorted(window.boundary_ids)
+        state.pop("progress", None)
         self.logger.info(
             "Window %s .. %s done: %d records", to_rfc3339(window.start), to_rfc3339(window.end),
             window.emitted,
@@ -348,9 +457,13 @@ class ActivityStream(Stream):
                 for window in self.windows():
                     records = self.window_records(window, client, sftp)
                     if fast:
-                        total = self._write_fast(records, counter, total, limit)
+                        total = self._write_fast(window, records, counter, total, limit)
                     else:
                         for record in records:
+                            if record is None:
+                                if write_messages:
+                                    self._checkpoint(window)
+                                continue
                             if limit is not None and total >= limit:
                                 self._abort_at_limit(limit)
                             if write_messages:
@@ -365,7 +478,12 @@ class ActivityStream(Stream):
                 client.close()
 
     def _write_fast(
-        self, records: Iterator[dict[str, Any]], counter: Any, total: int, limit: int | None
+        self,
+        window: Window,
+        records: Iterator[dict[str, Any] | None],
+        counter: Any,
+        total: int,
+        limit: int | None,
     ) -> int:
         """Write RECORD lines straight to stdout's byte buffer; return the running total."""
         dumps = orjson.dumps
@@ -386,6 +504,13 @@ class ActivityStream(Stream):
         # As in the SDK's _write_record_message: records went out, so STATE is due again.
         self.state_manager.is_flushed = False
         for record in records:
+            if record is None:
+                # The checkpoint covers every record read so far: write them out first.
+                counter.increment(len(batch))
+                self._flush(out, batch)
+                self._checkpoint(window)
+                self.state_manager.is_flushed = False
+                continue
             if limit is not None and total >= limit:
                 self._flush(out, batch)
                 self._abort_at_limit(limit)
