@@ -283,8 +283,9 @@ class TargetLytics(Target):
         self._handle_max_record_age()
 
     #: A changed STATE is checkpointed (uploads finished, then STATE written) at most this often
-    #: while records are pending; with nothing pending it is written at once.
-    STATE_CHECKPOINT_SECONDS = 30.0
+    #: while records are pending, so a tap that writes STATE after every record does not turn
+    #: each record into a request; with nothing pending it is written at once.
+    STATE_CHECKPOINT_SECONDS = 1.0
 
     def _process_state_message(self, message_dict: dict) -> None:
         """Checkpoint the tap's STATE once the records before it are accepted by Lytics.
