@@ -7,11 +7,13 @@ The real `meltano` CLI runs in the temporary project copy of tests/test_meltano.
    while the target is uploading into a deliberately slow Lytics stand-in;
 3. the next run delivers every event.
 
-Why duplicates are bounded as asserted: target-lytics keeps singer-sdk's rule that STATE leaves the
-target only after every sink drained (at the end of input, or once records are 5 minutes old), so
-Meltano's bookmark never moves during a killed run shorter than that. The batch in flight is
-therefore what the killed run delivered after the last checkpoint: only those events may arrive
-twice, and nothing before the checkpoint is ever sent again.
+Why duplicates are bounded as asserted: the tap emits a checkpoint STATE every
+ActivityStream.CHECKPOINT_RECORDS records of an export window, and target-lytics writes a changed
+STATE only after every record before it was accepted (at most once a second while records are
+pending), so Meltano's stored checkpoint never covers undelivered events. The batch in flight is
+what the killed run delivered after its last checkpoint: only those events may arrive twice, at most
+two checkpoint intervals (one the target may have skipped inside its one-second floor), and nothing
+before the first run's bookmark is ever sent again.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tap_cordial_activity.streams import ActivityStream
 from test_faults_helpers import assert_no_secrets, lytics_ids, wait_until
 from test_meltano import (
     MELTANO,
@@ -145,10 +148,10 @@ def test_killed_meltano_run_then_next_run_delivers_every_event(
         f"missing {len(set(expected) - set(received))} events after the recovery run"
     )
     duplicated = {i for i, n in received.items() if n > 1}
-    # Duplicates: exactly the events the killed run had delivered after the checkpoint (the
-    # target's uncheckpointed batch), each twice at most; the recovery run resent nothing older.
-    assert duplicated == {i for i in at_kill if i not in before}
-    assert len(duplicated) == delivered_by_killed
+    # Duplicates: only events the killed run had delivered after its last checkpoint (the batch
+    # in flight), each twice at most; the recovery run resent nothing older.
+    assert duplicated <= {i for i in at_kill if i not in before}
+    assert len(duplicated) <= min(delivered_by_killed, 2 * ActivityStream.CHECKPOINT_RECORDS)
     assert max(received.values()) <= 2
     assert all(received[i] == 1 for i in before), "an event before the checkpoint came twice"
     print(  # shown with `pytest -rP`: the figures the README's Reliability section quotes
