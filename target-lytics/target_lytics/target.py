@@ -163,6 +163,10 @@ class TargetLytics(Target):
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
         """Check the settings the schema cannot express, then set up the client."""
         super().__init__(*args, **kwargs)
+        # Drain sinks one after another: each sink already uploads in its own background thread,
+        # and singer-sdk's parallel drain starts new joblib threads on every drain, whose malloc
+        # arenas made peak RSS grow with the run's length once STATE is checkpointed often.
+        self.max_parallelism = 1
         max_bytes = int(self.config.get("max_request_bytes") or DEFAULT_MAX_REQUEST_BYTES)
         if max_bytes > HARD_MAX_REQUEST_BYTES:
             msg = (
