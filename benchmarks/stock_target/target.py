@@ -16,19 +16,12 @@ import requests
 from singer_sdk import Target
 from singer_sdk import typing as th
 from singer_sdk.sinks import BatchSink
+from target_lytics.target import DEFAULT_STREAMS
 
-#: The default mapping of the Singer stream ``activity`` (Lytics' Cordial integration).
-ACTIVITY_FIELDS = {
-    "cID": "cr_contact_id",
-    "first": "cr_first",
-    "_id": "cr_system_event_id",
-    "mcID": "cr_message_contact_id",
-    "message_name": "cr_message_name",
-    "message_sent": "cr_message_sent_timestamp",
-    "action": "cr_event_action",
-    "time": "cr_event_timestamp",
-}
-ACTIVITY_TIMESTAMP_FIELD = "cr_event_timestamp"
+#: The same default mapping of the Singer stream ``activity`` as target-lytics (one definition),
+#: so both targets do the same work and only the SDK machinery around it differs.
+ACTIVITY_FIELDS: dict[str, str] = DEFAULT_STREAMS["activity"]["fields"]
+ACTIVITY_TIMESTAMP_FIELD: str = DEFAULT_STREAMS["activity"]["timestamp_field"]
 
 
 class LyticsBatchSink(BatchSink):
