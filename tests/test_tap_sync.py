@@ -477,7 +477,7 @@ def test_sftp_reconnects_mid_file_without_loss_or_duplicates(sandbox: Sandbox):
     settings = SftpSettings(
         host=sandbox.sftp.host, port=sandbox.sftp.port, username=sandbox.sftp.username,
         password=sandbox.sftp.password, host_key=sandbox.sftp.host_key_line,
-        prefetch_window_bytes=1 << 20, reconnect_backoff_seconds=0.05,
+        reconnect_backoff_seconds=0.05,
     )
     with SftpReader(settings) as reader:
         remote = reader.open(f"{sandbox.sftp.sftp_path}/big.bin")

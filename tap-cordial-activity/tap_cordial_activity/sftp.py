@@ -1,9 +1,9 @@
-"""SftpReader: a verified SFTP login, listing, and streaming reads with bounded prefetch.
+"""SftpReader: a verified SFTP login, listing, and streaming reads with pipelined requests.
 
 The server's host key must match ``sftp_host_key`` (ssh-keyscan output) or ``~/.ssh/known_hosts``:
-there is no trust on first use. Reads use paramiko's prefetch one bounded segment at a time, so
-throughput is that of pipelined requests while memory stays flat, and a dropped connection is
-reopened and the file resumed at the exact byte where it stopped.
+there is no trust on first use. Reads keep a bounded number of requests in flight from the reading
+thread (see :class:`RemoteFile`), so throughput is that of a pipelined download while memory stays
+flat, and a dropped connection is reopened and the file resumed at the exact byte where it stopped.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import ctypes
-import ctypes.util
 import hashlib
 import io
 import logging
@@ -23,9 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Protocol, Self, TypeVar, cast
 
 import paramiko
+from paramiko.sftp import CMD_DATA, CMD_READ, int64
 
 #: Errors that mean "the connection is gone" rather than "the file or request is wrong".
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -41,46 +40,6 @@ _KEY_CLASSES: tuple[type[paramiko.PKey], ...] = (
 
 
 T = TypeVar("T")
-
-#: glibc's mallopt parameter M_ARENA_MAX.
-_M_ARENA_MAX = -8
-
-
-def _glibc() -> ctypes.CDLL | None:
-    """The C library when it is glibc (has mallopt and malloc_trim), else None."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        return libc if libc is not None and hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-_LIBC = _glibc()
-
-
-def limit_malloc_arenas(arenas: int = 1) -> None:
-    """Cap glibc's malloc arenas; called at import, before any thread needs a second arena.
-
-    paramiko's transport and prefetch threads allocate the received blocks and the main thread
-    frees them; with glibc's default arenas that memory can stay in the thread arenas. Measured
-    inside `meltano run` at 1M events: peak RSS 132-148 MB before, 113-164 MB after (200k:
-    112-121 MB): most runs lower, the worst case not (README, Performance).
-    A no-op where the C library is not glibc.
-    """
-    if _LIBC is not None:
-        _LIBC.mallopt(_M_ARENA_MAX, arenas)
-
-
-def release_free_memory() -> None:
-    """Give memory freed by consumed prefetch windows back to the system (glibc only)."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-# glibc fixes the arena limit the first time a thread needs an arena, so this must run before
-# paramiko (or anything else) starts a thread.
-limit_malloc_arenas()
 
 
 class SftpError(Exception):
@@ -185,9 +144,8 @@ class SftpSettings:
     host_key: str | None = None
     known_hosts_path: Path | None = None
     timeout_seconds: float = 30.0
+    #: Read requests in flight per file; with 32 KB blocks this bounds a read's memory (2 MB).
     max_concurrent_prefetch_requests: int = 64
-    #: Bytes prefetched ahead of the reader at most; this bounds the memory a read uses.
-    prefetch_window_bytes: int = 16 << 20
     reconnect_attempts: int = 5
     reconnect_backoff_seconds: float = 1.0
 
@@ -391,13 +349,33 @@ class SftpReader:
         return RemoteFile(self, path)
 
 
-class RemoteFile:
-    """Sequential reader of one remote file with windowed prefetch and exact resume.
+class _RequestLayer(Protocol):
+    """paramiko ``SFTPClient``'s request/response methods (private: the ones its prefetch uses)."""
 
-    ``read(n)`` returns bytes in order until ``b""``; when the connection drops, the reader
-    reconnects, reopens the file and continues at the byte offset it had reached, so no byte is
-    lost or read twice.
+    def _async_request(self, fileobj: object, t: int, *args: object) -> int: ...
+
+    def _read_response(self, waitfor: int | None = None) -> object: ...
+
+    def _convert_status(self, msg: paramiko.Message) -> None: ...
+
+
+class RemoteFile:
+    """Sequential reader of one remote file: pipelined reads from the calling thread, exact resume.
+
+    Up to ``max_concurrent_prefetch_requests`` read requests are kept in flight ahead of the
+    reader (as ``sftp`` and paramiko's ``prefetch`` do), so throughput is that of a pipelined
+    download while at most that many blocks are held. Unlike paramiko's ``prefetch`` this starts
+    no thread and never queues the whole file: a slow consumer holds a fixed amount of memory.
+    ``read(n)`` returns up to ``n`` bytes in order until ``b""``; when the connection drops, the
+    reader reconnects, reopens the file and continues at the byte offset it had reached, so no
+    byte is lost or read twice.
+
+    Uses paramiko's request/response layer (``SFTPClient._async_request`` and ``_read_response``,
+    the pair its own prefetch uses), the same from paramiko 3.4 to 5.1 (pinned <6).
     """
+
+    #: Bytes per read request: paramiko's ``SFTPFile.MAX_REQUEST_SIZE``, which every server takes.
+    BLOCK_SIZE = 32768
 
     def __init__(self, reader: SftpReader, path: str) -> None:
         """Open the file now, so a missing file fails early."""
@@ -406,8 +384,14 @@ class RemoteFile:
         self.offset = 0
         self.reconnects = 0
         self._handle: paramiko.SFTPFile | None = None
+        self._client: _RequestLayer | None = None
         self._size = 0
-        self._prefetched_to = 0
+        #: In-flight requests: request number -> (offset, length).
+        self._requests: dict[int, tuple[int, int]] = {}
+        #: Answers not read yet: offset -> (data, requested length), or the error for that offset.
+        self._blocks: dict[int, tuple[bytes, int] | Exception] = {}
+        #: Where the next read request starts.
+        self._next_request = 0
         self._open()
 
     def _open(self) -> None:
@@ -421,30 +405,80 @@ class RemoteFile:
                 f"SFTP file {self.path!r} on {self.reader.address} is not readable by "
                 f"{self.reader.settings.username!r}"
             ) from None
-        handle.seek(self.offset)
-        self._handle, self._size, self._prefetched_to = handle, size, self.offset
+        self._handle, self._size = handle, size
+        self._client = cast(_RequestLayer, handle.sftp)
+        self._requests.clear()
+        self._blocks.clear()
+        self._next_request = self.offset
 
     @property
     def size(self) -> int:
         """File size when it was (last) opened."""
         return self._size
 
-    def _prefetch_more(self) -> None:
-        """Queue the next window of read-ahead once the previous one is consumed.
-
-        paramiko's ``prefetch`` queues every remaining block at once and keeps whatever arrives
-        until it is read, so a fast network and a slower consumer would hold the whole file in
-        memory; one window at a time keeps that bounded.
-        """
+    def _request(self, offset: int, length: int) -> None:
         assert self._handle is not None
-        settings = self.reader.settings
-        end = min(self._size, self.offset + settings.prefetch_window_bytes)
-        if end > self.offset:
-            # The previous window's blocks are freed by now; without this, fragmented heap
-            # pages kept RSS growing with the file size.
-            release_free_memory()
-            self._handle.prefetch(end, settings.max_concurrent_prefetch_requests)
-            self._prefetched_to = end
+        assert self._client is not None
+        number = self._client._async_request(
+            self, CMD_READ, self._handle.handle, int64(offset), int(length)
+        )
+        self._requests[number] = (offset, length)
+
+    def _async_response(self, kind: int, msg: paramiko.Message, number: int) -> None:
+        """Called by paramiko's ``SFTPClient._read_response`` with the answer to a request."""
+        request = self._requests.pop(number, None)
+        if request is None:
+            return  # a request of a handle given up after a reconnect
+        offset, length = request
+        assert self._client is not None  # requests are forgotten with the handle
+        if kind == CMD_DATA:
+            self._blocks[offset] = (msg.get_binary(), length)
+            return
+        try:
+            self._client._convert_status(msg)  # raises for every status but OK
+        except EOFError:
+            self._blocks[offset] = (b"", length)
+        except OSError as exc:
+            self._blocks[offset] = exc
+        else:
+            self._blocks[offset] = SftpError(
+                f"SFTP server answered a read of {self.path!r} at byte {offset} without data"
+            )
+
+    def _fill_pipeline(self) -> None:
+        """Keep requests in flight up to the file's size, plus one at the current offset when
+        nothing else is pending (that one finds the end of the file, or bytes appended since)."""
+        limit = self.reader.settings.max_concurrent_prefetch_requests
+        while len(self._requests) < limit and self._next_request < self._size:
+            length = min(self.BLOCK_SIZE, self._size - self._next_request)
+            self._request(self._next_request, length)
+            self._next_request += length
+        if not self._requests and self.offset not in self._blocks:
+            self._request(self.offset, self.BLOCK_SIZE)
+            self._next_request = self.offset + self.BLOCK_SIZE
+            self._size = max(self._size, self._next_request)
+
+    def _next_block(self) -> bytes:
+        """The bytes at the current offset, waiting for their answer; ``b""`` at the end."""
+        assert self._client is not None
+        while self.offset not in self._blocks:
+            self._fill_pipeline()
+            self._client._read_response()
+        answer = self._blocks.pop(self.offset)
+        if isinstance(answer, SftpError):
+            raise answer
+        if isinstance(answer, Exception):
+            raise SftpError(
+                f"reading {self.path!r} from {self.reader.address} failed at byte "
+                f"{self.offset}: {answer}"
+            )
+        data, length = answer
+        if data and len(data) < length:
+            # A short answer (servers may send less than asked): ask for the rest of that block.
+            self._request(self.offset + len(data), length - len(data))
+        elif not data:
+            self._size = self.offset  # the end, possibly earlier than stat said
+        return data
 
     def read(self, size: int) -> bytes:
         """Up to ``size`` bytes from the current offset; ``b""`` at the end of the file."""
@@ -452,11 +486,8 @@ class RemoteFile:
             try:
                 if self._handle is None:
                     self._open()
-                assert self._handle is not None
-                if self.offset >= self._prefetched_to:
-                    self._prefetch_more()
-                want = min(size, max(self._prefetched_to - self.offset, 0)) or size
-                data = self._handle.read(want)
+                self._fill_pipeline()
+                data = self._next_block()
             except SftpError:
                 raise
             except CONNECTION_ERRORS as exc:
@@ -469,16 +500,22 @@ class RemoteFile:
                 self._discard_handle()
                 self.reader.reconnect(exc)
                 continue
+            if len(data) > size:
+                # Keep the rest for the next read (callers asking for less than a block).
+                self._blocks[self.offset + size] = (data[size:], len(data) - size)
+                data = data[:size]
             self.offset += len(data)
             return data
 
     def _discard_handle(self) -> None:
-        handle, self._handle = self._handle, None
+        handle, self._handle, self._client = self._handle, None, None
+        self._requests.clear()
+        self._blocks.clear()
         if handle is not None:
             # The connection is usually gone already; there is nothing left to tell.
             with contextlib.suppress(Exception):
                 handle.close()
 
     def close(self) -> None:
-        """Close the remote handle."""
+        """Close the remote handle (answers still in flight are dropped when they arrive)."""
         self._discard_handle()
