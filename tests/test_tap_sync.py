@@ -186,6 +186,7 @@ def test_changed_host_key_is_refused(sandbox, tmp_path):
     assert run.returncode != 0
     assert "DOES NOT MATCH" in run.stderr
     assert "ssh-keyscan" in run.stderr
+    assert "Traceback" not in run.stderr
     assert sandbox.cordial.exports == []
 
 
@@ -349,6 +350,8 @@ def test_wrong_api_key_names_status_and_allow_list(sandbox, tmp_path):
     assert run.returncode != 0
     assert "HTTP 401" in run.stderr
     assert "IP allow-list" in run.stderr
+    assert "Traceback" not in run.stderr  # the message alone, once
+    assert run.stderr.count("HTTP 401 from POST") == 1
     assert "not-the-key" not in run.stderr + run.stdout
     assert not run.states or "replication_key_value" not in run.bookmark
 
@@ -422,6 +425,7 @@ def test_bad_export_data_fails_without_advancing(sandbox, tmp_path, options, ove
     assert re.search(r"Bad export data in singer-activity-[0-9a-f-]+" + message, run.stderr), (
         run.stderr[-2000:]
     )
+    assert "Traceback" not in run.stderr
     assert run.states == [] or "replication_key_value" not in run.bookmark
 
 
@@ -462,6 +466,7 @@ def test_connection_test_creates_no_export(sandbox, tmp_path):
     bad = run_tap(tmp_path, sandbox.tap_config(api_key="wrong"), "--test")
     assert bad.returncode != 0
     assert "HTTP 401" in bad.stderr
+    assert "Traceback" not in bad.stderr
     assert "IP allow-list" in bad.stderr
     missing = run_tap(tmp_path, sandbox.tap_config(sftp_path="/no/such/folder"), "--test")
     assert missing.returncode != 0

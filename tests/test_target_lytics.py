@@ -592,6 +592,7 @@ def test_cli_run_exits_non_zero_and_keeps_secrets(tmp_path):
         assert failed.returncode != 0
         assert "HTTP 403" in failed.stderr
         assert "IP allow-list" in failed.stderr
+        assert "Traceback" not in failed.stderr
         assert failed.stdout.strip() == ""  # no STATE
         for output in (ok.stdout, ok.stderr, failed.stdout, failed.stderr):
             assert token not in output

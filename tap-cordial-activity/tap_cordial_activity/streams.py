@@ -18,7 +18,7 @@ from singer_sdk.mapper import SameRecordTransform
 
 from tap_cordial_activity.client import CordialClient
 from tap_cordial_activity.records import KNOWN_FIELDS, read_records
-from tap_cordial_activity.sftp import SftpReader
+from tap_cordial_activity.sftp import SftpError, SftpReader
 
 if TYPE_CHECKING:
     from singer_sdk.helpers.types import Context
@@ -249,7 +249,7 @@ class ActivityStream(Stream):
         if given:
             given = given.rsplit("/", 1)[-1]
             if given not in listed:
-                raise FileNotFoundError(
+                raise SftpError(
                     f"Cordial job {job.get('_id') or job.get('jobId')} names the file {given!r}, "
                     f"but it is not in SFTP folder {folder!r}"
                 )
@@ -311,7 +311,7 @@ class ActivityStream(Stream):
                 job.get("result"), dict
             ) else None
             if total:
-                raise FileNotFoundError(
+                raise SftpError(
                     f"Cordial job {job_id} is Done with {total} records, but no file beginning "
                     f"with {name!r} is in SFTP folder {config['sftp_path']!r}"
                 )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +20,36 @@ from singer_sdk.exceptions import ConfigValidationError
 from singer_sdk.plugin_base import JSONSchemaValidator, _ConfigInput
 from singer_sdk.tap_base import CliTestOptionValue
 
-from tap_cordial_activity.client import CordialClient, RetryPolicy
-from tap_cordial_activity.sftp import SftpReader, SftpSettings, load_private_key, parse_host_keys
+from tap_cordial_activity.client import CordialClient, CordialError, RetryPolicy
+from tap_cordial_activity.records import ExportDataError
+from tap_cordial_activity.sftp import (
+    SftpError,
+    SftpReader,
+    SftpSettings,
+    load_private_key,
+    parse_host_keys,
+)
 from tap_cordial_activity.streams import ActivityStream, parse_moment
 
 DEFAULT_ACTIONS = ["message-sent", "open", "click", "optout", "bounce", "complaint", "custom"]
 SECRET_SETTINGS = frozenset(
     {"api_key", "sftp_password", "sftp_private_key", "sftp_private_key_passphrase"}
 )
+
+
+#: Errors whose message names the setting, file and line, or HTTP status and what to do: the CLI
+#: prints them alone instead of under a traceback.
+USER_ERRORS: tuple[type[Exception], ...] = (CordialError, SftpError, ExportDataError)
+
+
+@contextlib.contextmanager
+def user_errors_end_the_run(logger: logging.Logger) -> Iterator[None]:
+    """Log a :data:`USER_ERRORS` error's message and exit 1; other errors keep their traceback."""
+    try:
+        yield
+    except USER_ERRORS as exc:
+        logger.error("%s", exc)  # no exc_info: the message is the whole story
+        sys.exit(1)
 
 
 def _secret(name: str, description: str, *, required: bool = False) -> th.Property:
@@ -214,8 +239,15 @@ class TapCordialActivity(Tap):
             return
         config = ctx.params.get("config") or _ConfigInput()
         tap = cls(config=config.config, parse_env_config=config.parse_env, validate_config=True)
-        tap.check_connection()
+        with user_errors_end_the_run(cls.logger):
+            tap.check_connection()
         ctx.exit()
+
+    @classmethod
+    def invoke(cls, **options: Any) -> None:
+        """singer-sdk's sync, with :func:`user_errors_end_the_run`."""
+        with user_errors_end_the_run(cls.logger):
+            super().invoke(**options)
 
     def check_connection(self) -> bool:
         """Cordial ``/health``, then SFTP login (host key verified) and a listing of ``sftp_path``.

@@ -16,7 +16,7 @@ from singer_sdk.sinks import Sink
 from singer_sdk.target_base import Target
 
 from target_lytics.client import LyticsClient, LyticsError, RetryPolicy
-from target_lytics.mapping import StreamMapping
+from target_lytics.mapping import StreamMapping, ValueConversionError
 from target_lytics.sinks import LyticsSink
 
 if t.TYPE_CHECKING:
@@ -78,6 +78,10 @@ _STREAM_ENTRY = th.ObjectType(
     ),
     additional_properties=False,
 )
+
+
+#: Errors whose message says what is wrong and what to do (see :meth:`TargetLytics.invoke`).
+USER_ERRORS: tuple[type[Exception], ...] = (LyticsError, InvalidRecord, ValueConversionError)
 
 
 class TargetLytics(Target):
@@ -334,9 +338,15 @@ class TargetLytics(Target):
     ) -> None:
         """Run the target, or with ``--test`` only check the connection and the token."""
         if not test:
-            super().invoke(
-                about=about, about_format=about_format, config=config, file_input=file_input
-            )
+            try:
+                super().invoke(
+                    about=about, about_format=about_format, config=config, file_input=file_input
+                )
+            except USER_ERRORS as exc:
+                # The message names the HTTP status and what to do, or the stream and field:
+                # printed alone instead of under a traceback.
+                cls.logger.error("%s", exc)
+                sys.exit(1)
             return
         if about:
             cls.print_about(about_format)
