@@ -399,6 +399,26 @@ def test_429_retry_after_5xx_and_resets_are_retried(sandbox, tmp_path, reference
     assert {r["_id"] for r in run.records} == reference_ids
 
 
+def test_lost_create_reply_is_retried_under_a_new_name(sandbox, tmp_path, reference_ids):
+    """The first attempt starts a job but its answer is lost: the retry uses another export name,
+    so the orphan job's files are not read with the retried job's."""
+    sandbox.cordial.inject("/v2/contactactivityexport", Fault(reset=True, after_store=True))
+    run = run_tap(tmp_path, sandbox.tap_config())
+    assert run.returncode == 0, run.stderr
+    exports = sandbox.cordial.exports
+    first, second = exports[0]["name"], exports[1]["name"]
+    # One job per window, plus the orphan of the first window.
+    windows = {(e["selected_timeframe_start"], e["selected_timeframe_end"]) for e in exports}
+    assert len(exports) == len(windows) + 1
+    assert first != second
+    assert not second.startswith(first)
+    assert f"The export is sent again as {second!r}" in run.stderr
+    assert any(f.name.startswith(first) for f in sandbox.sftp.root.iterdir())  # orphan's file
+    ids = [r["_id"] for r in run.records]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == reference_ids
+
+
 def test_5xx_gives_up_after_max_retries(sandbox, tmp_path):
     sandbox.cordial.inject("/v2/contactactivityexport", *[Fault(status=500)] * 3)
     run = run_tap(tmp_path, sandbox.tap_config(max_retries=2))

@@ -117,10 +117,12 @@ class CordialClient:
         json_body: Any = None,
         what: str,
         job_id: str | None = None,
+        before_retry: Callable[[], None] | None = None,
     ) -> Any:
         """Send one call with retries; return the decoded JSON body or raise :class:`CordialError`.
 
-        ``what`` names the call in messages (e.g. "creating the export job").
+        ``what`` names the call in messages (e.g. "creating the export job"); ``before_retry``
+        runs before each repeated attempt (it may change ``json_body``).
         """
         url = f"{self.api_url}/{path.lstrip('/')}"
         job = f" (job {job_id})" if job_id else ""
@@ -144,6 +146,8 @@ class CordialClient:
                     method, path, type(exc).__name__, attempt, self.retry.max_retries, delay,
                 )
                 self.sleep(delay)
+                if before_retry is not None:
+                    before_retry()
                 continue
             status = response.status_code
             if status < 400:
@@ -168,6 +172,8 @@ class CordialClient:
                     self.retry.max_retries, delay,
                 )
                 self.sleep(delay)
+                if before_retry is not None:
+                    before_retry()
                 continue
             message = (
                 f"Cordial API error while {what}{job}: HTTP {status} from {method} {url}: "
@@ -183,11 +189,22 @@ class CordialClient:
         """``GET /health``: a cheap check of the URL, the key and its IP allow-list."""
         return self.request("GET", "health", what="checking /health")
 
-    def create_export(self, body: Mapping[str, Any]) -> str:
-        """``POST /contactactivityexport``; return the job id."""
+    def create_export(self, body: dict[str, Any], new_name: Callable[[], str]) -> str:
+        """``POST /contactactivityexport``; return the job id.
+
+        Each retry goes out under a new ``name`` from ``new_name()``: an attempt whose answer was
+        lost may still have started a job, and its files must not be taken for this job's (the
+        tap reads the files whose names begin with the export name). ``body["name"]`` is left as
+        the returned job's name.
+        """
+
+        def rename() -> None:
+            body["name"] = new_name()
+            self.logger.info("The export is sent again as %r", body["name"])
+
         answer = self.request(
             "POST", "contactactivityexport", json_body=body,
-            what=f"creating the export job {body.get('name')!r}",
+            what=f"creating the export job {body.get('name')!r}", before_retry=rename,
         )
         job_id = answer.get("jobId") if isinstance(answer, Mapping) else None
         if not job_id:

@@ -297,7 +297,9 @@ class ActivityStream(Stream):
                 "Exporting activity %s .. %s as %r", to_rfc3339(window.start),
                 to_rfc3339(window.end), name,
             )
-            job_id = client.create_export(self.export_body(name, window))
+            body = self.export_body(name, window)
+            job_id = client.create_export(body, export_name)
+            name = body["name"]
             job = client.wait_for_job(
                 job_id,
                 poll_interval_seconds=float(config.get("poll_interval_seconds", 15)),
