@@ -6,6 +6,7 @@ exactly-once across runs at window boundaries, every error path, and secrets nev
 
 from __future__ import annotations
 
+import random
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -497,7 +498,7 @@ def test_connection_test_creates_no_export(sandbox, tmp_path):
 def test_sftp_reconnects_mid_file_without_loss_or_duplicates(sandbox: Sandbox):
     from tap_cordial_activity.sftp import SftpReader, SftpSettings
 
-    payload = bytes(range(256)) * 40_000  # ~10 MB
+    payload = random.Random(9).randbytes(10_000_000)  # no period: a misplaced block shows
     (sandbox.sftp.root / "big.bin").write_bytes(payload)
     settings = SftpSettings(
         host=sandbox.sftp.host, port=sandbox.sftp.port, username=sandbox.sftp.username,
@@ -506,7 +507,9 @@ def test_sftp_reconnects_mid_file_without_loss_or_duplicates(sandbox: Sandbox):
     )
     with SftpReader(settings) as reader:
         remote = reader.open(f"{sandbox.sftp.sftp_path}/big.bin")
-        got = bytearray(remote.read(3_000_000))
+        got = bytearray()
+        while len(got) < 3_000_000:
+            got += remote.read(1 << 20)
         sandbox.sftp.drop_connections()
         while chunk := remote.read(1 << 20):
             got += chunk

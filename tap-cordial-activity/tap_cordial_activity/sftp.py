@@ -31,6 +31,7 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     EOFError,
     OSError,  # socket errors, ConnectionResetError, TimeoutError
     paramiko.SSHException,
+    paramiko.SFTPError,  # a garbled SFTP packet: the session is out of step
 )
 _KEY_CLASSES: tuple[type[paramiko.PKey], ...] = (
     paramiko.Ed25519Key,
@@ -240,7 +241,12 @@ class SftpReader:
                 ) from None
             self._check_host_key(transport)
             self._authenticate(transport)
-            sftp = paramiko.SFTPClient.from_transport(transport)
+            try:
+                sftp = paramiko.SFTPClient.from_transport(transport)
+            except CONNECTION_ERRORS as exc:
+                raise SftpError(
+                    f"starting SFTP on {s.host}:{s.port} failed: {type(exc).__name__}: {exc}"
+                ) from None
             if sftp is None:
                 raise SftpError(f"{s.host}:{s.port} refused to start the SFTP subsystem")
             channel = sftp.get_channel()
@@ -364,8 +370,10 @@ class RemoteFile:
 
     Up to ``max_concurrent_prefetch_requests`` read requests are kept in flight ahead of the
     reader (as ``sftp`` and paramiko's ``prefetch`` do), so throughput is that of a pipelined
-    download while at most that many blocks are held. Unlike paramiko's ``prefetch`` this starts
-    no thread and never queues the whole file: a slow consumer holds a fixed amount of memory.
+    download, and requests plus unread answers never reach further than that many 32 KB blocks
+    ahead: memory is fixed whatever the file size, the consumer's speed or the server's answer
+    sizes. Unlike paramiko's ``prefetch`` this starts no thread (one per call there; inside
+    `meltano run` they made the tap's heap grow with the file, issue 6).
     ``read(n)`` returns up to ``n`` bytes in order until ``b""``; when the connection drops, the
     reader reconnects, reopens the file and continues at the byte offset it had reached, so no
     byte is lost or read twice.
@@ -390,9 +398,13 @@ class RemoteFile:
         self._requests: dict[int, tuple[int, int]] = {}
         #: Answers not read yet: offset -> (data, requested length), or the error for that offset.
         self._blocks: dict[int, tuple[bytes, int] | Exception] = {}
-        #: Where the next read request starts.
+        #: Where the next read request starts, and where requests stop (the size, or further
+        #: once the file turned out longer than its size said).
         self._next_request = 0
-        self._open()
+        self._request_limit = 0
+        #: Connection failures since the last successful read (bounded by reconnect_attempts).
+        self._failures = 0
+        reader._retrying(self._open)
 
     def _open(self) -> None:
         try:
@@ -410,6 +422,7 @@ class RemoteFile:
         self._requests.clear()
         self._blocks.clear()
         self._next_request = self.offset
+        self._request_limit = max(size, self.offset)
 
     @property
     def size(self) -> int:
@@ -431,32 +444,51 @@ class RemoteFile:
             return  # a request of a handle given up after a reconnect
         offset, length = request
         assert self._client is not None  # requests are forgotten with the handle
-        if kind == CMD_DATA:
-            self._blocks[offset] = (msg.get_binary(), length)
+        if kind != CMD_DATA:
+            try:
+                self._client._convert_status(msg)  # raises for every status but OK
+            except EOFError:
+                self._blocks[offset] = (b"", length)
+            except Exception as exc:  # raised by the read that reaches this offset
+                self._blocks[offset] = exc
+            else:
+                self._blocks[offset] = SftpError(
+                    f"SFTP server answered a read of {self.path!r} at byte {offset} without data"
+                )
             return
-        try:
-            self._client._convert_status(msg)  # raises for every status but OK
-        except EOFError:
-            self._blocks[offset] = (b"", length)
-        except OSError as exc:
-            self._blocks[offset] = exc
-        else:
-            self._blocks[offset] = SftpError(
-                f"SFTP server answered a read of {self.path!r} at byte {offset} without data"
-            )
+        data = msg.get_binary()
+        self._blocks[offset] = (data, length)
+        end = offset + len(data)
+        if data and len(data) < length:
+            # A short answer (servers may send less than asked): ask for the rest now, so it is
+            # not queued behind a whole window of requests.
+            self._request(end, length - len(data))
+        elif end > self._size:
+            # The file is longer than its size said (it grew, or the server gives no size):
+            # keep a window of requests going instead of one at a time; EOF answers end it.
+            self._request_limit = max(self._request_limit, end + self._window_bytes)
+
+    @property
+    def _window_bytes(self) -> int:
+        return self.reader.settings.max_concurrent_prefetch_requests * self.BLOCK_SIZE
 
     def _fill_pipeline(self) -> None:
-        """Keep requests in flight up to the file's size, plus one at the current offset when
-        nothing else is pending (that one finds the end of the file, or bytes appended since)."""
+        """Keep requests in flight, at most a window of bytes ahead of the reader (so answers
+        waiting to be read stay bounded too), plus one at the current offset when nothing else
+        is pending: that one finds the end of the file, or bytes appended since it was opened."""
         limit = self.reader.settings.max_concurrent_prefetch_requests
-        while len(self._requests) < limit and self._next_request < self._size:
-            length = min(self.BLOCK_SIZE, self._size - self._next_request)
+        window_end = self.offset + self._window_bytes
+        while (
+            len(self._requests) < limit
+            and self._next_request < self._request_limit
+            and self._next_request + self.BLOCK_SIZE <= window_end
+        ):
+            length = min(self.BLOCK_SIZE, self._request_limit - self._next_request)
             self._request(self._next_request, length)
             self._next_request += length
         if not self._requests and self.offset not in self._blocks:
             self._request(self.offset, self.BLOCK_SIZE)
             self._next_request = self.offset + self.BLOCK_SIZE
-            self._size = max(self._size, self._next_request)
 
     def _next_block(self) -> bytes:
         """The bytes at the current offset, waiting for their answer; ``b""`` at the end."""
@@ -470,14 +502,11 @@ class RemoteFile:
         if isinstance(answer, Exception):
             raise SftpError(
                 f"reading {self.path!r} from {self.reader.address} failed at byte "
-                f"{self.offset}: {answer}"
+                f"{self.offset}: {type(answer).__name__}: {answer}"
             )
-        data, length = answer
-        if data and len(data) < length:
-            # A short answer (servers may send less than asked): ask for the rest of that block.
-            self._request(self.offset + len(data), length - len(data))
-        elif not data:
-            self._size = self.offset  # the end, possibly earlier than stat said
+        data, _length = answer
+        if not data:
+            self._request_limit = self.offset  # the end, possibly earlier than stat said
         return data
 
     def read(self, size: int) -> bytes:
@@ -492,14 +521,16 @@ class RemoteFile:
                 raise
             except CONNECTION_ERRORS as exc:
                 self.reconnects += 1
-                if self.reconnects > self.reader.settings.reconnect_attempts:
+                self._failures += 1
+                if self._failures > self.reader.settings.reconnect_attempts:
                     raise SftpError(
                         f"reading {self.path!r} from {self.reader.address} failed after "
-                        f"{self.reconnects - 1} reconnects: {type(exc).__name__}: {exc}"
+                        f"{self._failures - 1} reconnects in a row: {type(exc).__name__}: {exc}"
                     ) from None
                 self._discard_handle()
                 self.reader.reconnect(exc)
                 continue
+            self._failures = 0
             if len(data) > size:
                 # Keep the rest for the next read (callers asking for less than a block).
                 self._blocks[self.offset + size] = (data[size:], len(data) - size)
