@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, overload
 import orjson
 
 from sandbox.events import RESERVED_ACTIONS, generate_events, parse_cordial_time
-from sandbox.httpbase import Fault, HttpStandIn, Request, Response
+from sandbox.httpbase import HttpStandIn, Request, Response
 
 if TYPE_CHECKING:
     from sandbox.sftp import SftpServer
@@ -648,43 +648,30 @@ class CordialStandIn(HttpStandIn):
             "pending_faults": self.pending_faults(),
         }
 
-    def admin(self, request: Request) -> Response:
-        """Admin: ``summary``, ``events``, ``options`` and ``faults`` under ``/_sandbox``."""
-        path, method = request.path.removeprefix(self.ADMIN_PREFIX), request.method
-        try:
-            if path == "/summary" and method == "GET":
-                return Response.json(200, self.summary())
-            if path == "/events" and method == "POST":
-                payload = orjson.loads(request.body or b"{}")
-                if isinstance(payload, list):
-                    return Response.json(200, {"added": self.add_events(payload)})
-                start, end = self.add_generated(
-                    int(payload.get("generate", 0)),
-                    seed=payload.get("seed"),
-                    start=_optional_time(payload.get("start")),
-                    end=_optional_time(payload.get("end")),
-                )
-                return Response.json(
-                    200,
-                    {
-                        "added": int(payload.get("generate", 0)),
-                        "start": start.isoformat(),
-                        "end": end.isoformat(),
-                    },
-                )
-            if path == "/options" and method == "POST":
-                self.options.update(orjson.loads(request.body or b"{}"))
-                return Response.json(200, dataclasses.asdict(self.options))
-            if path == "/faults" and method == "POST":
-                payload = orjson.loads(request.body)
-                self.inject(payload["path_prefix"], *(Fault(**f) for f in payload["faults"]))
-                return Response.json(200, {"pending_faults": self.pending_faults()})
-            if path == "/faults" and method == "DELETE":
-                self.clear_faults()
-                return Response.json(200, {"pending_faults": 0})
-        except (KeyError, TypeError, ValueError) as exc:
-            return Response.json(400, {"error": f"bad admin request: {exc!r}"})
-        return Response.json(404, {"error": f"no admin endpoint {method} {request.path}"})
+    def admin_route(self, path: str, method: str, request: Request) -> Response | None:
+        """Admin ``POST /events`` (a list, or ``generate`` N) and ``POST /options``."""
+        if path == "/events" and method == "POST":
+            payload = orjson.loads(request.body or b"{}")
+            if isinstance(payload, list):
+                return Response.json(200, {"added": self.add_events(payload)})
+            start, end = self.add_generated(
+                int(payload.get("generate", 0)),
+                seed=payload.get("seed"),
+                start=_optional_time(payload.get("start")),
+                end=_optional_time(payload.get("end")),
+            )
+            return Response.json(
+                200,
+                {
+                    "added": int(payload.get("generate", 0)),
+                    "start": start.isoformat(),
+                    "end": end.isoformat(),
+                },
+            )
+        if path == "/options" and method == "POST":
+            self.options.update(orjson.loads(request.body or b"{}"))
+            return Response.json(200, dataclasses.asdict(self.options))
+        return None
 
 
 def _optional_time(value: Any) -> datetime | None:

@@ -351,8 +351,33 @@ class HttpStandIn:
         raise NotImplementedError
 
     def admin(self, request: Request) -> Response:
-        """Answer ``/_sandbox/...`` requests (implemented by the stand-ins that offer them)."""
-        return Response.json(404, {"error": f"no admin endpoint {request.path}"})
+        """Answer ``/_sandbox/...``: ``GET /summary``, ``POST``/``DELETE /faults``, and the
+        stand-in's own endpoints (:meth:`admin_route`); a malformed request gets a 400."""
+        path, method = request.path.removeprefix(self.ADMIN_PREFIX), request.method
+        try:
+            if path == "/summary" and method == "GET":
+                return Response.json(200, self.summary())
+            if path == "/faults" and method == "POST":
+                payload = orjson.loads(request.body)
+                self.inject(payload["path_prefix"], *(Fault(**f) for f in payload["faults"]))
+                return Response.json(200, {"pending_faults": self.pending_faults()})
+            if path == "/faults" and method == "DELETE":
+                self.clear_faults()
+                return Response.json(200, {"pending_faults": 0})
+            response = self.admin_route(path, method, request)
+        except (KeyError, TypeError, ValueError) as exc:
+            return Response.json(400, {"error": f"bad admin request: {exc!r}"})
+        if response is None:
+            return Response.json(404, {"error": f"no admin endpoint {method} {request.path}"})
+        return response
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and state for ``GET /_sandbox/summary`` and the CLI."""
+        return {"url": self.base_url, "pending_faults": self.pending_faults()}
+
+    def admin_route(self, path: str, method: str, request: Request) -> Response | None:
+        """The stand-in's own admin endpoints (``path`` without the prefix); None if unknown."""
+        return None
 
 
 def _format_retry_after(seconds: float) -> str:

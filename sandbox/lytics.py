@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from sandbox.httpbase import Fault, HttpStandIn, Request, Response
+from sandbox.httpbase import HttpStandIn, Request, Response
 
 DEFAULT_TOKEN = "sandbox-lytics-token"  # noqa: S105 - the sandbox default, not a real secret
 #: Lytics' documented cap per request body.
@@ -267,42 +267,29 @@ class LyticsStandIn(HttpStandIn):
                 "pending_faults": self.pending_faults(),
             }
 
-    def admin(self, request: Request) -> Response:
-        """Admin under ``/_sandbox``: summary, events, reset, options, faults."""
-        path, method = request.path.removeprefix(self.ADMIN_PREFIX), request.method
-        try:
-            if path == "/summary" and method == "GET":
-                return Response.json(200, self.summary())
-            if path == "/events" and method == "GET":
-                stream = request.query["stream"]
-                events = self.events.get(stream, [])
-                limit = int(request.query.get("limit", len(events)))
-                return Response.json(
-                    200, {"stream": stream, "total": len(events), "events": events[:limit]}
-                )
-            if path == "/counts" and method == "GET":
-                return Response.json(
-                    200, self.value_counts(request.query["stream"], request.query.get("field"))
-                )
-            if path == "/reset" and method == "POST":
-                self.reset()
-                return Response.json(200, self.summary())
-            if path == "/options" and method == "POST":
-                payload = orjson.loads(request.body or b"{}")
-                if set(payload) - {"count_only"}:
-                    raise KeyError(sorted(set(payload) - {"count_only"}))
-                self.count_only = bool(payload.get("count_only", self.count_only))
-                return Response.json(200, {"count_only": self.count_only})
-            if path == "/faults" and method == "POST":
-                payload = orjson.loads(request.body)
-                self.inject(payload["path_prefix"], *(Fault(**f) for f in payload["faults"]))
-                return Response.json(200, {"pending_faults": self.pending_faults()})
-            if path == "/faults" and method == "DELETE":
-                self.clear_faults()
-                return Response.json(200, {"pending_faults": 0})
-        except (KeyError, TypeError, ValueError) as exc:
-            return Response.json(400, {"error": f"bad admin request: {exc!r}"})
-        return Response.json(404, {"error": f"no admin endpoint {method} {request.path}"})
+    def admin_route(self, path: str, method: str, request: Request) -> Response | None:
+        """Admin ``GET /events``, ``GET /counts``, ``POST /reset`` and ``POST /options``."""
+        if path == "/events" and method == "GET":
+            stream = request.query["stream"]
+            events = self.events.get(stream, [])
+            limit = int(request.query.get("limit", len(events)))
+            return Response.json(
+                200, {"stream": stream, "total": len(events), "events": events[:limit]}
+            )
+        if path == "/counts" and method == "GET":
+            return Response.json(
+                200, self.value_counts(request.query["stream"], request.query.get("field"))
+            )
+        if path == "/reset" and method == "POST":
+            self.reset()
+            return Response.json(200, self.summary())
+        if path == "/options" and method == "POST":
+            payload = orjson.loads(request.body or b"{}")
+            if set(payload) - {"count_only"}:
+                raise KeyError(sorted(set(payload) - {"count_only"}))
+            self.count_only = bool(payload.get("count_only", self.count_only))
+            return Response.json(200, {"count_only": self.count_only})
+        return None
 
 
 def _count(values: list[int]) -> dict[str, int]:
