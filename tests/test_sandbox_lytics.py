@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import struct
 import time
 from typing import Any
 
@@ -298,3 +300,22 @@ def test_admin_endpoints(http: requests.Session, lytics: LyticsStandIn) -> None:
     assert lytics.count_only is True
     assert http.post(f"{admin}/options", json={"bogus": 1}, timeout=10).status_code == 400
     assert http.post(f"{admin}/reset", timeout=10).json()["streams"] == {}
+
+
+def test_a_client_hanging_up_before_the_answer_prints_nothing(
+    lytics: LyticsStandIn, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Killed clients are routine in the tests; the stand-in must not print tracebacks for them."""
+    lytics.inject("/api/", Fault(delay_seconds=0.3), Fault(delay_seconds=0.3))
+    for _ in range(2):
+        with socket.create_connection((lytics.host, lytics.port)) as conn:
+            conn.sendall(b"GET /api/schema HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            # Close with a reset, so the stand-in's later answer meets a closed connection.
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    deadline = time.monotonic() + 5
+    while lytics.pending_faults() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # both answers written (and failed) by now
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err
+    assert "Error" not in captured.err
