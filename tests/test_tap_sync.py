@@ -106,6 +106,38 @@ def test_formats_give_the_same_records(sandbox, tmp_path, reference_ids, overrid
         assert all(isinstance(r["sp"], dict) for r in nested)
 
 
+def test_delete_exported_files_removes_only_the_read_windows_files(
+    sandbox, tmp_path, reference_ids
+):
+    root = sandbox.sftp.root
+    (root / "unrelated.txt").write_text("not an export")
+    kept = run_tap(tmp_path, sandbox.tap_config(limit_records_per_file=40))
+    assert kept.returncode == 0, kept.stderr
+    first_run_files = {p.name for p in root.iterdir()}
+    assert len(first_run_files) > 2  # split files of every window, kept by default
+    run = run_tap(
+        tmp_path, sandbox.tap_config(limit_records_per_file=40, delete_exported_files=True)
+    )
+    assert run.returncode == 0, run.stderr
+    assert sorted(r["_id"] for r in run.records) == sorted(reference_ids)
+    assert {p.name for p in root.iterdir()} == first_run_files  # the second run's files are gone
+    assert "(delete_exported_files)" in run.stderr
+
+
+def test_a_refused_delete_is_a_warning(sandbox, tmp_path, reference_ids):
+    root = sandbox.sftp.root
+    root.chmod(0o555)  # the SFTP user may read but not delete; Cordial (root) still writes
+    try:
+        run = run_tap(tmp_path, sandbox.tap_config(delete_exported_files=True))
+    finally:
+        root.chmod(0o755)
+    assert run.returncode == 0, run.stderr
+    assert sorted(r["_id"] for r in run.records) == sorted(reference_ids)
+    assert "cannot delete SFTP file" in run.stderr
+    assert "the file is kept" in run.stderr
+    assert any(root.iterdir())
+
+
 def test_password_login_only(sandbox, tmp_path, reference_ids):
     run = run_tap(tmp_path, sandbox.tap_config(sftp_private_key=None))
     assert run.returncode == 0, run.stderr

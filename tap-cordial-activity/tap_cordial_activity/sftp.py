@@ -350,6 +350,13 @@ class SftpReader:
             self.reconnect(exc)
             return call()
 
+    def remove(self, path: str) -> None:
+        """Delete ``path``; ``SftpError`` says why when the server refuses."""
+        try:
+            self._retrying(lambda: self.sftp.remove(path))
+        except OSError as exc:
+            raise SftpError(f"cannot delete SFTP file {path!r} on {self.address}: {exc}") from None
+
     def open(self, path: str) -> RemoteFile:
         """A streaming reader of ``path``; see :class:`RemoteFile`."""
         return RemoteFile(self, path)

@@ -360,12 +360,24 @@ class ActivityStream(Stream):
                 remote.offset / elapsed / 1e6,
                 f", {remote.reconnects} reconnects" if remote.reconnects else "",
             )
+        if config.get("delete_exported_files"):
+            self.delete_files(sftp, folder, files)
         if window.outside or window.duplicates:
             self.logger.info(
                 "Window %s .. %s: %d events outside the window and %d already emitted at its "
                 "start were skipped", to_rfc3339(start), to_rfc3339(end), window.outside,
                 window.duplicates,
             )
+
+    def delete_files(self, sftp: SftpReader, folder: str, files: list[str]) -> None:
+        """Delete a read window's export files; a refusal is a warning (the data was read)."""
+        for file_name in files:
+            try:
+                sftp.remove(f"{folder}/{file_name}")
+            except SftpError as exc:
+                self.logger.warning("%s; the file is kept", exc)
+            else:
+                self.logger.info("Deleted %s from SFTP (delete_exported_files)", file_name)
 
     def _warn_unknown(self, names: Iterable[str]) -> None:
         new = sorted(set(names))

@@ -145,6 +145,11 @@ class TapCordialActivity(Tap):
             "(0: one file).",
         ),
         th.Property(
+            "delete_exported_files", th.BooleanType, default=False,
+            description="Delete a window's export files from SFTP once all of them were read "
+            "(a later run that needs the window again exports it anew).",
+        ),
+        th.Property(
             "max_concurrent_prefetch_requests", th.IntegerType, default=64,
             description="SFTP read requests in flight at once (OpenSSH uses 64).",
         ),
