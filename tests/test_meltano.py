@@ -219,9 +219,14 @@ def test_first_run_lands_every_generated_event_in_lytics_mapped(meltano, sandbox
 
 
 def test_second_run_delivers_only_new_events_from_meltano_state(meltano, sandbox):
+    # With delete_exported_files, the files of the first run go once Meltano stored its STATE.
+    meltano.env["TAP_CORDIAL_ACTIVITY_DELETE_EXPORTED_FILES"] = "true"
     meltano("--environment=sandbox", "run", "tap-cordial-activity", "target-lytics")
     first = list(sandbox.lytics.events[LYTICS_STREAM])
     first_bookmark = _bookmark(meltano.state())
+    first_files = {p.name for p in sandbox.sftp.root.iterdir()}
+    assert first_files
+    assert meltano.state()["bookmarks"]["activity"]["read_files"]
     exports_before = len(sandbox.cordial.exports)
 
     template = list(_exported(sandbox.cordial.events).values())[:25]
@@ -251,6 +256,7 @@ def test_second_run_delivers_only_new_events_from_meltano_state(meltano, sandbox
     )
     listed = meltano("--environment=sandbox", "state", "list").stdout
     assert STATE_ID in listed
+    assert not first_files & {p.name for p in sandbox.sftp.root.iterdir()}
 
 
 def test_target_jsonl_writes_the_same_events(meltano, sandbox, tmp_path):

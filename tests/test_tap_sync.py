@@ -106,36 +106,65 @@ def test_formats_give_the_same_records(sandbox, tmp_path, reference_ids, overrid
         assert all(isinstance(r["sp"], dict) for r in nested)
 
 
-def test_delete_exported_files_removes_only_the_read_windows_files(
-    sandbox, tmp_path, reference_ids
-):
+def test_delete_exported_files_waits_for_the_next_run(sandbox, tmp_path, reference_ids):
+    """A window's files are listed in its final STATE and deleted only by a run that starts from
+    that STATE (stored by the orchestrator once delivered): a failed run can still resume."""
     root = sandbox.sftp.root
     (root / "unrelated.txt").write_text("not an export")
-    kept = run_tap(tmp_path, sandbox.tap_config(limit_records_per_file=40))
-    assert kept.returncode == 0, kept.stderr
-    first_run_files = {p.name for p in root.iterdir()}
-    assert len(first_run_files) > 2  # split files of every window, kept by default
-    run = run_tap(
-        tmp_path, sandbox.tap_config(limit_records_per_file=40, delete_exported_files=True)
-    )
+    config = sandbox.tap_config(limit_records_per_file=40, delete_exported_files=True)
+    first = run_tap(tmp_path, config)
+    assert first.returncode == 0, first.stderr
+    assert sorted(r["_id"] for r in first.records) == sorted(reference_ids)
+    first_files = {p.name for p in root.iterdir()} - {"unrelated.txt"}
+    assert len(first_files) > 2  # split files of every window, all still there
+    listed = first.bookmark["read_files"]
+    assert {path.rsplit("/", 1)[-1] for path in listed} == first_files
+    # A checkpoint inside a window never lists that window's own files (they may be resumed).
+    checkpoints = [s["bookmarks"]["activity"] for s in first.states]
+    checkpoints = [b for b in checkpoints if "progress" in b]
+    assert checkpoints
+    for bookmark in checkpoints:
+        own = {f"{sandbox.sftp.sftp_path.rstrip('/')}/{f}" for f in bookmark["progress"]["files"]}
+        assert own.isdisjoint(bookmark.get("read_files", []))
+        assert own <= set(listed)  # ... until its window ends
+
+    second = run_tap(tmp_path, config, state=first.states[-1])
+    assert second.returncode == 0, second.stderr
+    left = {p.name for p in root.iterdir()}
+    assert "unrelated.txt" in left
+    assert not left & first_files  # the delivered run's files are gone
+    assert "(delete_exported_files: its window was delivered)" in second.stderr
+    if second.states:
+        assert set(second.bookmark.get("read_files", [])).isdisjoint(listed)
+
+    third = run_tap(tmp_path, config, state=first.states[-1])  # the same STATE again
+    assert third.returncode == 0, third.stderr
+    assert "Already gone:" in third.stderr
+
+
+def test_delete_exported_files_off_keeps_files_and_state_clean(sandbox, tmp_path):
+    run = run_tap(tmp_path, sandbox.tap_config())
     assert run.returncode == 0, run.stderr
-    assert sorted(r["_id"] for r in run.records) == sorted(reference_ids)
-    assert {p.name for p in root.iterdir()} == first_run_files  # the second run's files are gone
-    assert "(delete_exported_files)" in run.stderr
+    assert "read_files" not in run.bookmark
+    assert any(sandbox.sftp.root.iterdir())
 
 
 def test_a_refused_delete_is_a_warning(sandbox, tmp_path, reference_ids):
     root = sandbox.sftp.root
+    config = sandbox.tap_config(delete_exported_files=True)
+    first = run_tap(tmp_path, config)
+    assert first.returncode == 0, first.stderr
     root.chmod(0o555)  # the SFTP user may read but not delete; Cordial (root) still writes
     try:
-        run = run_tap(tmp_path, sandbox.tap_config(delete_exported_files=True))
+        second = run_tap(tmp_path, config, state=first.states[-1])
     finally:
         root.chmod(0o755)
-    assert run.returncode == 0, run.stderr
-    assert sorted(r["_id"] for r in run.records) == sorted(reference_ids)
-    assert "cannot delete SFTP file" in run.stderr
-    assert "the file is kept" in run.stderr
-    assert any(root.iterdir())
+    assert second.returncode == 0, second.stderr
+    assert "cannot delete SFTP file" in second.stderr
+    assert "the file is kept" in second.stderr
+    assert {p.rsplit("/", 1)[-1] for p in first.bookmark["read_files"]} <= {
+        p.name for p in root.iterdir()
+    }
 
 
 def test_password_login_only(sandbox, tmp_path, reference_ids):

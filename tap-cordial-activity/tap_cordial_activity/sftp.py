@@ -350,12 +350,18 @@ class SftpReader:
             self.reconnect(exc)
             return call()
 
-    def remove(self, path: str) -> None:
-        """Delete ``path``; ``SftpError`` says why when the server refuses."""
+    def remove(self, path: str) -> bool:
+        """Delete ``path``: True, or False when it is already gone; ``SftpError`` says why the
+        server refused or the connection failed (not retried: deleting is housekeeping)."""
         try:
-            self._retrying(lambda: self.sftp.remove(path))
-        except OSError as exc:
-            raise SftpError(f"cannot delete SFTP file {path!r} on {self.address}: {exc}") from None
+            self.sftp.remove(path)
+        except FileNotFoundError:
+            return False
+        except CONNECTION_ERRORS as exc:  # includes OSError: refusals and dropped connections
+            raise SftpError(
+                f"cannot delete SFTP file {path!r} on {self.address}: {type(exc).__name__}: {exc}"
+            ) from None
+        return True
 
     def open(self, path: str) -> RemoteFile:
         """A streaming reader of ``path``; see :class:`RemoteFile`."""

@@ -360,8 +360,6 @@ class ActivityStream(Stream):
                 remote.offset / elapsed / 1e6,
                 f", {remote.reconnects} reconnects" if remote.reconnects else "",
             )
-        if config.get("delete_exported_files"):
-            self.delete_files(sftp, folder, files)
         if window.outside or window.duplicates:
             self.logger.info(
                 "Window %s .. %s: %d events outside the window and %d already emitted at its "
@@ -369,15 +367,28 @@ class ActivityStream(Stream):
                 window.duplicates,
             )
 
-    def delete_files(self, sftp: SftpReader, folder: str, files: list[str]) -> None:
-        """Delete a read window's export files; a refusal is a warning (the data was read)."""
-        for file_name in files:
+    def delete_confirmed_files(self, sftp: SftpReader) -> None:
+        """Delete the export files that the incoming STATE lists as read (``read_files``).
+
+        A window's files are listed in the STATE that ends the window, and deleted only when a
+        later run starts from that STATE: the orchestrator stores a target's STATE once the
+        records before it were delivered, so a run that failed after reading the files can
+        still resume from their checkpoints. A refused delete is a warning; either way the
+        files leave the STATE.
+        """
+        listed = self.stream_state.pop("read_files", None) or []
+        if not self.config.get("delete_exported_files"):
+            return
+        for path in listed:
             try:
-                sftp.remove(f"{folder}/{file_name}")
+                deleted = sftp.remove(str(path))
             except SftpError as exc:
                 self.logger.warning("%s; the file is kept", exc)
-            else:
-                self.logger.info("Deleted %s from SFTP (delete_exported_files)", file_name)
+                continue
+            self.logger.info(
+                "%s %s (delete_exported_files: its window was delivered)",
+                "Deleted" if deleted else "Already gone:", path,
+            )
 
     def _warn_unknown(self, names: Iterable[str]) -> None:
         new = sorted(set(names))
@@ -437,6 +448,10 @@ class ActivityStream(Stream):
         state["replication_key_value"] = to_rfc3339(window.end)
         state["boundary_ids"] = sorted(window.boundary_ids)
         state.pop("progress", None)
+        if self.config.get("delete_exported_files") and window.files:
+            folder = str(self.config["sftp_path"]).rstrip("/")
+            read = {*state.get("read_files", []), *(f"{folder}/{f}" for f in window.files)}
+            state["read_files"] = sorted(read)
         self.logger.info(
             "Window %s .. %s done: %d records", to_rfc3339(window.start), to_rfc3339(window.end),
             window.emitted,
@@ -468,6 +483,8 @@ class ActivityStream(Stream):
                 # Log in (and verify the host key) before asking Cordial for anything, so a bad
                 # SFTP setting fails without leaving export jobs behind.
                 sftp.connect()
+                if write_messages:
+                    self.delete_confirmed_files(sftp)
                 for window in self.windows():
                     records = self.window_records(window, client, sftp)
                     if fast:

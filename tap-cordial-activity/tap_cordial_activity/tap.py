@@ -146,8 +146,8 @@ class TapCordialActivity(Tap):
         ),
         th.Property(
             "delete_exported_files", th.BooleanType, default=False,
-            description="Delete a window's export files from SFTP once all of them were read "
-            "(a later run that needs the window again exports it anew).",
+            description="Delete the export files the tap read, once their window is "
+            "delivered: at the start of the next run, which starts from that window's STATE.",
         ),
         th.Property(
             "max_concurrent_prefetch_requests", th.IntegerType, default=64,
