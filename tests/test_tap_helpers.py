@@ -46,16 +46,23 @@ def run_tap(
     *args: str,
     state: dict[str, Any] | None = None,
     timeout: float = 120,
+    command: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> TapRun:
-    """Run ``tap-cordial-activity --config ...`` (config with :data:`FAST` retries)."""
+    """Run ``tap-cordial-activity --config ...`` (config with :data:`FAST` retries).
+
+    ``command`` replaces the executable (e.g. a runner script); ``env`` the environment.
+    """
     config_file = tmp_path / "tap-config.json"
     config_file.write_text(json.dumps({**FAST, **config}))
-    argv = [TAP, "--config", str(config_file), *args]
+    argv = [*(command or [TAP]), "--config", str(config_file), *args]
     if state is not None:
         state_file = tmp_path / "tap-state.json"
         state_file.write_text(json.dumps(state))
         argv += ["--state", str(state_file)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, check=False, env=env
+    )
     return TapRun(done.returncode, done.stdout, done.stderr)
 
 

@@ -6,16 +6,14 @@ The tap runs in a subprocess (as in test_tap_sync.py) through a small runner tha
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_tap_helpers import FAST, TapRun, event, iso
+from test_tap_helpers import TapRun, event, iso, run_tap
 
 # Fixtures: a sandbox whose Cordial stand-in has no default events (tests add their own).
 from test_tap_sync import quiet, quiet_cordial  # noqa: F401
@@ -60,17 +58,11 @@ def run_resumable_tap(
     fail_after: int = 0,
 ) -> TapRun:
     """Run the tap with ``CHECKPOINT_RECORDS`` = :data:`CHECKPOINT` (optionally crashing)."""
-    config_file = tmp_path / "tap-config.json"
-    config_file.write_text(json.dumps({**FAST, **config}))
-    argv = [sys.executable, "-c", RUNNER, "--config", str(config_file)]
-    if state is not None:
-        state_file = tmp_path / "tap-state.json"
-        state_file.write_text(json.dumps(state))
-        argv += ["--state", str(state_file)]
     env = {**os.environ, "CHECKPOINT_RECORDS": str(CHECKPOINT),
            "FAIL_AFTER_RECORDS": str(fail_after)}
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False, env=env)
-    return TapRun(done.returncode, done.stdout, done.stderr)
+    return run_tap(
+        tmp_path, config, state=state, command=[sys.executable, "-c", RUNNER], env=env
+    )
 
 
 @pytest.fixture
