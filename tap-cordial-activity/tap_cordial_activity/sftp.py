@@ -409,8 +409,8 @@ class RemoteFile:
         self._size = 0
         #: In-flight requests: request number -> (offset, length).
         self._requests: dict[int, tuple[int, int]] = {}
-        #: Answers not read yet: offset -> (data, requested length), or the error for that offset.
-        self._blocks: dict[int, tuple[bytes, int] | Exception] = {}
+        #: Answers not read yet: offset -> data (``b""`` at the end), or the error for that offset.
+        self._blocks: dict[int, bytes | Exception] = {}
         #: Where the next read request starts, and where requests stop (the size, or further
         #: once the file turned out longer than its size said).
         self._next_request = 0
@@ -461,7 +461,7 @@ class RemoteFile:
             try:
                 self._client._convert_status(msg)  # raises for every status but OK
             except EOFError:
-                self._blocks[offset] = (b"", length)
+                self._blocks[offset] = b""
             except Exception as exc:  # raised by the read that reaches this offset
                 self._blocks[offset] = exc
             else:
@@ -470,7 +470,7 @@ class RemoteFile:
                 )
             return
         data = msg.get_binary()
-        self._blocks[offset] = (data, length)
+        self._blocks[offset] = data
         end = offset + len(data)
         if data and len(data) < length:
             # A short answer (servers may send less than asked): ask for the rest now, so it is
@@ -517,10 +517,9 @@ class RemoteFile:
                 f"reading {self.path!r} from {self.reader.address} failed at byte "
                 f"{self.offset}: {type(answer).__name__}: {answer}"
             )
-        data, _length = answer
-        if not data:
+        if not answer:
             self._request_limit = self.offset  # the end, possibly earlier than stat said
-        return data
+        return answer
 
     def read(self, size: int) -> bytes:
         """Up to ``size`` bytes from the current offset; ``b""`` at the end of the file."""
@@ -546,7 +545,7 @@ class RemoteFile:
             self._failures = 0
             if len(data) > size:
                 # Keep the rest for the next read (callers asking for less than a block).
-                self._blocks[self.offset + size] = (data[size:], len(data) - size)
+                self._blocks[self.offset + size] = data[size:]
                 data = data[:size]
             self.offset += len(data)
             return data
