@@ -89,8 +89,8 @@ def test_fast_path_uploads_what_the_sdk_path_uploads(config):
     with LyticsStandIn() as fast_lytics, LyticsStandIn() as plain_lytics:
         fast, fast_uploads, fast_out = run(TargetLytics, config, fast_lytics)
         plain, plain_uploads, plain_out = run(PlainPathTarget, config, plain_lytics)
-        assert set(fast._fast_sinks) == {"activity", "raw_activity"}
-        assert plain._fast_sinks == {}
+        assert set(fast.fast_path.sinks) == {"activity", "raw_activity"}
+        assert plain.fast_path.sinks == {}
         assert fast_uploads == plain_uploads
         assert fast_out == plain_out == '{"n": 400}\n'
         assert fast_lytics.total() == 800
@@ -103,7 +103,7 @@ def test_stream_maps_and_record_metadata_use_the_sdk_path(lytics):
         "add_record_metadata": True,
     }
     target, _, _ = run(TargetLytics, config, lytics)
-    assert target._fast_sinks == {}
+    assert target.fast_path.sinks == {}
     raw = lytics.events["raw_activity"]
     assert len(raw) == 400
     assert all(e["source"] == "cordial" and "email" not in e for e in raw)

@@ -17,7 +17,8 @@ import orjson
 import pytest
 from tap_cordial_activity.records import normalize
 from tap_cordial_activity.streams import SCHEMA as ACTIVITY_SCHEMA
-from target_lytics.client import LyticsClient, LyticsError
+from target_lytics.client import LyticsClient, RetryPolicy
+from target_lytics.errors import LyticsError
 from target_lytics.target import TargetLytics
 
 from sandbox.events import generate_events
@@ -339,8 +340,12 @@ def test_timeouts_are_retried(lytics):
 
 def test_retry_after_is_honoured(lytics):
     lytics.inject(COLLECT, Fault(status=429, retry_after=0.6))
-    client = LyticsClient(api_url=lytics.url, api_token=lytics.token)
-    client.retry = client.retry.__class__(base_delay_seconds=0.01, max_delay_seconds=0.01)
+    client = LyticsClient(
+        api_url=lytics.url,
+        api_token=lytics.token,
+        timeout_seconds=60,
+        retry=RetryPolicy(max_retries=8, base_delay_seconds=0.01, max_delay_seconds=0.01),
+    )
     started = time.monotonic()
     result = client.upload("s", b'[{"a":1}]')
     assert time.monotonic() - started >= 0.6

@@ -11,17 +11,18 @@ import pytest
 import requests
 from singer_sdk.exceptions import ConfigValidationError
 from tap_cordial_activity.records import normalize
-from target_lytics.client import LyticsClient, LyticsError, RetryPolicy, parse_retry_after
+from target_lytics.client import LyticsClient, RetryPolicy, parse_retry_after
+from target_lytics.errors import LyticsError, ValueConversionError
 from target_lytics.mapping import (
     RecordMapper,
     StreamMapping,
-    ValueConversionError,
     json_default,
     to_bool,
     to_rfc3339_utc,
 )
+from target_lytics.settings import DEFAULT_STREAMS
 from target_lytics.sinks import BodyBuilder
-from target_lytics.target import DEFAULT_STREAMS, TargetLytics
+from target_lytics.target import TargetLytics
 
 from sandbox.events import generate_events
 
@@ -299,8 +300,11 @@ def test_settings_defaults_and_merge():
 
 
 def test_max_request_bytes_above_10mb_is_rejected():
-    with pytest.raises(ConfigValidationError):
+    with pytest.raises(ConfigValidationError) as info:
         TargetLytics(config={"api_token": "t", "max_request_bytes": 10_000_001})
+    assert info.value.errors == [
+        "`max_request_bytes` is 10000001; Lytics accepts at most 10000000 bytes per request."
+    ]
     TargetLytics(config={"api_token": "t", "max_request_bytes": 10_000_000})
 
 
@@ -317,7 +321,7 @@ def test_retry_after_and_backoff():
     assert parse_retry_after(None) is None
     assert parse_retry_after("garbage") is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
-    policy = RetryPolicy(base_delay_seconds=1, max_delay_seconds=5)
+    policy = RetryPolicy(max_retries=8, base_delay_seconds=1, max_delay_seconds=5)
     assert policy.backoff(1, rng=lambda: 1.0) == 1
     assert policy.backoff(3, rng=lambda: 1.0) == 4
     assert policy.backoff(10, rng=lambda: 1.0) == 5

@@ -16,7 +16,7 @@ import requests
 from singer_sdk import Target
 from singer_sdk import typing as th
 from singer_sdk.sinks import BatchSink
-from target_lytics.target import DEFAULT_STREAMS
+from target_lytics.settings import DEFAULT_STREAMS
 
 #: The same default mapping of the Singer stream ``activity`` as target-lytics (one definition),
 #: so both targets do the same work and only the SDK machinery around it differs.

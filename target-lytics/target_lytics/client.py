@@ -23,6 +23,7 @@ import requests
 import requests.adapters
 
 from target_lytics import __version__
+from target_lytics.errors import LyticsError
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +41,6 @@ _FATAL_HINTS: dict[int, str] = {
 _RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504}) | frozenset(range(505, 600))
 
 
-class LyticsError(RuntimeError):
-    """An upload failed in a way that must end the run (no later STATE is emitted)."""
-
-
 @dataclass(frozen=True)
 class UploadResult:
     """What Lytics reported for one accepted request."""
@@ -55,11 +52,11 @@ class UploadResult:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Backoff settings; tests shrink the delays."""
+    """Backoff from the retry settings: exponential with full jitter."""
 
-    max_retries: int = 8
-    base_delay_seconds: float = 1.0
-    max_delay_seconds: float = 60.0
+    max_retries: int
+    base_delay_seconds: float
+    max_delay_seconds: float
     #: Retry-After values above this are capped, so a bad header cannot stall the run for hours.
     max_retry_after_seconds: float = 300.0
 
@@ -111,14 +108,14 @@ class LyticsClient:
         *,
         api_url: str,
         api_token: str,
-        timeout_seconds: float = 60.0,
-        retry: RetryPolicy | None = None,
+        timeout_seconds: float,
+        retry: RetryPolicy,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """Create a client with one keep-alive session."""
         self.api_url = api_url.rstrip("/")
         self.timeout_seconds = timeout_seconds
-        self.retry = retry or RetryPolicy()
+        self.retry = retry
         self._sleep = sleep
         self.session = requests.Session()
         # Each sink has at most one request in flight; keep that many connections alive.
@@ -166,14 +163,15 @@ class LyticsClient:
             attempt += 1
             problem: str
             wait: float | None = None
+            cause: Exception | None = None
             try:
                 response = self.session.post(
                     url, params=params, data=body, timeout=self.timeout_seconds
                 )
-            except requests.Timeout:
-                problem = f"timed out after {self.timeout_seconds}s"
+            except requests.Timeout as exc:
+                problem, cause = f"timed out after {self.timeout_seconds}s", exc
             except requests.ConnectionError as exc:
-                problem = f"connection error ({type(exc).__name__})"
+                problem, cause = f"connection error ({type(exc).__name__})", exc
             else:
                 status = response.status_code
                 if 200 <= status < 300:
@@ -189,7 +187,7 @@ class LyticsClient:
                 raise LyticsError(
                     f"{what} failed after {attempt} attempts, last: {problem}. Lytics may be "
                     "unavailable or rate limiting; try again later or raise max_retries."
-                )
+                ) from cause
             delay = self.retry.backoff(attempt)
             if wait is not None:
                 delay = max(delay, min(wait, self.retry.max_retry_after_seconds))

@@ -4,7 +4,7 @@ A :class:`RecordMapper` is compiled once per sink from the stream's Singer schem
 the target's ``streams`` setting, so that mapping a record is a short loop over prepared
 ``(source, destination, converter)`` triples.
 
-Value rules (issue 4):
+Value rules:
 - date-times (``format: date-time``, as strings or ``datetime`` objects) become RFC 3339 UTC with
   ``Z``; Cordial's ``+0000`` / ``+00:00`` offsets are converted;
 - fields typed ``boolean`` become JSON booleans from ``true``/``false``, ``1``/``0``,
@@ -25,15 +25,13 @@ from typing import Any
 
 import orjson
 
+from target_lytics.errors import ValueConversionError
+
 Converter = Callable[[Any], Any]
 
 _UTC = datetime.UTC
 _TRUE_STRINGS = frozenset({"true", "1"})
 _FALSE_STRINGS = frozenset({"false", "0"})
-
-
-class ValueConversionError(ValueError):
-    """A value cannot be converted to what its schema promises."""
 
 
 def to_rfc3339_utc(value: Any) -> str:
@@ -149,7 +147,7 @@ def _is_or_has_object(value: Any) -> bool:
 
 
 def json_default(value: Any) -> Any:
-    """orjson ``default`` hook for what the Singer readers produce besides JSON types.
+    """The orjson ``default`` hook for what the Singer readers produce besides JSON types.
 
     msgspec's reader turns JSON floats into ``Decimal``: they are written back as the exact number.
     """
@@ -320,7 +318,7 @@ class RecordMapper:
         except ValueConversionError as exc:
             raise ValueConversionError(
                 f"stream '{self.stream_name}', field '{name}': {exc}"
-            ) from None
+            ) from exc
 
     def map(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """Return the Lytics event for ``record`` (null and absent fields left out)."""
@@ -336,7 +334,7 @@ class RecordMapper:
         except ValueConversionError as exc:
             raise ValueConversionError(
                 f"stream '{self.stream_name}', field '{source}': {exc}"
-            ) from None
+            ) from exc
         if self._include_unmapped:
             mapped_sources = self.mapping.fields or {}
             for name, value in record.items():

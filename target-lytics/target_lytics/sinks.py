@@ -19,10 +19,12 @@ import fastjsonschema
 import orjson
 from singer_sdk.exceptions import InvalidJSONSchema, InvalidRecord
 from singer_sdk.sinks import Sink
-from singer_sdk.sinks.core import BaseJSONSchemaValidator, JSONSchemaValidator
+from typing_extensions import override
 
-from target_lytics.client import LyticsError
+from target_lytics.errors import LyticsError
 from target_lytics.mapping import RecordMapper, StreamMapping, json_default
+from target_lytics.sdk_private import BaseJSONSchemaValidator, JSONSchemaValidator
+from target_lytics.settings import setting
 
 if t.TYPE_CHECKING:
     from target_lytics.client import LyticsClient
@@ -50,6 +52,7 @@ class FastJSONSchemaValidator(BaseJSONSchemaValidator):
             msg = f"Schema Validation Error for stream '{stream_name}': {exc}"
             raise InvalidJSONSchema(msg) from exc
 
+    @override
     def validate(self, record: dict[str, t.Any]) -> None:
         """Raise :class:`InvalidRecord` naming the stream and the failing field."""
         try:
@@ -124,10 +127,10 @@ class LyticsSink(Sink):
             stream_name=stream_name,
             schema=self.schema,
             mapping=self.stream_mapping,
-            include_unmapped_fields=bool(self.config.get("include_unmapped_fields", False)),
+            include_unmapped_fields=bool(setting(self.config, "include_unmapped_fields")),
             logger=self.logger,
         )
-        self.dry_run = bool(self.config.get("dry_run", False))
+        self.dry_run = bool(setting(self.config, "dry_run"))
         self.body = BodyBuilder(target.max_request_bytes)
         self.uploaded_events = 0
         self.uploaded_requests = 0
@@ -139,6 +142,7 @@ class LyticsSink(Sink):
         """The target's shared client (one keep-alive session)."""
         return self.target.client
 
+    @override
     def get_validator(self) -> BaseJSONSchemaValidator | None:
         """A fastjsonschema validator, unless ``validate_records`` is false.
 
@@ -157,6 +161,7 @@ class LyticsSink(Sink):
                 self.schema, validate_formats=self.validate_field_string_format
             )
 
+    @override
     def process_record(self, record: dict, context: dict) -> None:
         """Map, serialize and buffer one record (sending the body first when it is full)."""
         event = orjson.dumps(self.mapper.map(record), default=json_default)
@@ -170,6 +175,7 @@ class LyticsSink(Sink):
             self.send_body()
             self.body.add(event)
 
+    @override
     def process_batch(self, context: dict) -> None:
         """Send what is left and wait until Lytics accepted all of it.
 
@@ -185,6 +191,7 @@ class LyticsSink(Sink):
         if future is not None:
             future.result()
 
+    @override
     def clean_up(self) -> None:
         """Stop the upload thread (after the last drain, nothing is in flight) and report."""
         self._uploader.shutdown(wait=True)

@@ -1,0 +1,61 @@
+"""The target's user-facing error classes, and the one way they end a run."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import traceback
+from collections.abc import Iterator
+
+from singer_sdk.exceptions import ConfigValidationError, InvalidRecord
+
+
+class LyticsError(RuntimeError):
+    """An upload failed in a way that must end the run (no later STATE is emitted)."""
+
+
+class ValueConversionError(ValueError):
+    """A value cannot be converted to what its schema promises."""
+
+
+#: Errors whose message says what is wrong and what to do (the HTTP status and the fix, or the
+#: stream and field): the CLI prints them alone instead of under a traceback.
+USER_ERRORS: tuple[type[Exception], ...] = (
+    LyticsError,
+    InvalidRecord,
+    ValueConversionError,
+    ConfigValidationError,
+)
+
+
+@contextlib.contextmanager
+def user_errors_end_the_run(logger: logging.Logger) -> Iterator[None]:
+    """End the run on a :data:`USER_ERRORS` error: its one-line message, then exit 1.
+
+    The error and its causes, each with where it was raised, go to the DEBUG log only (as lines,
+    not a traceback); other errors propagate unchanged. A settings error lists each problem, as
+    singer-sdk's own command does.
+    """
+    try:
+        yield
+    except USER_ERRORS as exc:
+        for line in _error_chain(exc):
+            logger.debug("Error chain: %s", line)
+        if isinstance(exc, ConfigValidationError):
+            for problem in exc.errors:
+                logger.error("%s", problem)
+        logger.error("%s", exc)
+        sys.exit(1)
+
+
+def _error_chain(error: BaseException) -> Iterator[str]:
+    """One line per error in the chain (the error, then its causes): type, message, where."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        frames = traceback.extract_tb(current.__traceback__)
+        where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+        yield f"{type(current).__name__}: {current}{where}"
+        current = current.__cause__ or current.__context__

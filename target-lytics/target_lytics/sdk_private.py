@@ -1,0 +1,160 @@
+"""The one module that uses singer-sdk's private names; the rest of the package uses these wrappers.
+
+- :class:`HookedTarget` replaces ``Target._process_schema_message``,
+  ``_process_record_message`` and ``_process_state_message`` (target_base.py) and
+  ``PluginBase._validate_config`` (plugin_base.py) with public hooks of its own, and wraps
+  ``_sinks_active``, ``_latest_state``, ``_max_record_age_in_minutes``, ``_handle_max_record_age``
+  and ``_assert_line_requires`` in public methods.
+- :func:`record_validator`, :func:`remove_sdc_metadata` and :func:`check_key_properties` wrap the
+  sink's ``_validator``, ``_remove_sdc_metadata_from_record`` and ``_singer_validate_message``
+  (sinks/core.py), which the record fast path calls in place of the SDK's record loop.
+- ``BaseJSONSchemaValidator`` and ``JSONSchemaValidator`` come from ``singer_sdk.sinks.core``,
+  which does not export them; :func:`cli_config` reads ``plugin_base._ConfigInput``.
+
+Pinned: singer-sdk ==0.54.9 (target-lytics/pyproject.toml). tests/test_target_private_names.py
+fails when one of these names disappears or changes signature, or when another module of the
+package uses a private singer-sdk name; tests/test_target_fastpath.py checks that the fast record
+path uploads what the SDK's own path uploads. Re-check this module when upgrading singer-sdk.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from singer_sdk.exceptions import ConfigValidationError
+from singer_sdk.plugin_base import JSONSchemaValidator as ConfigValidator
+from singer_sdk.plugin_base import _ConfigInput
+from singer_sdk.sinks import Sink
+from singer_sdk.sinks.core import BaseJSONSchemaValidator, JSONSchemaValidator
+from singer_sdk.target_base import Target
+from typing_extensions import override
+
+__all__ = [
+    "BaseJSONSchemaValidator",
+    "HookedTarget",
+    "JSONSchemaValidator",
+    "check_key_properties",
+    "cli_config",
+    "record_validator",
+    "remove_sdc_metadata",
+]
+
+#: singer-sdk private names used here, checked by the test named in the module docstring.
+TARGET_PRIVATE_NAMES = (
+    "_process_schema_message",
+    "_process_record_message",
+    "_process_state_message",
+    "_validate_config",
+    "_assert_line_requires",
+    "_handle_max_record_age",
+    "_max_record_age_in_minutes",
+    "_latest_state",
+    "_sinks_active",
+)
+SINK_PRIVATE_NAMES = ("_validator", "_remove_sdc_metadata_from_record", "_singer_validate_message")
+
+
+class HookedTarget(Target):
+    """A target with public hooks where singer-sdk offers only private message handlers."""
+
+    # -- hooks for subclasses --------------------------------------------------------------------
+
+    def settings_problems(self, config: dict[str, Any]) -> list[str]:
+        """Problems found before the schema check (may normalize values in ``config``)."""
+        return []
+
+    def schema_problem(self, error: Any) -> str:
+        """One JSON-schema validation error as a user-facing line."""
+        return str(error.message)
+
+    def stream_schema_registered(self, stream_name: str) -> None:
+        """Called after a SCHEMA message registered (or replaced) the stream's sink."""
+
+    def process_record_fast(self, message_dict: dict) -> bool:
+        """Process a RECORD without the SDK's record loop; False leaves it to the SDK."""
+        return False
+
+    def state_changed(self) -> None:
+        """Called after a STATE message that differs from the latest one was noted."""
+
+    # -- wrappers of private state ---------------------------------------------------------------
+
+    def active_sink(self, stream_name: str) -> Sink | None:
+        """The sink now receiving the stream's records, if any."""
+        return self._sinks_active.get(stream_name)
+
+    def active_sinks(self) -> list[Sink]:
+        """Every sink now receiving records."""
+        return list(self._sinks_active.values())
+
+    @property
+    def seconds_since_full_drain(self) -> float:
+        """Seconds since every sink was last drained."""
+        return self._max_record_age_in_minutes * 60
+
+    def drain_if_records_too_old(self) -> None:
+        """Drain every sink when records have waited longer than singer-sdk allows."""
+        self._handle_max_record_age()
+
+    def require_fields(self, message_dict: dict, requires: set[str]) -> None:
+        """Raise singer-sdk's error when a message lacks one of ``requires``."""
+        self._assert_line_requires(message_dict, requires=requires)
+
+    # -- the private methods replaced -----------------------------------------------------------
+
+    @override
+    def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
+        """Check every setting before any call; one message per problem."""
+        schema = self.config_jsonschema
+        self.append_builtin_config(schema)
+        errors = self.settings_problems(self._config)
+        # Validating self._config itself (not a copy) lets the SDK's validator fill in defaults.
+        validator = ConfigValidator(schema)
+        errors.extend(self.schema_problem(error) for error in validator.iter_errors(self._config))
+        if errors and raise_errors:
+            raise ConfigValidationError("Config validation failed", errors=errors, schema=schema)
+        for error in errors:
+            self.logger.warning("Config problem: %s", error)
+        return errors
+
+    @override
+    def _process_schema_message(self, message_dict: dict) -> None:
+        """Register the schema, then call :meth:`stream_schema_registered`."""
+        super()._process_schema_message(message_dict)
+        self.stream_schema_registered(message_dict["stream"])
+
+    @override
+    def _process_record_message(self, message_dict: dict) -> None:
+        """Try :meth:`process_record_fast`, else singer-sdk's record loop."""
+        if not self.process_record_fast(message_dict):
+            super()._process_record_message(message_dict)
+
+    @override
+    def _process_state_message(self, message_dict: dict) -> None:
+        """Note the STATE as singer-sdk does, then call :meth:`state_changed` if it changed."""
+        previous = self._latest_state
+        super()._process_state_message(message_dict)
+        if self._latest_state != previous:
+            self.state_changed()
+
+
+def record_validator(sink: Sink) -> BaseJSONSchemaValidator | None:
+    """The validator the sink built with ``get_validator`` (None when validation is off)."""
+    return sink._validator
+
+
+def remove_sdc_metadata(sink: Sink, record: dict) -> None:
+    """Remove singer-sdk's ``_sdc_*`` columns from ``record``, as the SDK's record loop does."""
+    sink._remove_sdc_metadata_from_record(record)
+
+
+def check_key_properties(sink: Sink, record: dict) -> None:
+    """Raise singer-sdk's error when ``record`` lacks one of the stream's key properties."""
+    sink._singer_validate_message(record)
+
+
+def cli_config(ctx: click.Context) -> tuple[Any, bool]:
+    """The ``--config`` files (or ``ENV``) given on the command line, and whether to read env."""
+    config = ctx.params.get("config") or _ConfigInput()
+    return config.config, config.parse_env

@@ -1,0 +1,170 @@
+"""The target's settings: their schema (the one place defaults are written), checks, mapping."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from singer_sdk import typing as th
+
+#: Lytics' documented cap per request body.
+HARD_MAX_REQUEST_BYTES = 10_000_000
+
+#: The ``streams`` entries a user setting is merged over (by Singer stream name).
+DEFAULT_STREAMS: dict[str, dict[str, Any]] = {
+    "activity": {
+        "lytics_stream": "cordial_activity",
+        "fields": {
+            "cID": "cr_contact_id",
+            "first": "cr_first",
+            "_id": "cr_system_event_id",
+            "mcID": "cr_message_contact_id",
+            "message_name": "cr_message_name",
+            "message_sent": "cr_message_sent_timestamp",
+            "action": "cr_event_action",
+            "time": "cr_event_timestamp",
+        },
+        "timestamp_field": "cr_event_timestamp",
+    },
+}
+
+SECRET_SETTINGS = frozenset({"api_token"})
+
+_STREAM_ENTRY = th.ObjectType(
+    th.Property(
+        "lytics_stream",
+        th.StringType,
+        description="Lytics stream to upload into (default: the Singer stream's name).",
+    ),
+    th.Property(
+        "fields",
+        th.ObjectType(additional_properties=th.StringType),
+        description=(
+            "Source field -> Lytics field. Only these fields are sent unless "
+            "include_unmapped_fields is true; without `fields` every field is sent as is."
+        ),
+    ),
+    th.Property(
+        "timestamp_field",
+        th.StringType,
+        description="Lytics field holding the event time (sent as ?timestamp_field=).",
+    ),
+    additional_properties=False,
+)
+
+
+def _number(
+    name: str, *, whole: bool, default: float, description: str, **limits: float
+) -> th.Property:
+    """A number setting; ``limits`` are JSON-schema range keywords."""
+    schema = {"type": "integer" if whole else "number", **limits}
+    return th.Property(name, th.CustomType(schema), default=default, description=description)
+
+
+CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
+    th.Property(
+        "api_token",
+        th.StringType,
+        required=True,
+        secret=True,
+        description="Lytics API token, sent as the Authorization header.",
+    ),
+    th.Property(
+        "api_url",
+        th.StringType,
+        default="https://api.lytics.io",
+        description="Lytics API base URL.",
+    ),
+    th.Property(
+        "streams",
+        th.ObjectType(additional_properties=_STREAM_ENTRY),
+        description=(
+            "Per Singer stream: {lytics_stream, fields: {source: lytics_field}, "
+            "timestamp_field}. Merged over the defaults by Singer stream name; the default "
+            "maps `activity` to `cordial_activity` with the Cordial fields (cID -> "
+            "cr_contact_id, ...). Streams not listed go to the Lytics stream of the same "
+            "name with their fields as they are."
+        ),
+    ),
+    th.Property(
+        "include_unmapped_fields",
+        th.BooleanType,
+        default=False,
+        description="For a mapped stream, also send the fields that have no mapping.",
+    ),
+    th.Property(
+        "dry_run",
+        th.BooleanType,
+        default=False,
+        description="Send dryrun=true: Lytics validates the events but stores nothing.",
+    ),
+    _number(
+        "max_request_bytes",
+        whole=True,
+        default=5_000_000,
+        minimum=256,
+        maximum=HARD_MAX_REQUEST_BYTES,
+        description="Largest request body in bytes (at most 10,000,000).",
+    ),
+    _number(
+        "request_timeout_seconds",
+        whole=False,
+        default=60,
+        exclusiveMinimum=0,
+        description="Timeout of one upload request.",
+    ),
+    _number(
+        "max_retries",
+        whole=True,
+        default=8,
+        minimum=0,
+        description="Retries of a request after 429, 5xx, timeouts or connection errors.",
+    ),
+    _number(
+        "retry_initial_delay_seconds",
+        whole=False,
+        default=1,
+        minimum=0,
+        description="Backoff before the first retry; doubles each retry (with jitter).",
+    ),
+    _number(
+        "retry_max_delay_seconds",
+        whole=False,
+        default=60,
+        minimum=0,
+        description="Longest backoff between retries (Retry-After may ask for more).",
+    ),
+).to_dict()
+
+
+def setting(config: Mapping[str, Any], name: str) -> Any:
+    """The value of setting ``name``: the configured one, else the schema's default."""
+    if name in config:
+        return config[name]
+    return CONFIG_SCHEMA["properties"][name].get("default")
+
+
+def schema_problem(error: Any) -> str:
+    """A JSON-schema validation error as one line naming the setting, never echoing a secret."""
+    path = list(error.absolute_path)
+    if path and path[0] in SECRET_SETTINGS:
+        return f"`{path[0]}` must be a text value."
+    if error.validator == "maximum" and path == ["max_request_bytes"]:
+        return (
+            f"`max_request_bytes` is {error.instance}; Lytics accepts at most "
+            f"{HARD_MAX_REQUEST_BYTES} bytes per request."
+        )
+    if error.validator == "required":
+        missing = str(error.message).split("'")[1] if "'" in error.message else error.message
+        return f"`{missing}` is required."
+    where = f"`{'.'.join(str(part) for part in path)}`: " if path else ""
+    return f"{where}{error.message}."
+
+
+def merged_streams(user: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The default stream mapping with the user's entries laid over it, by Singer stream name."""
+    merged = copy.deepcopy(DEFAULT_STREAMS)
+    for name, entry in (user or {}).items():
+        merged[name] = dict(entry or {})
+    return merged
