@@ -598,6 +598,7 @@ def test_cli_run_exits_non_zero_and_keeps_secrets(tmp_path):
         assert "HTTP 403" in failed.stderr
         assert "IP allow-list" in failed.stderr
         assert "Traceback" not in failed.stderr
+        assert "unhandled" not in failed.stderr.lower()  # the error is handled: said once, plainly
         assert failed.stdout.strip() == ""  # no STATE
         for output in (ok.stdout, ok.stderr, failed.stdout, failed.stderr):
             assert token not in output

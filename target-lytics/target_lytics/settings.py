@@ -1,8 +1,14 @@
-"""The target's settings: their schema (the one place defaults are written), checks, mapping."""
+"""The target's settings: their schema (the one place defaults are written), checks, mapping.
+
+Number settings accept a JSON number or a string holding one (``"30"``, ``"0.1"``): Meltano passes
+fractional settings as strings. :func:`parse_number_settings` turns such strings into numbers
+before the schema's range checks run, so every problem names its setting.
+"""
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,8 +63,8 @@ _STREAM_ENTRY = th.ObjectType(
 def _number(
     name: str, *, whole: bool, default: float, description: str, **limits: float
 ) -> th.Property:
-    """A number setting; ``limits`` are JSON-schema range keywords."""
-    schema = {"type": "integer" if whole else "number", **limits}
+    """A number setting that may also come as text; ``limits`` are JSON-schema range keywords."""
+    schema = {"type": ["integer" if whole else "number", "string"], **limits}
     return th.Property(name, th.CustomType(schema), default=default, description=description)
 
 
@@ -135,6 +141,16 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         minimum=0,
         description="Longest backoff between retries (Retry-After may ask for more).",
     ),
+    # singer-sdk's own setting, declared here for its default: bodies are bounded by bytes and
+    # sent as they fill, so a drain only flushes a partial body and waits for it; the SDK's
+    # 10,000 rows would mean ~3 MB requests and a wait every 10,000 records.
+    _number(
+        "batch_size_rows",
+        whole=True,
+        default=200_000,
+        minimum=1,
+        description="Records between sink drains (a drain sends the partial body and waits).",
+    ),
 ).to_dict()
 
 
@@ -143,6 +159,45 @@ def setting(config: Mapping[str, Any], name: str) -> Any:
     if name in config:
         return config[name]
     return CONFIG_SCHEMA["properties"][name].get("default")
+
+
+def parse_number_settings(config: dict[str, Any], schema: Mapping[str, Any]) -> list[str]:
+    """Turn number settings given as text into numbers, in place; list those that are not numbers.
+
+    A setting is a number setting when its schema type lists ``integer`` or ``number`` beside
+    ``string``. Ranges are left to the schema, which checks them after this.
+    """
+    problems: list[str] = []
+    for name, prop in (schema.get("properties") or {}).items():
+        value = config.get(name)
+        types = prop.get("type")
+        if not isinstance(value, str) or not isinstance(types, list) or "string" not in types:
+            continue
+        whole = "integer" in types
+        if not whole and "number" not in types:
+            continue
+        number = _parse_number(value, whole=whole)
+        if number is None:
+            kind = "a whole number" if whole else "a number"
+            problems.append(f"`{name}` must be {kind} (got {value!r}).")
+        else:
+            config[name] = number
+    return problems
+
+
+def _parse_number(text: str, *, whole: bool) -> float | None:
+    """``text`` as an int, or (unless ``whole``) a finite float; None when it is not one."""
+    text = text.strip()
+    try:
+        return int(text)
+    except ValueError:
+        if whole:
+            return None
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def schema_problem(error: Any) -> str:

@@ -105,10 +105,8 @@ class BodyBuilder:
 class LyticsSink(Sink):
     """Uploads one Singer stream into one Lytics stream."""
 
-    # Rows between the SDK's sink drains (when batch_size_rows is not set). Bodies are bounded by
-    # bytes and sent as they fill, so a drain only flushes a partial body and waits for it: the
-    # SDK's 10,000 would mean ~3 MB requests and a wait every 10,000 records.
-    MAX_SIZE_DEFAULT = 200_000
+    # Rows between the SDK's sink drains when batch_size_rows is not set (see the settings).
+    MAX_SIZE_DEFAULT = setting({}, "batch_size_rows")
 
     target: TargetLytics
 

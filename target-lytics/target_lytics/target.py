@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing as t
 
@@ -17,6 +18,7 @@ from target_lytics.sdk_private import HookedTarget, cli_config
 from target_lytics.settings import (
     CONFIG_SCHEMA,
     merged_streams,
+    parse_number_settings,
     schema_problem,
     setting,
 )
@@ -30,7 +32,8 @@ class TargetLytics(HookedTarget):
     default_sink_class = LyticsSink
     # msgspec parses Singer lines several times faster than the default simplejson reader.
     message_reader_class = MsgSpecReader
-    config_jsonschema = CONFIG_SCHEMA
+    # A copy: singer-sdk adds its built-in settings to this dict.
+    config_jsonschema = copy.deepcopy(CONFIG_SCHEMA)
 
     #: Use the record fast path (see :mod:`target_lytics.fastpath`) when a stream qualifies.
     fast_path_enabled: t.ClassVar[bool] = True
@@ -72,6 +75,11 @@ class TargetLytics(HookedTarget):
         )
 
     # Settings -----------------------------------------------------------------------------------
+
+    @override
+    def settings_problems(self, config: dict[str, t.Any]) -> list[str]:
+        """Numbers given as text become numbers; text that is not a number is a problem."""
+        return parse_number_settings(config, self.config_jsonschema)
 
     @override
     def schema_problem(self, error: t.Any) -> str:
