@@ -7,6 +7,7 @@ import datetime
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -579,7 +580,23 @@ def test_cli_test_flag_reports_an_unreachable_api(tmp_path):
     assert result.returncode == 1
     assert "connection error" in result.stderr
     assert "after 3 attempts" in result.stderr
+    assert f"Connection check of {lytics.url} failed" in result.stderr
     assert time.monotonic() - started < 20
+
+
+def test_cli_test_flag_does_not_wait_long_for_a_silent_api(tmp_path):
+    """A server that takes the connection but never answers: 3 short timeouts, not 3 minutes."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # never accepts, never answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        config = {"api_token": "t", "api_url": url, **FAST_RETRIES}  # request timeout: 60 s
+        started = time.monotonic()
+        result = _cli(["--test"], config, tmp_path)
+        elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    assert f"Connection check of {url} failed" in result.stderr
+    assert "timed out after 5.0s" in result.stderr
+    assert "after 3 attempts" in result.stderr
+    assert elapsed < 40
 
 
 def test_cli_run_exits_non_zero_and_keeps_secrets(tmp_path):

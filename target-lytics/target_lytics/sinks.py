@@ -42,6 +42,7 @@ class FastJSONSchemaValidator(BaseJSONSchemaValidator):
     (and rejected with the field's name when invalid) by the mapping.
     """
 
+    @override
     def __init__(self, schema: dict[str, t.Any], stream_name: str) -> None:
         """Compile ``schema``; raise :class:`InvalidJSONSchema` when it cannot be compiled."""
         super().__init__(schema)
@@ -110,6 +111,7 @@ class LyticsSink(Sink):
 
     target: TargetLytics
 
+    @override
     def __init__(
         self,
         target: TargetLytics,

@@ -43,6 +43,11 @@ class TargetLytics(HookedTarget):
     #: each record into a request; with nothing pending it is written at once.
     STATE_CHECKPOINT_SECONDS = 1.0
 
+    #: ``--test`` answers in seconds: at most this many retries and this request timeout.
+    CHECK_MAX_RETRIES = 2
+    CHECK_TIMEOUT_SECONDS = 5.0
+
+    @override
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
         """Check the settings (singer-sdk), then set up the mapping and the client."""
         super().__init__(*args, **kwargs)
@@ -124,19 +129,25 @@ class TargetLytics(HookedTarget):
         """
         streams = sorted({self.stream_mapping(name).lytics_stream for name in self.streams_config})
         sample = b'[{"target_lytics_connection_check":true}]'
-        # A check should answer quickly: at most two retries, whatever max_retries says.
-        policy = self.client.retry
-        self.client.retry = dataclasses.replace(policy, max_retries=min(policy.max_retries, 2))
+        client = self.client
+        client.retry = dataclasses.replace(
+            client.retry, max_retries=min(client.retry.max_retries, self.CHECK_MAX_RETRIES)
+        )
+        client.timeout_seconds = min(client.timeout_seconds, self.CHECK_TIMEOUT_SECONDS)
         for lytics_stream in streams:
             try:
-                self.client.upload(lytics_stream, sample, dry_run=True, event_count=1)
+                client.upload(lytics_stream, sample, dry_run=True, event_count=1)
             except LyticsError as exc:
-                raise LyticsError(f"Connection check failed: {exc}") from exc
+                raise LyticsError(f"Connection check of {client.api_url} failed: {exc}") from exc
         return streams
 
     @classmethod
     def cb_test(cls, ctx: click.Context, param: click.Parameter, value: bool) -> None:
-        """``--test``: check the connection and api_token with a dry-run upload, then exit."""
+        """``--test``: check the connection and api_token with a dry-run upload, then exit.
+
+        Answers within seconds: at most :attr:`CHECK_MAX_RETRIES` retries, each request at most
+        :attr:`CHECK_TIMEOUT_SECONDS`.
+        """
         if not value:
             return
         config, parse_env = cli_config(ctx)
