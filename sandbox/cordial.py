@@ -21,7 +21,6 @@ import math
 import secrets
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from sandbox.cordial_events import EventStore
+from sandbox.cordial_events import RECORDING_DELAY_KEY, EventStore
 from sandbox.cordial_exports import CSV_COLUMNS, export_file_names, write_export
-from sandbox.cordial_jobs import DEFAULT_SAVED_KEY, CordialOptions, Job
-from sandbox.cordial_requests import ApiError, validate_export
+from sandbox.cordial_jobs import DEFAULT_SAVED_KEY, CordialOptions, Job, JobScheduler
+from sandbox.cordial_requests import ApiError, RateWindow, validate_export
 from sandbox.events import generate_events, parse_cordial_time
 from sandbox.httpbase import HttpStandIn, Request, Response
 
@@ -44,6 +43,7 @@ __all__ = [
     "DEFAULT_API_KEY",
     "DEFAULT_EVENT_COUNT",
     "DEFAULT_SAVED_KEY",
+    "RECORDING_DELAY_KEY",
     "CordialOptions",
     "CordialStandIn",
     "EventStore",
@@ -68,6 +68,7 @@ class CordialStandIn(HttpStandIn):
         events: Iterable[dict[str, Any]] | None = None,
         seed: int = 7,
         sftp: SftpServer | None = None,
+        options: CordialOptions | None = None,
     ) -> None:
         """``events`` None generates 500 events over the 48 hours before the current hour
         (``default_start`` .. ``default_end``).
@@ -82,14 +83,17 @@ class CordialStandIn(HttpStandIn):
         self.api_key = api_key
         self.seed = seed
         self.sftp = sftp
-        self.options = CordialOptions()
+        self.options = options if options is not None else CordialOptions()
         self.exports: list[dict[str, Any]] = []
         self.jobs: dict[str, Job] = {}
         #: (method, path, status) of every API request, in order.
         self.request_log: list[tuple[str, str, int]] = []
         self._store = EventStore()
         self._lock = threading.Lock()
-        self._recent: deque[float] = deque()
+        self._requests = RateWindow()
+        self._creates = RateWindow()
+        self._stopping = threading.Event()
+        self._scheduler = JobScheduler(lambda: self.options.max_running_jobs)
         self._writers: list[threading.Thread] = []
         self._generated_batches = 0
         anchor = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
@@ -113,7 +117,12 @@ class CordialStandIn(HttpStandIn):
         return self._store
 
     def add_events(self, events: Iterable[dict[str, Any]]) -> int:
-        """Add events to the activity database; returns how many."""
+        """Add events to the activity database; returns how many.
+
+        An event may carry ``RECORDING_DELAY_KEY`` (``"_recording_delay_seconds"``): Cordial
+        records it that many seconds after its ``time``, and exports created before that leave it
+        out. The key is not stored.
+        """
         return self._store.add(events)
 
     def add_generated(
@@ -149,9 +158,17 @@ class CordialStandIn(HttpStandIn):
         return start, end
 
     def stop(self) -> None:
-        """Stop serving and wait for export writers."""
+        """Stop serving and wait for export writers (waiting ones end, growing files complete)."""
         super().stop()
-        for writer in list(self._writers):
+        self._stopping.set()
+        self._scheduler.stop()
+        with self._lock:
+            jobs = list(self.jobs.values())
+        for job in jobs:
+            job.done_reported.set()
+        with self._lock:
+            writers = list(self._writers)
+        for writer in writers:
             writer.join()
 
     # -- HTTP -------------------------------------------------------------------------------
@@ -169,46 +186,27 @@ class CordialStandIn(HttpStandIn):
         return response
 
     def _route(self, request: Request) -> Response:
-        limited = self._rate_limit()
-        if limited is not None:
-            return limited
-        if not self._authorized(request.header("Authorization")):
-            return self.error(401, "")
         path, method = request.path.rstrip("/"), request.method
         try:
+            headers = self._requests.take(self.options.rate_limit_per_second, 1.0)
+            if not self._authorized(request.header("Authorization")):
+                return self.error(401, "")
             if path == "/v2/health" and method == "GET":
-                return Response.json(200, {"status": "ok"})
+                return Response.json(200, {"status": "ok"}, headers)
             if path == "/v2/contactactivityexport" and method == "POST":
-                return self._create_export(request)
+                opts = self.options
+                headers = self._creates.take(
+                    opts.create_rate_limit, opts.create_rate_window_seconds
+                )
+                return self._create_export(request, headers)
             if path.startswith("/v2/jobs/") and method == "GET":
                 return self._get_job(path.removeprefix("/v2/jobs/"))
         except ApiError as exc:
-            return Response.json(
-                exc.status, {"error": True, "errorKey": exc.error_key, "message": exc.message}
-            )
+            payload = {"error": True, "errorKey": exc.error_key, "message": exc.message}
+            return Response.json(exc.status, payload, exc.headers)
         return Response.json(
             404, {"error": True, "errorKey": "NOT_FOUND", "message": f"No route {method} {path}"}
         )
-
-    def _rate_limit(self) -> Response | None:
-        limit = self.options.rate_limit_per_second
-        if not limit:
-            return None
-        now = time.monotonic()
-        with self._lock:
-            while self._recent and now - self._recent[0] >= 1.0:
-                self._recent.popleft()
-            if len(self._recent) >= limit:
-                wait = max(1, math.ceil(1.0 - (now - self._recent[0])))
-                headers = {
-                    "Retry-After": str(wait),
-                    "X-Rate-Limit-Limit": f"{limit:g}",
-                    "X-Rate-Limit-Remaining": "0",
-                    "X-Rate-Limit-Reset": str(int(time.time()) + wait),
-                }
-                return self.error(429, "Too many requests: rate limit exceeded", headers)
-            self._recent.append(now)
-        return None
 
     def _authorized(self, header: str) -> bool:
         scheme, _, value = header.partition(" ")
@@ -226,10 +224,11 @@ class CordialStandIn(HttpStandIn):
             job = self.jobs.get(job_id)
             if job is None:
                 raise ApiError(404, "RECORD_NOT_FOUND", f"Job {job_id} not found")
+            self._scheduler.refresh()
             job.advance()
             return Response.json(200, job.to_json())
 
-    def _create_export(self, request: Request) -> Response:
+    def _create_export(self, request: Request, headers: dict[str, str]) -> Response:
         content_type = request.header("Content-Type").split(";", 1)[0].strip().lower()
         if content_type != "application/json":
             raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type must be application/json")
@@ -242,29 +241,43 @@ class CordialStandIn(HttpStandIn):
         start, end, actions = validate_export(body)
         job_id = secrets.token_hex(12)
         options = dataclasses.replace(self.options)
-        selected = self._store.select(start.timestamp(), end.timestamp(), actions)
+        selected = self._store.select(
+            start.timestamp(), end.timestamp(), actions, recorded_by=time.time()
+        )
         job = Job(
             id=job_id,
             request=body,
             options=options,
             total_items=len(selected),
             created=datetime.now(UTC),
+            stopping=self._stopping,
         )
         with self._lock:
             self.exports.append(body)
             self.jobs[job_id] = job
+        self._scheduler.submit(job)
         writer = threading.Thread(
             target=self._write_job, args=(job, selected), name=f"export-{job_id}", daemon=True
         )
-        self._writers.append(writer)
+        with self._lock:
+            self._writers.append(writer)
         writer.start()
-        return Response.json(200, {"jobId": job_id})
+        return Response.json(200, {"jobId": job_id}, headers)
 
     # -- export writing ---------------------------------------------------------------------
     def _write_job(self, job: Job, selected: list[int]) -> None:
         try:
+            if self._scheduler.wait_for_work_done(job):
+                self._write_files(job, selected)
+        finally:
+            with self._lock:
+                self._writers.remove(threading.current_thread())
+
+    def _write_files(self, job: Job, selected: list[int]) -> None:
+        """Write the job's files once its work is done; a problem makes it ``Failed``."""
+        try:
             if job.options.write_delay_seconds:
-                time.sleep(job.options.write_delay_seconds)
+                self._stopping.wait(job.options.write_delay_seconds)
             if job.options.fail_jobs:
                 job.error = job.options.fail_message
                 return
@@ -283,9 +296,8 @@ class CordialStandIn(HttpStandIn):
         except Exception as exc:  # a failed write is a Failed job, as in Cordial
             job.error = f"Export failed: {type(exc).__name__}: {exc}"
         finally:
-            job.written.set()
-            if threading.current_thread() in self._writers:
-                self._writers.remove(threading.current_thread())
+            job.files_ready()
+            job.complete.set()
 
     def _check_destination(self, destination: dict[str, Any]) -> str | None:
         server = self.sftp
@@ -331,6 +343,7 @@ class CordialStandIn(HttpStandIn):
             "events": len(self._store),
             "exports": len(self.exports),
             "jobs": jobs,
+            "running_jobs": self._scheduler.running(),
             "options": dataclasses.asdict(self.options),
             "pending_faults": self.pending_faults(),
         }
@@ -357,6 +370,7 @@ class CordialStandIn(HttpStandIn):
             )
         if path == "/options" and method == "POST":
             self.options.update(orjson.loads(request.body or b"{}"))
+            self._scheduler.refresh()  # a raised max_running_jobs admits waiting jobs
             return Response.json(200, dataclasses.asdict(self.options))
         return None
 

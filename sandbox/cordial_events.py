@@ -11,6 +11,7 @@ import bisect
 import itertools
 import math
 import threading
+import time
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -23,6 +24,9 @@ from sandbox.events import RESERVED_ACTIONS, parse_cordial_time
 _RESERVED = frozenset(RESERVED_ACTIONS)
 #: Events decoded per lock acquisition when the store is iterated.
 _BATCH = 5000
+#: Sandbox-only event key: seconds after the event's ``time`` at which Cordial records it. The key
+#: is removed before the event is stored; exports created before that moment leave it out.
+RECORDING_DELAY_KEY = "_recording_delay_seconds"
 
 
 class EventStore(Sequence[dict[str, Any]]):
@@ -32,7 +36,9 @@ class EventStore(Sequence[dict[str, Any]]):
     where event ``i`` starts), with its time and action code in typed arrays. A JSON Lines export of
     consecutive events is then a single slice of that buffer. (Keeping one ``bytes`` per event
     would cost about 4 KB each: orjson's output buffers fragment the heap.) Reading the store as a
-    sequence decodes events on access.
+    sequence decodes events on access. Events added with :data:`RECORDING_DELAY_KEY` are
+    recorded late: :meth:`select` leaves them out until ``recorded_by`` reaches their time plus
+    that delay.
     """
 
     _ADD_CHUNK = 10_000  # events encoded per lock acquisition
@@ -49,6 +55,7 @@ class EventStore(Sequence[dict[str, Any]]):
         self._sorted = True
         self._max_time = -math.inf
         self._days: dict[str, float] = {}
+        self._recorded: dict[int, float] = {}  # index -> epoch when recorded (late events only)
         self.keys: set[str] = set()
 
     def _epoch(self, raw: Any) -> float:
@@ -96,11 +103,17 @@ class EventStore(Sequence[dict[str, Any]]):
         times: list[float] = []
         codes: list[int] = []
         keys: set[str] = set()
-        for event in events:
+        recorded: dict[int, float] = {}
+        for position, event in enumerate(events):
+            ts = self._epoch(event.get("time"))
+            if RECORDING_DELAY_KEY in event:
+                base = ts if ts != inf else time.time()
+                recorded[position] = base + _recording_delay(event[RECORDING_DELAY_KEY])
+                event = {k: v for k, v in event.items() if k != RECORDING_DELAY_KEY}
             data += dumps(event)
             data.append(10)  # newline
             ends.append(len(data))
-            times.append(self._epoch(event.get("time")))
+            times.append(ts)
             codes.append(self._code(event.get("action")))
             keys.update(event)
         with self._lock:
@@ -119,17 +132,32 @@ class EventStore(Sequence[dict[str, Any]]):
             self._times.extend(times)
             self._codes.extend(codes)
             self.keys |= keys
+            self._recorded.update((base_index + p, at) for p, at in recorded.items())
 
     def latest_time(self) -> float | None:
         """The latest event time (epoch seconds), or None without timed events."""
         return self._max_time if self._max_time != -math.inf else None
 
-    def select(self, start: float, end: float, actions: frozenset[str] | None) -> list[int]:
+    def select(
+        self,
+        start: float,
+        end: float,
+        actions: frozenset[str] | None,
+        recorded_by: float | None = None,
+    ) -> list[int]:
         """Indices (in time order) of events with ``start <= time <= end`` and a selected action.
 
         ``actions`` None selects every action; ``"custom"`` in it selects every non-reserved
         action. Events without a usable time are added to every export (tests feed bad records so).
+        With ``recorded_by`` (epoch seconds), events recorded later than that are left out.
         """
+        indices = self._select(start, end, actions)
+        if recorded_by is None or not self._recorded:
+            return indices
+        late = self._recorded
+        return [i for i in indices if late.get(i, -math.inf) <= recorded_by]
+
+    def _select(self, start: float, end: float, actions: frozenset[str] | None) -> list[int]:
         with self._lock:
             times = self._times
             if self._sorted:
@@ -199,3 +227,10 @@ class EventStore(Sequence[dict[str, Any]]):
             for blob in self.records(range(start, min(start + _BATCH, total))):
                 yield orjson.loads(blob)
 
+
+
+def _recording_delay(delay: Any) -> float:
+    """An event's recording delay in seconds (a number >= 0, else ``ValueError``)."""
+    if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:
+        raise ValueError(f"{RECORDING_DELAY_KEY} must be a number of seconds >= 0, not {delay!r}")
+    return float(delay)

@@ -1,8 +1,13 @@
-"""Request checks of the Cordial stand-in: an export body validated as Cordial validates it."""
+"""Request checks of the Cordial stand-in: export bodies validated as Cordial validates them, and
+its rate limits (429 with ``Retry-After`` and ``X-Rate-Limit-*``)."""
 
 from __future__ import annotations
 
+import math
 import re
+import threading
+import time
+from collections import deque
 from datetime import datetime
 from typing import Any
 
@@ -22,11 +27,52 @@ _EXPORT_TYPES = ("json", "csv")
 class ApiError(Exception):
     """An error answer in Cordial's ``{"error": true, "errorKey", "message"}`` shape."""
 
-    def __init__(self, status: int, error_key: str, message: str) -> None:
+    def __init__(
+        self, status: int, error_key: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.error_key = error_key
         self.message = message
+        self.headers = dict(headers or {})
+
+
+class RateWindow:
+    """Requests counted over a sliding window; above the limit they get Cordial's 429."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._times: deque[float] = deque()
+
+    def take(self, limit: float | None, window_seconds: float) -> dict[str, str]:
+        """Count one request; returns the ``X-Rate-Limit-*`` headers, or raises the 429.
+
+        ``limit`` None (or 0) means no limit and no headers. A refused request is not counted.
+        """
+        if not limit:
+            return {}
+        now = time.monotonic()
+        with self._lock:
+            while self._times and now - self._times[0] >= window_seconds:
+                self._times.popleft()
+            if len(self._times) >= limit:
+                wait = max(1, math.ceil(window_seconds - (now - self._times[0])))
+                headers = {
+                    "Retry-After": str(wait),
+                    "X-Rate-Limit-Limit": f"{limit:g}",
+                    "X-Rate-Limit-Remaining": "0",
+                    "X-Rate-Limit-Reset": str(int(time.time()) + wait),
+                }
+                raise ApiError(
+                    429, "RATE_LIMIT_EXCEEDED", "Too many requests: rate limit exceeded", headers
+                )
+            self._times.append(now)
+            reset = math.ceil(window_seconds - (now - self._times[0]))
+            return {
+                "X-Rate-Limit-Limit": f"{limit:g}",
+                "X-Rate-Limit-Remaining": f"{max(0, limit - len(self._times)):g}",
+                "X-Rate-Limit-Reset": str(int(time.time()) + reset),
+            }
 
 
 
