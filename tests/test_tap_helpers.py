@@ -12,7 +12,7 @@ from typing import Any
 
 TAP = str(Path(sys.executable).parent / "tap-cordial-activity")
 #: Settings that keep retries quick in tests.
-FAST = {"retry_backoff_seconds": 0.01, "retry_max_backoff_seconds": 0.05}
+FAST = {"retry_initial_delay_seconds": 0.01, "retry_max_delay_seconds": 0.05}
 
 
 @dataclass

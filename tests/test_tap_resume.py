@@ -30,13 +30,13 @@ SECOND_IDS = [f"b{i:02d}" for i in range(20)]
 
 RUNNER = """
 import os
-from tap_cordial_activity import streams
+from tap_cordial_activity import export, streams
 from tap_cordial_activity.tap import TapCordialActivity
 
 streams.ActivityStream.CHECKPOINT_RECORDS = int(os.environ["CHECKPOINT_RECORDS"])
 fail_after = int(os.environ.get("FAIL_AFTER_RECORDS") or 0)
 if fail_after:
-    original, seen = streams.read_records, [0]
+    original, seen = export.read_records, [0]
 
     def failing(*args, **kwargs):
         for item in original(*args, **kwargs):
@@ -45,7 +45,7 @@ if fail_after:
                 raise RuntimeError("simulated crash")
             yield item
 
-    streams.read_records = failing
+    export.read_records = failing
 TapCordialActivity.cli()
 """
 

@@ -93,11 +93,13 @@ def test_cli_reports_every_problem_before_any_call(tmp_path):
 
 
 def test_cordial_saved_key_wins_over_password():
-    from tap_cordial_activity.streams import Window, parse_moment
+    from tap_cordial_activity.export import export_body
+    from tap_cordial_activity.timeutil import parse_moment
+    from tap_cordial_activity.windows import Window
 
     tap = TapCordialActivity(config={**BASE, "cordial_saved_key": "vault-key"})
     window = Window(parse_moment("2024-01-01"), parse_moment("2024-01-02"))
-    body = tap.streams["activity"].export_body("n", window)
+    body = export_body(tap.config, "n", window)
     assert body["destination"]["savedKey"] == "vault-key"
     assert "password" not in body["destination"]
     assert body["selected_timeframe_start"] == "2024-01-01T00:00:00.000Z"

@@ -12,6 +12,10 @@ from typing import Any
 
 import requests
 
+from tap_cordial_activity.errors import CordialError
+
+__all__ = ["CordialClient", "CordialError", "RetryPolicy"]
+
 #: Job statuses that mean "still running" (anything else but Done/Failed is treated alike).
 RUNNING_STATUSES = frozenset({"Scheduled", "Pending", "Processing", "Throttled"})
 _AUTH_HINT = (
@@ -20,30 +24,22 @@ _AUTH_HINT = (
 )
 
 
-class CordialError(Exception):
-    """A Cordial call or export job that failed; the message says what and why."""
-
-    def __init__(
-        self, message: str, *, status: int | None = None, job_id: str | None = None
-    ) -> None:
-        """Keep the HTTP status and job id next to the message."""
-        super().__init__(message)
-        self.status = status
-        self.job_id = job_id
-
-
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often and how long to retry 429, 5xx and connection errors."""
 
-    max_retries: int = 8
-    backoff_seconds: float = 1.0
-    max_backoff_seconds: float = 60.0
+    max_retries: int
+    initial_delay_seconds: float
+    max_delay_seconds: float
 
     def backoff(self, attempt: int) -> float:
-        """Exponential backoff with jitter (half fixed, half random) for retry ``attempt`` >= 1."""
-        ceiling = min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (attempt - 1))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+        """Exponential backoff with full jitter for retry ``attempt`` >= 1.
+
+        A random delay between 0 and ``initial_delay_seconds * 2 ** (attempt - 1)``, capped at
+        ``max_delay_seconds``: clients retrying at once spread out instead of colliding again.
+        """
+        ceiling = min(self.max_delay_seconds, self.initial_delay_seconds * 2 ** (attempt - 1))
+        return random.uniform(0, ceiling)
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -89,14 +85,14 @@ class CordialClient:
         api_url: str,
         api_key: str,
         *,
-        retry: RetryPolicy | None = None,
-        timeout_seconds: float = 60.0,
+        retry: RetryPolicy,
+        timeout_seconds: float,
         logger: logging.Logger | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """Prepare a session; nothing is sent yet."""
         self.api_url = api_url.rstrip("/")
-        self.retry = retry or RetryPolicy()
+        self.retry = retry
         self.timeout_seconds = timeout_seconds
         self.logger = logger or logging.getLogger(__name__)
         self.sleep = sleep
@@ -139,7 +135,7 @@ class CordialClient:
                         f"Cordial API unreachable while {what}{job}: {method} {url} failed "
                         f"{attempt} times, last with {type(exc).__name__}.",
                         job_id=job_id,
-                    ) from None
+                    ) from exc
                 delay = self.retry.backoff(attempt)
                 self.logger.warning(
                     "Cordial %s %s: %s; retry %d/%d in %.1fs",
@@ -153,13 +149,13 @@ class CordialClient:
             if status < 400:
                 try:
                     return response.json()
-                except ValueError:
+                except ValueError as exc:
                     raise CordialError(
                         f"Cordial answered {what}{job} with HTTP {status} but a body that is not "
                         f"JSON: {response.text[:200]!r}",
                         status=status,
                         job_id=job_id,
-                    ) from None
+                    ) from exc
             retryable = status == 429 or status >= 500
             if retryable and attempt <= self.retry.max_retries:
                 delay = self.retry.backoff(attempt)

@@ -20,6 +20,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from tap_cordial_activity.errors import ExportDataError
+
 #: Bytes asked of the source per read: large reads keep paramiko's prefetch pipeline busy.
 CHUNK_SIZE = 1 << 20
 #: A single JSON array element larger than this is treated as corrupt rather than buffered forever.
@@ -27,14 +29,6 @@ MAX_ELEMENT_BYTES = 64 << 20
 
 GZIP_MAGIC = b"\x1f\x8b"
 
-#: Top-level fields documented by Cordial (and typed in the schema).
-KNOWN_FIELDS = frozenset(
-    {
-        "_id", "cID", "mcID", "bmID", "mdtID", "msID", "action", "time", "first", "message_name",
-        "message_sent", "email", "chnl", "chnl-type", "mTags", "name", "subject", "properties",
-        "sp", "d",
-    }
-)
 #: CSV columns whose text is JSON (an object or a list) in the JSON export.
 JSON_COLUMNS = frozenset({"properties", "sp", "d", "mTags"})
 
@@ -43,18 +37,6 @@ _TRUE = frozenset({True, "true", "1", "True", "TRUE"})
 _FALSE = frozenset({False, "false", "0", "False", "FALSE"})
 #: A numeric UTC offset without a colon at the end of a timestamp (``+0000``, ``-0530``).
 _COMPACT_OFFSET = re.compile(r"([+-])(\d{2})(\d{2})$")
-
-
-class ExportDataError(Exception):
-    """The exported data is not what Cordial promises; names the file and the line."""
-
-    def __init__(self, file_name: str, line: int | None, problem: str) -> None:
-        """Build the message ``<file> line <n>: <problem>``."""
-        where = f"{file_name} line {line}" if line is not None else file_name
-        super().__init__(f"Bad export data in {where}: {problem}")
-        self.file_name = file_name
-        self.line = line
-        self.problem = problem
 
 
 class BinarySource(Protocol):
@@ -109,10 +91,10 @@ def _timestamp(value: Any, key: str, file_name: str, line: int) -> tuple[str, da
         return cached
     try:
         result = normalize_timestamp(str(value))
-    except ValueError:
+    except ValueError as exc:
         raise ExportDataError(
             file_name, line, f"`{key}` {value!r} is not an ISO 8601 date-time"
-        ) from None
+        ) from exc
     if len(_TIMESTAMP_CACHE) >= _TIMESTAMP_CACHE_LIMIT:
         _TIMESTAMP_CACHE.clear()  # bounded memory; the cache refills from the next records
     _TIMESTAMP_CACHE[value] = result
@@ -142,7 +124,7 @@ def normalize(record: dict[str, Any], file_name: str, line: int) -> datetime.dat
         try:
             record["first"] = to_bool(first)
         except ValueError as exc:
-            raise ExportDataError(file_name, line, f"`first` {exc}") from None
+            raise ExportDataError(file_name, line, f"`first` {exc}") from exc
     return event_time
 
 
@@ -187,7 +169,7 @@ def _gunzip(chunks: Iterator[bytes], file_name: str) -> Iterator[bytes]:
             try:
                 out = decompressor.decompress(data)
             except zlib.error as exc:
-                raise ExportDataError(file_name, None, f"corrupt gzip data ({exc})") from None
+                raise ExportDataError(file_name, None, f"corrupt gzip data ({exc})") from exc
             if out:
                 yield out
             if decompressor.eof:
@@ -240,7 +222,7 @@ def read_jsonl(lines: Iterator[bytes], file_name: str, first_line: int = 1) -> I
         except orjson.JSONDecodeError as exc:
             if not line.strip():
                 continue
-            raise ExportDataError(file_name, line_no, f"not JSON ({exc})") from None
+            raise ExportDataError(file_name, line_no, f"not JSON ({exc})") from exc
         if record.__class__ is not dict:
             raise ExportDataError(file_name, line_no, "a JSON value that is not an object")
         yield record, normalize(record, file_name, line_no), line_no
@@ -312,7 +294,7 @@ def read_json_array(chunks: Iterator[bytes], file_name: str) -> Iterator[Parsed]
                 if exhausted or len(buffer) - pos > MAX_ELEMENT_BYTES:
                     raise ExportDataError(
                         file_name, line_no + exc.lineno - 1, f"not JSON ({exc.msg})"
-                    ) from None
+                    ) from exc
                 more()
         element_line = line_no
         line_no += buffer.count("\n", pos, end)
@@ -335,7 +317,7 @@ def _csv_value(column: str, value: str, file_name: str, line: int) -> Any:
             except orjson.JSONDecodeError as exc:
                 raise ExportDataError(
                     file_name, line, f"column `{column}` holds invalid JSON ({exc})"
-                ) from None
+                ) from exc
         if column == "mTags":
             # A plain tag list without JSON brackets: keep each tag rather than one odd string.
             return [tag.strip() for tag in value.split(",") if tag.strip()]
@@ -351,7 +333,7 @@ def read_csv(lines: Iterator[bytes], file_name: str) -> Iterator[Parsed]:
     except StopIteration:
         return
     except csv.Error as exc:
-        raise ExportDataError(file_name, reader.line_num, f"bad CSV header ({exc})") from None
+        raise ExportDataError(file_name, reader.line_num, f"bad CSV header ({exc})") from exc
     header = [name.strip().lstrip("\ufeff") for name in header]
     width = len(header)
     while True:
@@ -360,7 +342,7 @@ def read_csv(lines: Iterator[bytes], file_name: str) -> Iterator[Parsed]:
         except StopIteration:
             return
         except csv.Error as exc:
-            raise ExportDataError(file_name, reader.line_num, f"bad CSV ({exc})") from None
+            raise ExportDataError(file_name, reader.line_num, f"bad CSV ({exc})") from exc
         line_no = reader.line_num
         if not row:
             continue

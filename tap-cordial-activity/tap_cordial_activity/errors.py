@@ -1,0 +1,75 @@
+"""The tap's user-facing error classes, and the one way they end a run."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+
+import paramiko
+
+#: SFTP errors that mean "the connection is gone" rather than "the file or request is wrong".
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    EOFError,
+    OSError,  # socket errors, ConnectionResetError, TimeoutError
+    paramiko.SSHException,
+    paramiko.SFTPError,  # a garbled SFTP packet: the session is out of step
+)
+
+
+class CordialError(Exception):
+    """A Cordial call or export job that failed; the message says what and why."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, job_id: str | None = None
+    ) -> None:
+        """Keep the HTTP status and job id next to the message."""
+        super().__init__(message)
+        self.status = status
+        self.job_id = job_id
+
+
+class SftpError(Exception):
+    """An SFTP problem the user can act on; the message says which and how."""
+
+
+class HostKeyError(SftpError):
+    """The server's host key is unknown or differs from the expected one."""
+
+
+class ExportDataError(Exception):
+    """The exported data is not what Cordial promises; names the file and the line."""
+
+    def __init__(self, file_name: str, line: int | None, problem: str) -> None:
+        """Build the message ``<file> line <n>: <problem>``."""
+        where = f"{file_name} line {line}" if line is not None else file_name
+        super().__init__(f"Bad export data in {where}: {problem}")
+        self.file_name = file_name
+        self.line = line
+        self.problem = problem
+
+
+#: Errors whose message names the setting, file and line, or HTTP status and what to do: the CLI
+#: prints them alone instead of under a traceback.
+USER_ERRORS: tuple[type[Exception], ...] = (CordialError, SftpError, ExportDataError)
+
+
+@contextlib.contextmanager
+def user_errors_end_the_run(logger: logging.Logger) -> Iterator[None]:
+    """End the run on a :data:`USER_ERRORS` error: its one-line message, then exit 1.
+
+    The traceback (with the cause) goes to the DEBUG log only. An ``EOFError`` that escaped
+    (a connection closed under a library call) is logged with its traceback: click would
+    otherwise take it for the user's Ctrl-D and print a bare "Aborted!". Other errors propagate
+    unchanged.
+    """
+    try:
+        yield
+    except USER_ERRORS as exc:
+        logger.debug("The error below was raised here", exc_info=True)
+        logger.error("%s", exc)
+        sys.exit(1)
+    except EOFError:
+        logger.exception("A connection was closed unexpectedly (EOFError)")
+        sys.exit(1)

@@ -1,0 +1,113 @@
+"""The one module that uses singer-sdk's private names.
+
+- :class:`WindowedStream` replaces ``Stream._sync_records`` (streams/core.py), so that the
+  bookmark moves once per finished export window and RECORD lines can bypass the SDK when nothing
+  transforms them; it wraps ``_write_record_message``, ``_write_state_message``, ``_abort_sync``,
+  ``_tap`` and ``state_manager.is_flushed`` in public methods of its own.
+- :class:`SettingsCheckingTap` replaces ``PluginBase._validate_config`` (plugin_base.py) so that
+  every settings problem is listed at once with no secret echoed, validating ``_config`` itself
+  (the SDK's validator fills in defaults there); :func:`cli_config` reads ``_ConfigInput``.
+
+Pinned: singer-sdk ~=0.54.9 (see the tap's pyproject). tests/test_tap_private_names.py fails when
+one of these names or signatures changes; tests/test_tap_fast_path.py checks that both record
+paths give the same messages. Re-check this module when upgrading singer-sdk.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Generator, Iterator
+from typing import TYPE_CHECKING, Any
+
+import click
+from singer_sdk import Stream, Tap
+from singer_sdk.exceptions import ConfigValidationError, MaxRecordsLimitException
+from singer_sdk.plugin_base import JSONSchemaValidator, _ConfigInput
+from typing_extensions import override
+
+if TYPE_CHECKING:
+    from singer_sdk.helpers.types import Context
+
+#: singer-sdk private names used here, checked by the test named in the module docstring.
+STREAM_PRIVATE_NAMES = (
+    "_sync_records", "_write_record_message", "_write_state_message", "_abort_sync",
+)
+PLUGIN_PRIVATE_NAMES = ("_validate_config",)
+
+
+class WindowedStream(Stream):
+    """A stream that writes its own records and STATE: subclasses implement :meth:`sync_all`."""
+
+    @abstractmethod
+    def sync_all(self, *, write_messages: bool) -> Iterator[dict[str, Any]]:
+        """Write (when ``write_messages``) and yield every record, with STATE as it goes."""
+
+    @override
+    def _sync_records(
+        self,
+        context: Context | None = None,
+        *,
+        write_messages: bool = True,
+    ) -> Generator[dict, Any, Any]:
+        """Hand the sync to :meth:`sync_all` (the stream has no partitions)."""
+        yield from self.sync_all(write_messages=write_messages)
+
+    @property
+    def owning_tap(self) -> Tap:
+        """The tap this stream belongs to."""
+        return self._tap
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        """Write one record through the SDK (stream maps, type conformance, message writer)."""
+        self._write_record_message(record)
+
+    def mark_state_pending(self) -> None:
+        """Note that records went out, so a STATE message is due again."""
+        self.state_manager.is_flushed = False
+
+    def write_state_now(self) -> None:
+        """Write a STATE message with the current state."""
+        self.state_manager.is_flushed = False
+        self._write_state_message()
+
+    def abort_at_limit(self, limit: int) -> None:
+        """Stop a dry run at its record limit, as singer-sdk's own loop does."""
+        self._abort_sync(
+            abort_reason=MaxRecordsLimitException(
+                f"Stream prematurely aborted due to the stream's max dry run record limit ({limit})"
+                " being reached."
+            )
+        )
+
+
+class SettingsCheckingTap(Tap):
+    """A tap whose settings check lists every problem: subclasses implement the two hooks."""
+
+    @abstractmethod
+    def schema_problem(self, error: Any) -> str:
+        """One JSON-schema validation error as a user-facing line (no secret echoed)."""
+
+    @abstractmethod
+    def settings_problems(self, config: dict[str, Any]) -> list[str]:
+        """Every problem beyond the JSON types, as user-facing sentences."""
+
+    @override
+    def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
+        """Check every setting before any call; one message per problem."""
+        schema = self.config_jsonschema
+        self.append_builtin_config(schema)
+        # Validating self._config itself (not a copy) lets the SDK's validator fill in defaults.
+        validator = JSONSchemaValidator(schema)
+        errors = [self.schema_problem(error) for error in validator.iter_errors(self._config)]
+        errors.extend(self.settings_problems(self._config))
+        if errors and raise_errors:
+            raise ConfigValidationError("Config validation failed", errors=errors, schema=schema)
+        for error in errors:
+            self.logger.warning("Config problem: %s", error)
+        return errors
+
+
+def cli_config(ctx: click.Context) -> tuple[Any, bool]:
+    """The ``--config`` files (or ``ENV``) given on the command line, and whether to read env."""
+    config = ctx.params.get("config") or _ConfigInput()
+    return config.config, config.parse_env

@@ -1,0 +1,27 @@
+"""Moments as the tap reads and writes them: settings, STATE (RFC 3339) and Cordial's form."""
+
+from __future__ import annotations
+
+import datetime
+
+
+def to_rfc3339(moment: datetime.datetime) -> str:
+    """UTC RFC 3339 text, as kept in STATE (``2024-05-01T06:00:00+00:00``)."""
+    return moment.astimezone(datetime.UTC).isoformat()
+
+
+def to_cordial(moment: datetime.datetime) -> str:
+    """The form Cordial's timeframe fields document (``2017-11-01T15:28:04.124Z``)."""
+    utc = moment.astimezone(datetime.UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def parse_moment(value: str) -> datetime.datetime:
+    """``yyyy-mm-dd`` (midnight UTC) or an ISO 8601 date-time; naive means UTC."""
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    moment = datetime.datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.astimezone(datetime.UTC)

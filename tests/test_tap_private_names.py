@@ -1,0 +1,92 @@
+"""The private singer-sdk and paramiko names the tap relies on are still there, as used.
+
+Only ``sdk_private.py`` and ``paramiko_private.py`` use them; these tests fail when an upgrade
+renames one, drops it or changes its signature, before any sync misbehaves.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import paramiko
+from singer_sdk import Stream, Tap
+from singer_sdk.plugin_base import PluginBase, _ConfigInput
+from tap_cordial_activity import paramiko_private, sdk_private
+from tap_cordial_activity.tap import TapCordialActivity
+
+CONFIG = {"api_key": "k", "sftp_host": "h", "sftp_username": "u", "sftp_path": "/p",
+          "sftp_password": "x"}
+
+
+def _parameters(function: object) -> list[tuple[str, object, object]]:
+    signature = inspect.signature(function)  # type: ignore[arg-type]
+    return [(p.name, p.kind, p.default) for p in signature.parameters.values()]
+
+
+def test_stream_private_methods_have_the_signatures_used():
+    for name in sdk_private.STREAM_PRIVATE_NAMES:
+        assert callable(getattr(Stream, name, None)), f"singer-sdk Stream.{name} is gone"
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    empty = inspect.Parameter.empty
+    assert _parameters(Stream._sync_records) == [
+        ("self", positional, empty), ("context", positional, None),
+        ("write_messages", keyword, True),
+    ]
+    assert _parameters(Stream._write_record_message) == [
+        ("self", positional, empty), ("record", positional, empty),
+    ]
+    assert _parameters(Stream._write_state_message) == [("self", positional, empty)]
+    assert _parameters(Stream._abort_sync) == [
+        ("self", positional, empty), ("abort_reason", positional, empty),
+    ]
+    # The SDK's sync still calls the method the tap replaces.
+    assert "self._sync_records(" in inspect.getsource(Stream)
+
+
+def test_stream_private_attributes_exist():
+    tap = TapCordialActivity(config=CONFIG)
+    stream = tap.streams["activity"]
+    assert stream.owning_tap is tap
+    assert stream._tap is tap
+    assert isinstance(stream.state_manager.is_flushed, bool)
+    # Our override is the one the SDK calls.
+    assert type(stream)._sync_records is sdk_private.WindowedStream._sync_records
+
+
+def test_plugin_private_names_have_the_signatures_used():
+    for name in sdk_private.PLUGIN_PRIVATE_NAMES:
+        assert callable(getattr(PluginBase, name, None)), f"singer-sdk PluginBase.{name} is gone"
+    assert _parameters(PluginBase._validate_config) == [
+        ("self", inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.empty),
+        ("raise_errors", inspect.Parameter.KEYWORD_ONLY, True),
+    ]
+    # The SDK validates through the method the tap replaces, on the dict it keeps in _config.
+    assert "self._validate_config(" in inspect.getsource(PluginBase)
+    tap = TapCordialActivity(config=CONFIG)
+    assert isinstance(tap._config, dict)
+    assert tap._config["api_url"] == "https://api.cordial.io/v2"  # filled in by validation
+    given = _ConfigInput()
+    assert given.config == {}
+    assert given.parse_env is False
+    assert issubclass(TapCordialActivity, Tap)
+
+
+def test_paramiko_request_layer_has_the_signatures_used():
+    client = paramiko.SFTPClient
+    for name in paramiko_private.SFTP_CLIENT_PRIVATE_NAMES:
+        assert callable(getattr(client, name, None)), f"paramiko SFTPClient.{name} is gone"
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    empty = inspect.Parameter.empty
+    assert _parameters(client._async_request) == [
+        ("self", positional, empty), ("fileobj", positional, empty), ("t", positional, empty),
+        ("args", inspect.Parameter.VAR_POSITIONAL, empty),
+    ]
+    assert _parameters(client._read_response) == [
+        ("self", positional, empty), ("waitfor", positional, None),
+    ]
+    assert _parameters(client._convert_status) == [
+        ("self", positional, empty), ("msg", positional, empty),
+    ]
+    # Answers reach the object a request was sent for through this callback.
+    assert "fileobj._async_response(t, msg, num)" in inspect.getsource(client._read_response)
