@@ -80,7 +80,8 @@ sed 's/^/   /' "$WORK/sandbox.log"
 # shellcheck disable=SC1090
 source "$ENV_FILE"
 
-# A new sandbox holds new events: forget the bookmark of an earlier demo.
+# A new sandbox holds new events: forget the bookmark of an earlier demo (the demo leaves its own
+# behind; the README's "Run it by hand" clears it the same way).
 meltano --environment=sandbox state clear --force "$STATE_ID" >/dev/null 2>&1 || true
 
 bookmark() {
@@ -111,7 +112,8 @@ step "What Lytics received"
 python -m sandbox show --env-file "$ENV_FILE"
 first_bookmark="$(bookmark)"
 read -r total_1 distinct_1 < <(lytics_counts)
-note "(the tap's default actions leave out pageview and message-stopped events, hence fewer than $EVENTS)"
+note "(the tap's default actions leave out Cordial's reserved pageview and message-stopped actions, hence"
+note " fewer than $EVENTS; page-view above is a custom action, which the default 'custom' includes)"
 echo
 echo "Meltano's state (meltano state list, then meltano state get $STATE_ID):"
 meltano --environment=sandbox state list 2>/dev/null | sed 's/^/  /'

@@ -14,11 +14,13 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
-# Meltano setting kinds that may carry each JSON Schema type.
+# Meltano setting kinds that may carry each JSON Schema type. A number is `kind: string`: Meltano
+# 4.4 crashes on a `kind: decimal` value from an environment variable, and the plugins accept a
+# number given as text. Dates are plain strings too (`date_iso8601` rewrites a wrong date).
 KINDS_FOR_TYPE = {
-    "string": {"string", "password", "options", "date_iso8601", "file", "email"},
+    "string": {"string", "password", "options", "file", "email"},
     "integer": {"integer"},
-    "number": {"decimal"},
+    "number": {"string"},
     "boolean": {"boolean"},
     "array": {"array"},
     "object": {"object"},
@@ -47,14 +49,20 @@ def _about(executable: str) -> dict[str, Any]:
 
 
 def _json_type(schema: dict[str, Any]) -> str:
+    """The setting's JSON type; `["number", "string"]` (a number or its text) is a number."""
     types = schema.get("type")
     if types is None and "anyOf" in schema:
-        types = [t for s in schema["anyOf"] for t in ([s["type"]] if "type" in s else [])]
-    if isinstance(types, str):
-        types = [types]
-    concrete = [t for t in types or [] if t != "null"]
+        types = [t for s in schema["anyOf"] for t in _as_list(s.get("type"))]
+    concrete = set(_as_list(types)) - {"null"}
+    if len(concrete) > 1:
+        # A number setting also accepts a string holding a number ("0.1", "30").
+        concrete -= {"string"}
     assert len(concrete) == 1, f"ambiguous type {schema}"
-    return concrete[0]
+    return concrete.pop()
+
+
+def _as_list(types: str | list[str] | None) -> list[str]:
+    return [types] if isinstance(types, str) else list(types or [])
 
 
 @pytest.mark.parametrize(
@@ -104,7 +112,8 @@ def test_meltano_capabilities_are_advertised_by_the_plugin(plugin_type, name):
 
 def test_project_has_the_job_schedule_and_environments():
     project = _project()
-    assert project["default_environment"] == "sandbox"
+    # A command that forgets --environment must not get the sandbox's tuning.
+    assert project["default_environment"] == "production"
     assert {e["name"] for e in project["environments"]} == {"sandbox", "production"}
     job = next(j for j in project["jobs"] if j["name"] == "cordial-activity-to-lytics")
     assert job["tasks"] == ["tap-cordial-activity target-lytics"]

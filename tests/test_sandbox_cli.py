@@ -176,6 +176,38 @@ def test_show_and_add_events(running: Running) -> None:
     assert stop(running)[0] == 0
 
 
+def test_show_piped_into_head_ends_without_a_traceback(running: Running) -> None:
+    env = running.env
+    # Far more than a pipe holds (64 KiB), so `show` is still writing when `head` leaves.
+    events = [{"cr_event_action": "open", "cr_contact_id": f"c{i:06d}"} for i in range(5000)]
+    posted = requests.post(
+        f"{env['TARGET_LYTICS_API_URL']}/collect/json/cordial_activity",
+        json=events,
+        headers={"Authorization": env["TARGET_LYTICS_API_TOKEN"]},
+        timeout=10,
+    )
+    assert posted.status_code == 200
+    env_file = str(running.env_file)
+    show = shlex.join(
+        [sys.executable, "-m", "sandbox", "show", "--env-file", env_file, "--limit", "5000"]
+    )
+    piped = subprocess.run(
+        ["bash", "-c", f"{show} | head -n 2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert piped.returncode == 0
+    assert (
+        piped.stdout.splitlines()[0] == "Lytics stream cordial_activity: 5000 events (0 rejected)"
+    )
+    assert len(piped.stdout.splitlines()) == 2
+    assert piped.stderr == ""
+    assert stop(running)[0] == 0
+
+
 def test_show_without_a_running_sandbox(tmp_path: Path) -> None:
     result = cli("show", "--env-file", str(tmp_path / "none" / "env.sh"))
     assert result.returncode != 0
