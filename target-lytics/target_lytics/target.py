@@ -17,7 +17,9 @@ from singer_sdk.target_base import Target
 
 from target_lytics.client import LyticsClient, LyticsError, RetryPolicy
 from target_lytics.mapping import StreamMapping, ValueConversionError
+from target_lytics.schema_publish import WORKFLOWS, run_schema_command
 from target_lytics.sinks import LyticsSink
+from target_lytics.user_fields import ACTIVITY_FIELDS, FIELD_ENTRY_SCHEMA, FieldSettingError
 
 if t.TYPE_CHECKING:
     from singer_sdk.plugin_base import _ConfigInput
@@ -30,16 +32,7 @@ DEFAULT_MAX_REQUEST_BYTES = 5_000_000
 DEFAULT_STREAMS: dict[str, dict[str, t.Any]] = {
     "activity": {
         "lytics_stream": "cordial_activity",
-        "fields": {
-            "cID": "cr_contact_id",
-            "first": "cr_first",
-            "_id": "cr_system_event_id",
-            "mcID": "cr_message_contact_id",
-            "message_name": "cr_message_name",
-            "message_sent": "cr_message_sent_timestamp",
-            "action": "cr_event_action",
-            "time": "cr_event_timestamp",
-        },
+        "fields": ACTIVITY_FIELDS,
         "timestamp_field": "cr_event_timestamp",
     },
 }
@@ -65,10 +58,11 @@ _STREAM_ENTRY = th.ObjectType(
     ),
     th.Property(
         "fields",
-        th.ObjectType(additional_properties=th.StringType),
+        th.ObjectType(additional_properties=th.CustomType(FIELD_ENTRY_SCHEMA)),
         description=(
-            "Source field -> Lytics field. Only these fields are sent unless "
-            "include_unmapped_fields is true; without `fields` every field is sent as is."
+            "Source field -> Lytics field, as a name or as {field, type, mergeop, identifier, "
+            "shortdesc} (the user field --schema-publish creates). Only these fields are sent "
+            "unless include_unmapped_fields is true; without `fields` every field is sent as is."
         ),
     ),
     th.Property(
@@ -81,7 +75,12 @@ _STREAM_ENTRY = th.ObjectType(
 
 
 #: Errors whose message says what is wrong and what to do (see :meth:`TargetLytics.invoke`).
-USER_ERRORS: tuple[type[Exception], ...] = (LyticsError, InvalidRecord, ValueConversionError)
+USER_ERRORS: tuple[type[Exception], ...] = (
+    LyticsError,
+    InvalidRecord,
+    ValueConversionError,
+    FieldSettingError,
+)
 
 
 class TargetLytics(Target):
@@ -158,6 +157,16 @@ class TargetLytics(Target):
             th.NumberType(minimum=0),
             default=60,
             description="Longest backoff between retries (Retry-After may ask for more).",
+        ),
+        th.Property(
+            "schema_workflow",
+            th.StringType(allowed_values=list(WORKFLOWS)),
+            default="auto",
+            description=(
+                "How --schema-publish writes the user schema: `auto` reads the account setting "
+                "enable_schema_patches (and fails if the token may not read it), `direct` writes "
+                "fields and mappings then publishes, `patch` uses one schema patch and applies it."
+            ),
         ),
     ).to_dict()
 
@@ -335,8 +344,24 @@ class TargetLytics(Target):
         config: _ConfigInput | None = None,
         file_input: t.IO[str] | None = None,
         test: bool = False,
+        schema_plan: bool = False,
+        schema_publish: bool = False,
     ) -> None:
-        """Run the target, or with ``--test`` only check the connection and the token."""
+        """Run the target; or only check the connection and the token (``--test``); or show or
+        publish the Lytics user schema (``--schema-plan``, ``--schema-publish``)."""
+        if (schema_plan or schema_publish) and not about:
+            from singer_sdk.plugin_base import _ConfigInput
+
+            config = config or _ConfigInput()
+            try:
+                target = cls(
+                    config=config.config, validate_config=True, parse_env_config=config.parse_env
+                )
+                run_schema_command(target, DEFAULT_STREAMS, publish=schema_publish)
+            except USER_ERRORS as exc:
+                cls.logger.error("%s", exc)
+                sys.exit(1)
+            return
         if not test:
             try:
                 super().invoke(
@@ -376,6 +401,29 @@ class TargetLytics(Target):
                 help=(
                     "Check the connection and api_token: POST a sample event with dryrun=true "
                     "(Lytics stores nothing), then exit."
+                ),
+            )
+        )
+        command.params.append(
+            click.Option(
+                ["--schema-plan"],
+                is_flag=True,
+                default=False,
+                help=(
+                    "Compare the Lytics user fields and mappings with the streams setting: print "
+                    "what --schema-publish would create, what exists and what conflicts. Writes "
+                    "nothing."
+                ),
+            )
+        )
+        command.params.append(
+            click.Option(
+                ["--schema-publish"],
+                is_flag=True,
+                default=False,
+                help=(
+                    "Create the missing user fields and mappings in Lytics and publish them "
+                    "(idempotent; a conflict writes nothing), then exit."
                 ),
             )
         )
