@@ -109,11 +109,12 @@ class TargetLytics(Target):
             "streams",
             th.ObjectType(additional_properties=_STREAM_ENTRY),
             description=(
-                "Per Singer stream: {lytics_stream, fields: {source: lytics_field}, "
-                "timestamp_field}. Merged over the defaults by Singer stream name; the default "
-                "maps `activity` to `cordial_activity` with the Cordial fields (cID -> "
-                "cr_contact_id, ...). Streams not listed go to the Lytics stream of the same "
-                "name with their fields as they are."
+                "Per Singer stream: {lytics_stream, fields: {source: lytics_field or {field, "
+                "type, mergeop, identifier, shortdesc}}, timestamp_field}. Merged over the "
+                "defaults by Singer stream name; the default maps `activity` to "
+                "`cordial_activity` with the Cordial fields as user fields (cID -> "
+                "cr_contact_id, the identifier, ...). Streams not listed go to the Lytics stream "
+                "of the same name with their fields as they are."
             ),
         ),
         th.Property(
