@@ -151,6 +151,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         out = {"summary": summary, "counts": counts, "sample": sample, "profiles": profiles}
         print(json.dumps(out, indent=2))
         return 0
+    if args.profiles_only:
+        _print_profiles(profiles)
+        return 0
     total = summary["streams"].get(args.stream, 0)
     rejected = summary["rejected"].get(args.stream, 0)
     print(f"Lytics stream {args.stream}: {total} events ({rejected} rejected)")
@@ -246,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--stream", default="cordial_activity")
     show.add_argument("--limit", type=int, default=3, help="sample events shown (%(default)s)")
     show.add_argument("--profiles", type=int, default=3, help="user profiles shown (%(default)s)")
+    show.add_argument("--profiles-only", action="store_true", help="print the user profiles alone")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=cmd_show)
     add = sub.add_parser(
