@@ -64,6 +64,7 @@ class SchemaRefused(Exception):  # noqa: N818 - carries an answer, as the API wo
     """An error answer: HTTP status and Lytics' message."""
 
     def __init__(self, status: int, message: str) -> None:
+        """Refuse with ``status`` and ``message``."""
         super().__init__(message)
         self.status = status
         self.message = message

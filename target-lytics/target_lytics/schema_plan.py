@@ -265,6 +265,7 @@ def render_plan(plan: SchemaPlan, api_url: str, out: TextIO, *, hint: bool = Tru
 
 
 def describe_existing(existing: Mapping[str, Any]) -> str:
+    """A field as Lytics holds it, in the words of :meth:`FieldDefinition.describe`."""
     parts = [f"type {existing.get('type')}"]
     parts.append("identifier" if existing.get("is_identifier") else "not an identifier")
     if existing.get("mergeop"):
@@ -273,6 +274,7 @@ def describe_existing(existing: Mapping[str, Any]) -> str:
 
 
 def conflict_text(step: FieldStep) -> str:
+    """The conflict of one field: both definitions and the ways out."""
     d = step.definition
     return (
         f"user field '{d.id}' exists in Lytics with {describe_existing(step.existing or {})}, "
