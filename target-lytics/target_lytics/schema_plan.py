@@ -18,11 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from target_lytics.client import LyticsError
 from target_lytics.schema_client import LyticsSchemaClient
 from target_lytics.user_fields import FieldDefinition, FieldSettingError, field_definitions
 
 
-class SchemaConflictError(FieldSettingError):
+class SchemaConflictError(LyticsError):
     """The account's schema disagrees with the mapping in a way that publishing must not fix."""
 
 

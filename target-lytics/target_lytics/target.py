@@ -345,24 +345,8 @@ class TargetLytics(Target):
         config: _ConfigInput | None = None,
         file_input: t.IO[str] | None = None,
         test: bool = False,
-        schema_plan: bool = False,
-        schema_publish: bool = False,
     ) -> None:
-        """Run the target; or only check the connection and the token (``--test``); or show or
-        publish the Lytics user schema (``--schema-plan``, ``--schema-publish``)."""
-        if (schema_plan or schema_publish) and not about:
-            from singer_sdk.plugin_base import _ConfigInput
-
-            config = config or _ConfigInput()
-            try:
-                target = cls(
-                    config=config.config, validate_config=True, parse_env_config=config.parse_env
-                )
-                run_schema_command(target, DEFAULT_STREAMS, publish=schema_publish)
-            except USER_ERRORS as exc:
-                cls.logger.error("%s", exc)
-                sys.exit(1)
-            return
+        """Run the target, or with ``--test`` only check the connection and the token."""
         if not test:
             try:
                 super().invoke(
@@ -391,6 +375,24 @@ class TargetLytics(Target):
         )
 
     @classmethod
+    def cb_schema(cls, ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        """``--schema-plan`` / ``--schema-publish``: show or publish the user schema, then exit."""
+        if not value:
+            return
+        config = ctx.params.get("config")  # singer-sdk's --config is eager: already parsed
+        try:
+            target = cls(
+                config=config.config if config else {},
+                parse_env_config=bool(config and config.parse_env),
+                validate_config=True,
+            )
+            run_schema_command(target, DEFAULT_STREAMS, publish=param.name == "schema_publish")
+        except USER_ERRORS as exc:
+            cls.logger.error("%s", exc)
+            sys.exit(1)
+        ctx.exit()
+
+    @classmethod
     def get_singer_command(cls) -> click.Command:
         """The SDK's target command plus ``--test`` (a dry-run upload, nothing stored)."""
         command = super().get_singer_command()
@@ -410,6 +412,8 @@ class TargetLytics(Target):
                 ["--schema-plan"],
                 is_flag=True,
                 default=False,
+                expose_value=False,
+                callback=cls.cb_schema,
                 help=(
                     "Compare the Lytics user fields and mappings with the streams setting: print "
                     "what --schema-publish would create, what exists and what conflicts. Writes "
@@ -422,6 +426,8 @@ class TargetLytics(Target):
                 ["--schema-publish"],
                 is_flag=True,
                 default=False,
+                expose_value=False,
+                callback=cls.cb_schema,
                 help=(
                     "Create the missing user fields and mappings in Lytics and publish them "
                     "(idempotent; a conflict writes nothing), then exit."

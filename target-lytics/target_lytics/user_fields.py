@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from singer_sdk.exceptions import ConfigValidationError
+
 #: Lytics field types the setting accepts.
 FIELD_TYPES = (
     "string",
@@ -110,7 +112,7 @@ ACTIVITY_FIELDS: dict[str, dict[str, Any]] = {
 }
 
 
-class FieldSettingError(ValueError):
+class FieldSettingError(ConfigValidationError):
     """A field definition in the ``streams`` setting that Lytics would refuse."""
 
 
