@@ -25,9 +25,6 @@ from target_lytics.schema_plan import (
     render_plan,
 )
 
-#: ``schema_workflow`` values.
-WORKFLOWS = ("auto", "direct", "patch")
-
 
 class TargetLike(Protocol):
     """What the schema commands use of the target: its settings and its upload client."""

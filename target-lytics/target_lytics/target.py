@@ -17,9 +17,14 @@ from singer_sdk.target_base import Target
 
 from target_lytics.client import LyticsClient, LyticsError, RetryPolicy
 from target_lytics.mapping import StreamMapping, ValueConversionError
-from target_lytics.schema_publish import WORKFLOWS, run_schema_command
+from target_lytics.schema_publish import run_schema_command
 from target_lytics.sinks import LyticsSink
-from target_lytics.user_fields import ACTIVITY_FIELDS, FIELD_ENTRY_SCHEMA, FieldSettingError
+from target_lytics.user_fields import (
+    ACTIVITY_FIELDS,
+    FIELD_ENTRY_SCHEMA,
+    WORKFLOWS,
+    FieldSettingError,
+)
 
 if t.TYPE_CHECKING:
     from singer_sdk.plugin_base import _ConfigInput

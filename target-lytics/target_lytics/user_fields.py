@@ -37,6 +37,8 @@ FIELD_TYPES = (
     "map[string]bool",
     "map[string]time",
 )
+#: ``schema_workflow`` values: read the account setting, write then publish, or one patch.
+WORKFLOWS = ("auto", "direct", "patch")
 #: Lytics merge operations the setting accepts.
 MERGE_OPS = ("latest", "oldest", "max", "min", "sum", "count", "merge")
 
