@@ -69,14 +69,14 @@ class LyticsSchemaClient:
         *,
         api_url: str,
         api_token: str,
-        timeout_seconds: float = 60.0,
-        retry: RetryPolicy | None = None,
+        timeout_seconds: float,
+        retry: RetryPolicy,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """Create a client with its own keep-alive session."""
         self.api_url = api_url.rstrip("/")
         self.timeout_seconds = timeout_seconds
-        self.retry = retry or RetryPolicy()
+        self.retry = retry
         self._sleep = sleep
         self.session = requests.Session()
         self.session.trust_env = False
