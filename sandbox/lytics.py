@@ -308,10 +308,8 @@ class LyticsStandIn(HttpStandIn):
         for stream, stream_chunks in chunks.items():
             stored = events_of.setdefault(stream, [])
             for chunk in stream_chunks:
-                stored.extend(
-                    StoredEvent(event, chunk.timestamp_field, len(stored) + i)
-                    for i, event in enumerate(chunk.decode())
-                )
+                for event in chunk.decode():
+                    stored.append(StoredEvent(event, chunk.timestamp_field, len(stored)))
         identifiers, profiles = build_profiles(fields, mappings, events_of)
         with self._lock:
             self._profiles_cache = (key, identifiers, profiles)
