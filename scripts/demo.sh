@@ -115,7 +115,7 @@ logged "$WORK/run-1.log" meltano --environment=sandbox run tap-cordial-activity 
 highlights "$WORK/run-1.log"
 
 step "What Lytics received"
-python -m sandbox show --env-file "$ENV_FILE"
+python -m sandbox show --env-file "$ENV_FILE" --profiles 0
 first_bookmark="$(bookmark)"
 read -r total_1 distinct_1 < <(lytics_counts)
 note "(the tap's default actions leave out pageview and message-stopped events, hence fewer than $EVENTS)"
@@ -133,7 +133,7 @@ logged "$WORK/run-2.log" meltano --environment=sandbox run tap-cordial-activity 
 highlights "$WORK/run-2.log"
 
 step "What Lytics received now"
-python -m sandbox show --env-file "$ENV_FILE" --limit 0
+python -m sandbox show --env-file "$ENV_FILE" --limit 0 --profiles 0
 read -r total_2 distinct_2 < <(lytics_counts)
 echo "the last 3 events received (from run 2):"
 latest_events 3
