@@ -297,3 +297,14 @@ def test_profiles_are_built_from_uploaded_events(lytics):
     if named:
         latest_named = max(enumerate(named), key=lambda ie: (ie[1]["time"], ie[0]))[1]
         assert profile["cr_message_name"] == latest_named["message_name"]
+
+
+def test_a_wrong_token_ends_with_lytics_message_and_keeps_the_token_secret(lytics, tmp_path):
+    token = "wrong-" + os.urandom(8).hex()
+    result = cli(lytics, "--schema-plan", tmp_path, api_token=token)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert "reading the user fields failed with HTTP 401: the token is invalid" in last
+    assert re.search(r"Lytics: Unauthorized.*\(request_id=[0-9a-f]{16}\)$", last)
+    assert "Traceback" not in result.stderr
+    assert token not in result.stderr + result.stdout
