@@ -333,3 +333,19 @@ def test_show_prints_profiles(http, lytics, tmp_path, capsys):
         "contact c1: last action click, last event 2026-01-03T00:00:00Z, message Spring (2 events)"
         in out
     )
+
+
+def test_upload_bandwidth_paces_chunked_bodies_too():
+    with LyticsStandIn(upload_bytes_per_second=100_000) as lytics:
+        parts = [b"[", b",".join(orjson.dumps({"pad": "y" * 1000}) for _ in range(40)), b"]"]
+        size = sum(len(p) for p in parts)  # ~40 KB: >= 0.4 s
+        started = time.monotonic()
+        response = requests.post(
+            f"{lytics.url}/collect/json/s",
+            data=iter(parts),  # a generator body goes out chunked
+            headers={"Authorization": lytics.token},
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        assert time.monotonic() - started >= size / 100_000 * 0.95
+        assert lytics.counts == {"s": 40}
