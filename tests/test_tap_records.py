@@ -174,3 +174,49 @@ def test_memory_is_flat_for_large_input(monkeypatch):
     tracemalloc.stop()
     assert seen == count
     assert peak < 5 * records.CHUNK_SIZE  # a few chunks, not the ~6 MB input
+
+
+def test_cached_times_normalize_like_normalize(monkeypatch):
+    """Records whose times were seen before take the inline path; it agrees with normalize()."""
+    from sandbox.events import generate_events
+
+    monkeypatch.setattr(records, "_TIMESTAMP_CACHE", {})
+    events = list(generate_events(3000, seed=11))
+    events[5] = {**events[4], "_id": "same-time-empty-sent", "message_sent": ""}
+    events[6] = {**events[4], "_id": "same-time-text-first", "first": "0"}
+    assert len({e["time"] for e in events}) < len(events) * 0.9  # many times repeat
+    expected = []
+    for line_no, event in enumerate(events, 1):
+        copy = orjson.loads(orjson.dumps(event))
+        records._TIMESTAMP_CACHE.clear()
+        moment = records.normalize(copy, "f.json", line_no)
+        expected.append((copy, moment, line_no))
+    records._TIMESTAMP_CACHE.clear()
+    got = list(read_records(io.BytesIO(gzip.compress(jsonl(*events))), "f.json", "json"))
+    assert got == expected
+    assert got[5][0].get("message_sent", "absent") == "absent"
+    assert got[6][0]["first"] is False
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [({"first": "yes"}, r"f.json line 2: `first` 'yes' is not a boolean"),
+     ({"message_sent": "Nov 5"}, r"f.json line 2: `message_sent` 'Nov 5' is not an ISO 8601"),
+     ({"_id": ""}, r"f.json line 2: record without `_id`")],
+)
+def test_bad_second_record_of_a_known_time(second, message):
+    with pytest.raises(ExportDataError, match=message):
+        read(jsonl(EVENT, {**EVENT, **second}))
+
+
+def test_standard_library_inflate_reads_the_same(monkeypatch):
+    """ISA-L inflates by default; without the isal package zlib gives the same records."""
+    assert records.inflate_lib.__name__ == "isal.isal_zlib"
+    data = gzip.compress(jsonl(*[{**EVENT, "_id": f"e{i}"} for i in range(500)]))
+    with_isal = read(data)
+    monkeypatch.setattr(records, "inflate_lib", __import__("zlib"))
+    assert read(data) == with_isal
+    corrupt = bytearray(data)
+    corrupt[20:40] = b"\x00" * 20
+    with pytest.raises(ExportDataError, match=r"f.json: (corrupt gzip data|truncated gzip)"):
+        read(bytes(corrupt))
