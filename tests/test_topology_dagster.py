@@ -11,9 +11,11 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import ModuleType
 
 import pytest
@@ -22,6 +24,7 @@ from dagster import (
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
+    build_run_status_sensor_context,
     build_schedule_context,
 )
 from test_meltano import (
@@ -206,3 +209,52 @@ def test_dagster_dev_serves_the_job_and_its_running_schedule(tmp_path):
             "scheduleState": {"status": "RUNNING"},
         }
     ]
+
+
+def test_failed_run_alerts_the_webhook(dagster_instance, monkeypatch, tmp_path):
+    alerts: list[dict] = []
+
+    class Webhook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            alerts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Webhook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("ALERT_WEBHOOK_URL", f"http://127.0.0.1:{server.server_port}/hook")
+        definitions = _load_definitions()
+        job = definitions.defs.get_job_def("cordial_activity_to_lytics")
+        # A meltano that cannot start fails the run at once: no retry would help.
+        missing = tmp_path / "no-such-meltano"
+        run_config = {"resources": {"meltano": {"config": {"executable": str(missing)}}}}
+        result = job.execute_in_process(
+            run_config=run_config, instance=dagster_instance, raise_on_error=False
+        )
+        assert not result.success
+        event_types = [e.event_type_value for e in result.all_events]
+        assert "STEP_UP_FOR_RETRY" not in event_types
+        [step_failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert f"cannot start {missing}" in str(step_failure.event_specific_data)
+
+        [sensor] = [s for s in definitions.defs.sensors if s.name == "alert_on_failed_run"]
+        context = build_run_status_sensor_context(
+            sensor_name=sensor.name,
+            dagster_event=result.get_run_failure_event(),
+            dagster_instance=dagster_instance,
+            dagster_run=result.dagster_run,
+        ).for_run_failure()
+        sensor(context)
+    finally:
+        server.shutdown()
+        server.server_close()
+    [alert] = alerts
+    assert alert["text"].startswith(
+        f"Dagster run {result.run_id} of cordial_activity_to_lytics failed"
+    )

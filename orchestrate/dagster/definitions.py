@@ -6,8 +6,10 @@ exactly as on the command line; credentials come from the process environment.
 """
 
 # No `from __future__ import annotations`: Dagster reads the `context` annotation at runtime.
+import json
 import os
 import subprocess
+import urllib.request
 from collections import deque
 from pathlib import Path
 
@@ -17,17 +19,20 @@ from dagster import (
     ConfigurableResource,
     DagsterRunStatus,
     DefaultScheduleStatus,
+    DefaultSensorStatus,
     Definitions,
     Failure,
     Jitter,
     OpExecutionContext,
     RetryPolicy,
+    RunFailureSensorContext,
     RunRequest,
     RunsFilter,
     ScheduleEvaluationContext,
     SkipReason,
     job,
     op,
+    run_failure_sensor,
     schedule,
 )
 
@@ -47,6 +52,10 @@ ACTIVE_STATUSES = [
     DagsterRunStatus.CANCELING,
 ]
 OUTPUT_TAIL_LINES = 40
+# Where failed runs are reported: a Slack-style incoming webhook (JSON {"text": ...}). The URL holds
+# a token, so it is read from the environment and never logged.
+ALERT_WEBHOOK_ENV = "ALERT_WEBHOOK_URL"
+ALERT_TIMEOUT_SECONDS = 10
 
 
 class MeltanoProject(ConfigurableResource):
@@ -61,14 +70,22 @@ class MeltanoProject(ConfigurableResource):
         command = [self.executable, f"--environment={self.environment}", "run", job_name]
         context.log.info(f"running {' '.join(command)} in {self.project_root}")
         tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
-        with subprocess.Popen(
-            command,
-            cwd=self.project_root,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-        ) as process:
+        try:
+            process = subprocess.Popen(
+                command,
+                cwd=self.project_root,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+            )
+        except OSError as error:
+            # A missing executable or project folder does not heal on retry.
+            raise Failure(
+                description=f"cannot start {self.executable} in {self.project_root}: {error}",
+                allow_retries=False,
+            ) from error
+        with process:
             assert process.stdout is not None
             for line in process.stdout:
                 tail.append(line.rstrip("\n"))
@@ -125,8 +142,32 @@ def every_6_hours(context: ScheduleEvaluationContext) -> RunRequest | SkipReason
     return RunRequest()
 
 
+@run_failure_sensor(
+    monitored_jobs=[cordial_activity_to_lytics], default_status=DefaultSensorStatus.RUNNING
+)
+def alert_on_failed_run(context: RunFailureSensorContext) -> SkipReason | None:
+    """POST the failed run's id and error to the webhook in ALERT_WEBHOOK_URL."""
+    url = os.environ.get(ALERT_WEBHOOK_ENV)
+    if not url:
+        return SkipReason(f"{ALERT_WEBHOOK_ENV} is not set: no alert sent")
+    if not url.startswith(("https://", "http://")):
+        raise ValueError(f"{ALERT_WEBHOOK_ENV} must be an http(s) URL")
+    run = context.dagster_run
+    text = f"Dagster run {run.run_id} of {run.job_name} failed: {context.failure_event.message}"
+    request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
+        url,
+        data=json.dumps({"text": text}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=ALERT_TIMEOUT_SECONDS):  # noqa: S310 - checked
+        pass
+    return None
+
+
 defs = Definitions(
     jobs=[cordial_activity_to_lytics],
     schedules=[every_6_hours],
+    sensors=[alert_on_failed_run],
     resources={"meltano": MeltanoProject()},
 )
