@@ -35,9 +35,8 @@ from test_meltano import (
     ROOT,
     _bookmark,
     _exported,
-    meltano_project,  # noqa: F401 - the session's installed project copy
 )
-from test_topology_state import _worker, postgres  # noqa: F401 - session PostgreSQL
+from test_topology_state import _worker
 
 from sandbox.sftp import free_port
 
@@ -58,7 +57,7 @@ def _load_definitions() -> ModuleType:
 
 
 @pytest.fixture
-def dagster_instance(postgres, monkeypatch, tmp_path):  # noqa: F811
+def dagster_instance(postgres, monkeypatch, tmp_path):
     """The instance orchestrate/dagster/dagster.yaml describes, on a fresh PostgreSQL database."""
     monkeypatch.setenv("DAGSTER_PG_HOST", postgres.host)
     monkeypatch.setenv("DAGSTER_PG_PORT", str(postgres.port))
@@ -94,15 +93,16 @@ def test_definitions_follow_meltano_yml():
 
 
 def test_dagster_job_runs_the_meltano_job_into_lytics(
-    meltano_project,  # noqa: F811
+    worker_projects,
     sandbox,
     dagster_instance,
     monkeypatch,
     tmp_path,
 ):
     # The op's `meltano` gets its settings from the process environment, as in a deployment.
+    project = worker_projects[0]
     worker = _worker(
-        meltano_project,
+        project,
         sandbox,
         {"MELTANO_DATABASE_URI": f"sqlite:///{tmp_path / 'meltano.db'}"},
         [],
@@ -117,7 +117,7 @@ def test_dagster_job_runs_the_meltano_job_into_lytics(
         "resources": {
             "meltano": {
                 "config": {
-                    "project_root": str(meltano_project),
+                    "project_root": str(project),
                     "environment": "sandbox",
                     "executable": str(MELTANO),
                 }
