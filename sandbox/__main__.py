@@ -39,8 +39,8 @@ def plugin_env(
 ) -> dict[str, str]:
     """Environment variables that configure tap-cordial-activity and target-lytics.
 
-    Numeric (decimal) settings such as the poll interval are left to meltano.yml's sandbox
-    environment: Meltano 4.4 cannot serialize a decimal setting read from a variable.
+    Only addresses and credentials: the sandbox's tuning (poll interval, retries) lives in
+    meltano.yml's sandbox environment.
     """
     return {
         "TAP_CORDIAL_ACTIVITY_API_KEY": cordial.api_key,
