@@ -325,7 +325,8 @@ def run_size(
         bench = Bench(sb, args, work)
         if "tap" in args.only:
             # The stock tap twice: with paramiko prefetch (the baseline) and without.
-            tap_impls = [*impls, STOCK_NO_PREFETCH] if "stock" in impls else impls
+            plain = "stock" in impls and not args.skip_no_prefetch
+            tap_impls = [*impls, STOCK_NO_PREFETCH] if plain else impls
             for impl in tap_impls:
                 results.append(bench.tap(impl))
             stock_output = work / "stock-tap-output.jsonl"
@@ -375,6 +376,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="comma-separated subset of tap,target,pipeline",
     )
     parser.add_argument("--no-stock", action="store_true", help="skip the stock baselines")
+    parser.add_argument(
+        "--skip-no-prefetch",
+        action="store_true",
+        help="skip the stock tap's second row, without prefetch (the slowest measurement)",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",

@@ -220,3 +220,14 @@ def test_standard_library_inflate_reads_the_same(monkeypatch):
     corrupt[20:40] = b"\x00" * 20
     with pytest.raises(ExportDataError, match=r"f.json: (corrupt gzip data|truncated gzip)"):
         read(bytes(corrupt))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 64, 1 << 20])
+def test_json_lines_across_chunk_boundaries(monkeypatch, chunk_size):
+    """Lines cut anywhere by the source's reads (longer or shorter than a chunk) read alike."""
+    monkeypatch.setattr(records, "CHUNK_SIZE", chunk_size)
+    events = [{**EVENT, "_id": f"e{i}", "subject": "x" * (i * 37 % 200)} for i in range(60)]
+    data = jsonl(*events[:30]) + b"\n\r\n" + jsonl(*events[30:]).rstrip(b"\n")
+    got = list(read_records(io.BytesIO(data), "f.json", "json"))
+    assert [rec["_id"] for rec, _, _ in got] == [e["_id"] for e in events]
+    assert [line for _, _, line in got] == [*range(1, 31), *range(33, 63)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import csv
 import datetime
+import io
 import itertools
 import json
 import re
@@ -243,11 +244,15 @@ def read_jsonl(chunks: Iterator[bytes], file_name: str) -> Iterator[Parsed]:
     rest = b""
     # The closing newline ends a last line that has none.
     for chunk in itertools.chain(chunks, (b"\n",)):
-        lines = chunk.split(b"\n")
-        if rest:
-            lines[0] = rest + lines[0]
-        rest = lines.pop()
-        for line in lines:
+        cut = chunk.rfind(b"\n") + 1
+        if not cut:
+            rest += chunk  # a line longer than the chunks so far
+            continue
+        whole = rest + chunk[:cut] if rest else chunk[:cut]
+        rest = chunk[cut:]
+        # BytesIO finds line ends with memchr (bytes.split scans byte by byte); each line keeps
+        # its newline, which JSON allows as trailing whitespace.
+        for line in io.BytesIO(whole):
             line_no += 1
             try:
                 record = loads(line)
