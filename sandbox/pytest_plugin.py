@@ -1,4 +1,5 @@
-"""pytest fixtures for the sandbox: ``sftp_server``, ``cordial``, ``lytics`` and ``sandbox``.
+"""pytest fixtures for the sandbox: ``sftp_server``, ``cordial`` (and ``cordial_api``), ``lytics``
+and ``sandbox``.
 
 Load with ``pytest_plugins = ["sandbox.pytest_plugin"]``. The SFTP server is a real OpenSSH sshd
 started once per session (never the paramiko fallback, never skipped: a missing sshd is an error);
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from sandbox.cordial import CordialStandIn
 from sandbox.lytics import LyticsStandIn
@@ -115,6 +117,14 @@ def cordial(sftp_server: SftpServer) -> Iterator[CordialStandIn]:
     with stand_in:
         yield stand_in
     empty_folder(sftp_server.root)
+
+
+@pytest.fixture
+def cordial_api(cordial: CordialStandIn) -> requests.Session:
+    """A session authenticated to the ``cordial`` stand-in (API key as Basic user name)."""
+    session = requests.Session()
+    session.auth = (cordial.api_key, "")
+    return session
 
 
 @pytest.fixture
