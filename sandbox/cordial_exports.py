@@ -11,8 +11,9 @@ import csv
 import gzip
 import io
 import math
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -56,30 +57,86 @@ def export_file_names(
 
 
 def write_export(job: Job, store: EventStore, selected: list[int], folder: Path) -> list[str]:
-    """Write the selected events as the job asked; returns the file names (first first)."""
+    """Write the selected events as the job asked; returns the file names (first first).
+
+    ``job.files`` is set before the first byte is written. The options may make the files
+    partial while the job still reports every selected event: ``drop_last_events``,
+    ``cut_last_line``, and ``grow_after_done_seconds`` (the last file is completed later).
+    """
     req, opts = job.request, job.options
     limit = int(req.get("limitRecordsPerFile") or 0)
     split = limit > 0
     parts = max(1, math.ceil(len(selected) / limit)) if split else 1
     compress = bool(req.get("compress"))
     names = export_file_names(req["name"], req["exportType"], compress, parts, split)
+    job.files = names
     per_file = limit if split else max(len(selected), 1)
-    columns = [*CSV_COLUMNS, *sorted(k for k in store.keys if k not in CSV_COLUMNS)]
+    kept = selected[: max(0, len(selected) - opts.drop_last_events)]
+    encoder: _Encoder
+    if req["exportType"] == "csv":
+        columns = [*CSV_COLUMNS, *sorted(k for k in store.keys if k not in CSV_COLUMNS)]
+        encoder = _CsvEncoder(store, columns, bool(req.get("showHeader")), opts.corrupt_line)
+    else:
+        encoder = _JsonEncoder(store, opts.json_array, opts.corrupt_line)
     for number, file_name in enumerate(names):
         first = number * per_file
-        chunk = selected[first : first + per_file]
+        last = number == len(names) - 1
         with _open_output(folder / file_name, compress, opts.gzip_level) as out:
-            if req["exportType"] == "csv":
-                _write_csv(out, store, chunk, first, columns, bool(req.get("showHeader")), job)
-            else:
-                _write_json(out, store, chunk, first, opts.json_array, job)
-        job.completed_items = min(first + len(chunk), job.total_items)
+            _write_file(out, encoder, kept[first : first + per_file], first, job, last=last)
+        job.completed_items = min(first + per_file, job.total_items)
     if compress and opts.truncate_gzip:
         target = folder / names[-1]
         size = target.stat().st_size
         with target.open("r+b") as handle:
             handle.truncate(max(10, size - max(16, size // 4)))
     return names
+
+
+def _write_file(
+    out: io.BufferedIOBase, encoder: _Encoder, chunk: list[int], first: int, job: Job, *, last: bool
+) -> None:
+    """One file: header, records in batches, footer; the last file may be cut or grow later."""
+    opts = job.options
+    cut = last and opts.cut_last_line and bool(chunk)
+    whole = chunk[:-1] if cut else chunk
+    pause_at = len(chunk) // 2 if last and opts.grow_after_done_seconds > 0 else None
+
+    def write(lo: int, hi: int) -> None:
+        for start in range(lo, hi, _BATCH):
+            batch = whole[start : min(start + _BATCH, hi)]
+            out.write(encoder.records(batch, first + start, leading=start == 0))
+            job.completed_items = min(first + start + len(batch), job.total_items)
+
+    out.write(encoder.header())
+    if pause_at is not None:
+        write(0, min(pause_at, len(whole)))
+        _wait_while_growing(out, job)
+        write(min(pause_at, len(whole)), len(whole))
+    else:
+        write(0, len(whole))
+    if cut:
+        line = encoder.records(chunk[-1:], first + len(chunk) - 1, leading=len(chunk) == 1)
+        out.write(_cut_last_line(line))  # and no footer: the write stopped here
+    else:
+        out.write(encoder.footer())
+
+
+def _wait_while_growing(out: io.BufferedIOBase, job: Job) -> None:
+    """Make the first part readable, let the job be Done, and wait before the rest."""
+    if isinstance(out, gzip.GzipFile):
+        out.flush(zlib.Z_SYNC_FLUSH)  # what is written so far can be decompressed
+    else:
+        out.flush()
+    job.files_ready()
+    job.done_reported.wait()
+    job.stopping.wait(job.options.grow_after_done_seconds)
+
+
+def _cut_last_line(encoded: bytes) -> bytes:
+    """The encoded text without its newline and without the second half of its last line."""
+    text = encoded.rstrip(b"\n")
+    line = text.rsplit(b"\n", 1)[-1]
+    return text[: len(text) - max(1, len(line) - len(line) // 2)]
 
 
 def _open_output(path: Path, compress: bool, level: int) -> io.BufferedIOBase:
@@ -106,40 +163,85 @@ class _GzipOut(gzip.GzipFile):
             self._raw.close()
 
 
+class _Encoder(Protocol):
+    """One export format: what opens a file, a batch of records, and what closes a file."""
+
+    def header(self) -> bytes: ...
+
+    def records(self, indices: list[int], position: int, *, leading: bool) -> bytes:
+        """Whole lines for the events; ``position`` is the first one's 0-based place in the
+        export, ``leading`` whether it is the first record of its file."""
+        ...
+
+    def footer(self) -> bytes: ...
+
+
 def _damaged(blob: bytes) -> bytes:
     """A record cut in half: no longer JSON."""
     return blob[: max(1, len(blob) // 2)]
 
 
-def _write_json(
-    out: io.BufferedIOBase,
-    store: EventStore,
-    indices: list[int],
-    first: int,
-    array: bool,
-    job: Job,
-) -> None:
-    corrupt = job.options.corrupt_line
-    if array:
-        out.write(b"[\n")
-    for start in range(0, len(indices), _BATCH):
-        batch = indices[start : start + _BATCH]
-        damaged_at = corrupt - first - start - 1 if corrupt is not None else -1
-        if not array and not 0 <= damaged_at < len(batch):
-            out.write(store.jsonl(batch))  # the fast path: slices of the store, as they are
-        else:
-            records = store.records(batch)
-            if 0 <= damaged_at < len(records):
-                records[damaged_at] = _damaged(records[damaged_at])
-            if array:
-                if start:
-                    out.write(b",\n")
-                out.write(b",\n".join(records))
-            else:
-                out.write(b"\n".join(records) + b"\n")
-        job.completed_items = min(first + start + len(batch), job.total_items)
-    if array:
-        out.write(b"\n]\n")
+class _JsonEncoder:
+    """JSON Lines (slices of the store, as they are), or one JSON array."""
+
+    def __init__(self, store: EventStore, array: bool, corrupt_line: int | None) -> None:
+        self._store, self._array, self._corrupt = store, array, corrupt_line
+
+    def header(self) -> bytes:
+        """``[`` for an array."""
+        return b"[\n" if self._array else b""
+
+    def records(self, indices: list[int], position: int, *, leading: bool) -> bytes:
+        """Compact objects, one per line (``,``-separated in an array)."""
+        damaged_at = self._corrupt - position - 1 if self._corrupt is not None else -1
+        if not self._array and not 0 <= damaged_at < len(indices):
+            return self._store.jsonl(indices)  # the fast path
+        records = self._store.records(indices)
+        if 0 <= damaged_at < len(records):
+            records[damaged_at] = _damaged(records[damaged_at])
+        if self._array:
+            return (b"" if leading or not records else b",\n") + b",\n".join(records)
+        return b"".join(record + b"\n" for record in records)
+
+    def footer(self) -> bytes:
+        """``]`` for an array."""
+        return b"\n]\n" if self._array else b""
+
+
+class _CsvEncoder:
+    """CSV rows in the documented column order; a damaged record has ``time`` not-a-time."""
+
+    def __init__(
+        self, store: EventStore, columns: list[str], header: bool, corrupt_line: int | None
+    ) -> None:
+        self._store, self._columns, self._header = store, columns, header
+        self._corrupt = corrupt_line
+        self._time_column = columns.index("time")
+
+    def header(self) -> bytes:
+        """The column names when ``showHeader`` is on."""
+        return self._rows([self._columns]) if self._header else b""
+
+    def records(self, indices: list[int], position: int, *, leading: bool) -> bytes:
+        """One row per event."""
+        rows = []
+        for offset, blob in enumerate(self._store.records(indices), position + 1):
+            event = orjson.loads(blob)
+            row = [_csv_value(event.get(column)) for column in self._columns]
+            if offset == self._corrupt:
+                row[self._time_column] = "not-a-time"
+            rows.append(row)
+        return self._rows(rows)
+
+    def footer(self) -> bytes:
+        """Nothing."""
+        return b""
+
+    @staticmethod
+    def _rows(rows: list[list[str]]) -> bytes:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows(rows)
+        return buffer.getvalue().encode()
 
 
 def _csv_value(value: Any) -> str:
@@ -152,33 +254,3 @@ def _csv_value(value: Any) -> str:
     if isinstance(value, dict | list):
         return orjson.dumps(value).decode()
     return str(value)
-
-
-def _write_csv(
-    out: io.BufferedIOBase,
-    store: EventStore,
-    indices: list[int],
-    first: int,
-    columns: list[str],
-    header: bool,
-    job: Job,
-) -> None:
-    # Rows go through an in-memory text buffer that is flushed every batch: cheap and bounded.
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    if header:
-        writer.writerow(columns)
-    corrupt = job.options.corrupt_line
-    time_column = columns.index("time")
-    for start in range(0, len(indices), _BATCH):
-        for offset, blob in enumerate(store.records(indices[start : start + _BATCH]), start + 1):
-            event = orjson.loads(blob)
-            row = [_csv_value(event.get(column)) for column in columns]
-            if corrupt is not None and first + offset == corrupt:
-                row[time_column] = "not-a-time"
-            writer.writerow(row)
-        out.write(buffer.getvalue().encode())
-        buffer.seek(0)
-        buffer.truncate()
-        job.completed_items = min(first + start + _BATCH, job.total_items)
-    out.write(buffer.getvalue().encode())
