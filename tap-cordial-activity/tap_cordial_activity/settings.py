@@ -39,7 +39,8 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
     ),
     th.Property(
         "end_date", th.StringType,
-        description="Optional upper bound (yyyy-mm-dd or ISO 8601); default: the run's time.",
+        description="Optional upper bound (yyyy-mm-dd or ISO 8601), used as given; default: "
+        "the run's time minus `settle_minutes`.",
     ),
     th.Property(
         "actions", th.ArrayType(th.StringType), default=DEFAULT_ACTIONS,
@@ -53,6 +54,36 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
     th.Property(
         "export_window_hours", th.NumberType, default=24,
         description="Longest span of one export job; a backfill becomes several jobs.",
+    ),
+    th.Property(
+        "target_events_per_window", th.IntegerType, default=2_000_000,
+        description="Events aimed at per export job: the window span grows when jobs come back "
+        "small and shrinks when large (1 hour to 31 days; the first window of a run is "
+        "`export_window_hours` wide). 0: fixed windows of `export_window_hours`.",
+    ),
+    th.Property(
+        "max_concurrent_exports", th.IntegerType, default=3,
+        description="Export jobs in flight at once: the next windows' jobs run while a window "
+        "is read; records and STATE stay in window order. 1: one job at a time.",
+    ),
+    th.Property(
+        "settle_minutes", th.IntegerType, default=15,
+        description="Without `end_date`, export only up to this many minutes before the run, "
+        "so events Cordial records late are still exported (by the next run).",
+    ),
+    th.Property(
+        "count_mismatch", th.StringType, default="fail", allowed_values=["fail", "warn"],
+        description="When a window's files hold fewer records than Cordial reports for the "
+        "job: fail (no STATE past the window; the next run exports it again) or warn.",
+    ),
+    th.Property(
+        "short_export_wait_seconds", th.NumberType, default=30,
+        description="How long to wait for a short export's files to stop growing before "
+        "reading them again.",
+    ),
+    th.Property(
+        "progress_interval_seconds", th.NumberType, default=30,
+        description="Seconds between two progress lines while an export file is read.",
     ),
     th.Property(
         "sftp_host", th.StringType, required=True, description="SFTP server Cordial writes to."
@@ -218,7 +249,8 @@ def config_problems(config: dict[str, Any]) -> list[str]:
             problems.append(f"`{name}` must be greater than 0 (got {value}).")
 
     for name in ("export_window_hours", "poll_interval_seconds", "job_timeout_seconds",
-                 "request_timeout_seconds", "max_concurrent_prefetch_requests"):
+                 "request_timeout_seconds", "max_concurrent_prefetch_requests",
+                 "max_concurrent_exports", "progress_interval_seconds"):
         positive(name)
     port = config.get("sftp_port")
     if isinstance(port, int) and not 0 < port < 65536:
@@ -226,7 +258,8 @@ def config_problems(config: dict[str, Any]) -> list[str]:
     actions = config.get("actions")
     if isinstance(actions, list) and not [a for a in actions if isinstance(a, str) and a]:
         problems.append("`actions` must name at least one action.")
-    for name in ("max_retries", "limit_records_per_file"):
+    for name in ("max_retries", "limit_records_per_file", "target_events_per_window",
+                 "settle_minutes", "short_export_wait_seconds"):
         value = config.get(name)
         if isinstance(value, int) and value < 0:
             problems.append(f"`{name}` must not be negative (got {value}).")
