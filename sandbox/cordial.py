@@ -3,8 +3,10 @@
 Faithful to ../shared/reference/cordial-api.md: HTTP Basic auth with the API key as the user name
 (401 ``{"error": "Access Denied: Authentication Failure"}``), export validation (406 for the export
 configuration, 400 for the destination, 415 for a wrong content type), jobs that move
-Pending -> Processing -> Done (or Failed, or never finish), 404 ``RECORD_NOT_FOUND`` for an unknown
-job, and 429 with ``Retry-After`` above a configurable request rate.
+Pending -> Processing -> Done (or Failed, or never finish) over a configurable work time, answer
+``Throttled`` while too many others run, 404 ``RECORD_NOT_FOUND`` for an unknown job, and 429 with
+``Retry-After`` and ``X-Rate-Limit-*`` above a configurable request or export-creation rate. Events
+may be recorded late (see :data:`RECORDING_DELAY_KEY`), and files may be partial on purpose.
 
 This module is the HTTP API; the event store is :mod:`sandbox.cordial_events`, the jobs and their
 options :mod:`sandbox.cordial_jobs`, the request checks :mod:`sandbox.cordial_requests` and the
@@ -195,12 +197,12 @@ class CordialStandIn(HttpStandIn):
                 return Response.json(200, {"status": "ok"}, headers)
             if path == "/v2/contactactivityexport" and method == "POST":
                 opts = self.options
-                headers = self._creates.take(
-                    opts.create_rate_limit, opts.create_rate_window_seconds
-                )
-                return self._create_export(request, headers)
+                limits = self._creates.take(opts.create_rate_limit, opts.create_rate_window_seconds)
+                return self._create_export(request, limits or headers)
             if path.startswith("/v2/jobs/") and method == "GET":
-                return self._get_job(path.removeprefix("/v2/jobs/"))
+                response = self._get_job(path.removeprefix("/v2/jobs/"))
+                response.headers.update(headers)
+                return response
         except ApiError as exc:
             payload = {"error": True, "errorKey": exc.error_key, "message": exc.message}
             return Response.json(exc.status, payload, exc.headers)

@@ -65,11 +65,17 @@ USER_ERRORS: tuple[type[Exception], ...] = (
 def user_errors_end_the_run(logger: logging.Logger) -> Iterator[None]:
     """End the run on a :data:`USER_ERRORS` error: its one-line message, then exit 1.
 
-    The traceback (with the cause) goes to the DEBUG log only; other errors propagate unchanged.
+    The traceback (with the cause) goes to the DEBUG log only. An ``EOFError`` that escaped
+    (a connection closed under a library call) is logged with its traceback: click would
+    otherwise take it for the user's Ctrl-D and print a bare "Aborted!". Other errors propagate
+    unchanged.
     """
     try:
         yield
     except USER_ERRORS as exc:
         logger.debug("The error below was raised here", exc_info=True)
         logger.error("%s", exc)
+        sys.exit(1)
+    except EOFError:
+        logger.exception("A connection was closed unexpectedly (EOFError)")
         sys.exit(1)

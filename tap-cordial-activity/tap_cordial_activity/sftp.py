@@ -129,13 +129,17 @@ class SftpReader:
             sock = socket.create_connection((s.host, s.port), timeout=s.timeout_seconds)
         except OSError as exc:
             raise SftpError(f"cannot reach SFTP server {s.host}:{s.port}: {exc}") from exc
-        transport = paramiko.Transport(sock)
+        try:
+            transport = paramiko.Transport(sock)
+        except BaseException:
+            sock.close()
+            raise
         transport.banner_timeout = s.timeout_seconds
         transport.auth_timeout = s.timeout_seconds
         try:
             try:
                 transport.start_client(timeout=s.timeout_seconds)
-            except (paramiko.SSHException, EOFError, OSError) as exc:
+            except CONNECTION_ERRORS as exc:
                 raise SftpError(
                     f"SSH handshake with {s.host}:{s.port} failed: {type(exc).__name__}: {exc}"
                 ) from exc
@@ -143,17 +147,18 @@ class SftpReader:
             self._authenticate(transport)
             try:
                 sftp = paramiko.SFTPClient.from_transport(transport)
+                if sftp is None:
+                    raise SftpError(f"{s.host}:{s.port} refused to start the SFTP subsystem")
+                channel = sftp.get_channel()
+                if channel is not None:
+                    channel.settimeout(s.timeout_seconds)
             except CONNECTION_ERRORS as exc:
                 raise SftpError(
                     f"starting SFTP on {s.host}:{s.port} failed: {type(exc).__name__}: {exc}"
                 ) from exc
-            if sftp is None:
-                raise SftpError(f"{s.host}:{s.port} refused to start the SFTP subsystem")
-            channel = sftp.get_channel()
-            if channel is not None:
-                channel.settimeout(s.timeout_seconds)
         except BaseException:
-            transport.close()
+            self._close_quietly(transport, "SSH transport")
+            sock.close()
             raise
         self._transport, self._sftp = transport, sftp
 
@@ -174,9 +179,10 @@ class SftpReader:
                 f"refused: check `sftp_username` and the {method}"
                 + (" (its public key must be in the user's authorized_keys)" if self._pkey else "")
             ) from exc
-        except paramiko.SSHException as exc:
+        except CONNECTION_ERRORS as exc:
             raise SftpError(
-                f"SFTP login as {s.username!r} on {s.host}:{s.port} failed: {exc}"
+                f"SFTP login as {s.username!r} on {s.host}:{s.port} failed: "
+                f"{type(exc).__name__}: {exc}"
             ) from exc
 
     @property
@@ -209,12 +215,23 @@ class SftpReader:
         )
 
     def close(self) -> None:
-        """Close the session (idempotent)."""
-        if self._sftp is not None:
-            self._sftp.close()
-        if self._transport is not None:
-            self._transport.close()
-        self._sftp = self._transport = None
+        """Close the session (idempotent, best effort: the connection may be broken already)."""
+        sftp, transport, self._sftp, self._transport = self._sftp, self._transport, None, None
+        if sftp is not None:
+            self._close_quietly(sftp, "SFTP session")
+        if transport is not None:
+            self._close_quietly(transport, "SSH transport")
+
+    def _close_quietly(self, part: paramiko.SFTPClient | paramiko.Transport, what: str) -> None:
+        """Close ``part``; closing a broken connection may fail, and nothing is left to save.
+
+        paramiko's ``SFTPClient.close`` sends a channel close over the socket and raises
+        ``EOFError`` or ``OSError`` when the other side is gone.
+        """
+        try:
+            part.close()
+        except Exception as exc:
+            self.logger.debug("Closing the %s of %s failed: %r", what, self.address, exc)
 
     def __enter__(self) -> Self:
         """Connect."""
@@ -250,7 +267,15 @@ class SftpReader:
             raise
         except CONNECTION_ERRORS as exc:
             self.reconnect(exc)
+        try:
             return call()
+        except (FileNotFoundError, PermissionError):
+            raise
+        except CONNECTION_ERRORS as exc:
+            raise SftpError(
+                f"SFTP connection to {self.address} failed again right after reconnecting: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
 
     def remove(self, path: str) -> bool:
         """Delete ``path``: True, or False when it is already gone.
