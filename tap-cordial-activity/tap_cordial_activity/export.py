@@ -193,8 +193,9 @@ class ExportRunner:
         if not files:
             if window.reported:
                 raise SftpError(
-                    f"Cordial job {window.job_id} is Done with {window.reported} records, but no "
-                    f"file beginning with {window.export!r} is in SFTP folder {self.folder!r}"
+                    f"Cordial job {window.job_id} is Done with {window.reported} records, "
+                    f"but no file beginning with {window.export!r} is in SFTP folder "
+                    f"{self.folder!r}"
                 )
             self.logger.info("Job %s wrote no file: the window has no events", window.job_id)
             return
