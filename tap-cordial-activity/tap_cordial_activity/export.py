@@ -103,6 +103,8 @@ class ExportRunner:
         self.progress_interval = float(setting(config, "progress_interval_seconds"))
         self.short_wait = float(setting(config, "short_export_wait_seconds"))
         self.count_mismatch = str(setting(config, "count_mismatch"))
+        #: Export jobs this runner created.
+        self.jobs_created = 0
         #: Size of each export file at its last listing.
         self.sizes: dict[str, int] = {}
         self._warned_fields: set[str] = set()
@@ -153,6 +155,7 @@ class ExportRunner:
         )
         body = export_body(self.config, name, window)
         window.job_id = self.client.create_export(body, export_name)
+        self.jobs_created += 1
         window.export, window.job = body["name"], None
 
     def job_done(self, window: Window, job: dict[str, Any]) -> None:

@@ -68,7 +68,6 @@ class ExportPipeline:
         self._first_skip = planned.skip_ids
         self._refused = False
         self._throttle_noted = False
-        self.jobs_created = 0
         if progress is not None:
             end = parse_moment(str(progress["window_end"]))
             window = Window(planned.start, end, planned.skip_ids, resume=progress)
@@ -107,6 +106,8 @@ class ExportPipeline:
             )
             if window.resume is None:
                 self._wait_for(head)
+                # Its count may have sized the next windows: start them before reading it.
+                self._fill()
             yield window
             self.ahead.popleft()
             previous = window
@@ -133,7 +134,6 @@ class ExportPipeline:
             self.next_start = window.end
             try:
                 self.runner.start_export(window)
-                self.jobs_created += 1
             except CordialError as exc:
                 # Raised when this window's turn comes, after the earlier ones are emitted.
                 planned.error, self._refused = exc, True

@@ -223,7 +223,7 @@ class ActivityStream(WindowedStream):
                         if write_messages:
                             self._finish_window(window)
                 self.logger.info(
-                    "%d export job(s) created in this run", pipeline.jobs_created
+                    "%d export job(s) created in this run", runner.jobs_created
                 )
             finally:
                 runner.sftp.close()
