@@ -154,12 +154,13 @@ def test_throttled_jobs_hold_back_new_ones_and_429_is_honoured(sbx, tmp_path):
     assert_window_order(run)
 
 
-def test_failed_job_mid_backfill_keeps_the_bookmark_before_it(sbx, tmp_path):
+@pytest.mark.parametrize("delete", [False, True], ids=["keep-files", "delete_exported_files"])
+def test_failed_job_mid_backfill_keeps_the_bookmark_before_it(sbx, tmp_path, delete):
     sbx.cordial.options.update({"job_base_seconds": 0.3})
     ids = [f"e{h:03d}" for h in range(0, 120, 4)]
     sbx.cordial.add_events([event(i, T0 + timedelta(hours=int(i[1:]), minutes=1)) for i in ids])
     config = sbx.tap_config(start_date=iso(T0), end_date=iso(T0 + timedelta(days=5)),
-                              target_events_per_window=0)
+                            target_events_per_window=0, delete_exported_files=delete)
     original = sbx.cordial.route
     created: list[str] = []
 
@@ -169,7 +170,10 @@ def test_failed_job_mid_backfill_keeps_the_bookmark_before_it(sbx, tmp_path):
             job_id = answer.body.decode().split('"')[3]
             created.append(job_id)
             if len(created) == 3:
-                sbx.cordial.jobs[job_id].options.fail_jobs = True
+                # It fails late, once the jobs created after it are Done.
+                sbx.cordial.jobs[job_id].options.update(
+                    {"fail_jobs": True, "write_delay_seconds": 1.5}
+                )
         return answer
 
     sbx.cordial.route = third_job_fails  # type: ignore[method-assign]
@@ -179,12 +183,22 @@ def test_failed_job_mid_backfill_keeps_the_bookmark_before_it(sbx, tmp_path):
     assert f"Cordial export job {created[2]} failed" in failed.stderr
     assert failed.bookmark["replication_key_value"] == "2024-05-03T00:00:00+00:00"
     assert [r["_id"] for r in failed.records] == [i for i in ids if int(i[1:]) < 48]
-    # The jobs created ahead for later windows are named on one line; their files stay.
+    # The jobs created ahead for later windows are named on one line.
     later = [line for line in failed.stderr.splitlines() if "already created for later" in line]
     assert len(later) == 1
     assert created[3:]
     assert all(job_id in later[0] for job_id in created[3:])
-    assert "left in SFTP folder" in later[0]
+    for job_id in created[3:]:
+        job = sbx.cordial.jobs[job_id]
+        assert job.complete.wait(10)
+        on_disk = [p for p in sbx.sftp.root.iterdir() if p.name.startswith(job.request["name"])]
+        if delete:
+            assert on_disk == [], f"{job_id} was Done: its files are deleted"
+            assert f"{job.request['name']}.json.gz (delete_exported_files" in failed.stderr
+        else:
+            assert on_disk, f"{job_id}'s files are left alone"
+    if not delete:
+        assert "left in SFTP folder" in later[0]
 
     rerun = run_tap(tmp_path, config, state=failed.states[-1])
     assert rerun.returncode == 0, rerun.stderr

@@ -22,6 +22,7 @@ from tap_cordial_activity.errors import (
     ExportDataError,
     SftpError,
 )
+from tap_cordial_activity.progress import ReadProgress
 from tap_cordial_activity.records import read_records
 from tap_cordial_activity.schema import KNOWN_FIELDS
 from tap_cordial_activity.settings import setting
@@ -296,7 +297,10 @@ class ExportRunner:
         known, warned = KNOWN_FIELDS, self._warned_fields
         every, read = self.checkpoint_records, 0
         last_file = files[-1]
-        progress = ReadProgress(self, window, files)
+        progress = ReadProgress(
+            self.logger, self.progress_interval, window,
+            sum(self.sizes.get(f, 0) for f in files),
+        )
         try:
             for file_name in files:
                 began = time.monotonic()
@@ -340,7 +344,9 @@ class ExportRunner:
         finally:
             window.read = read
 
-    def delete_confirmed_files(self, read_files: Iterable[Any]) -> None:
+    def delete_confirmed_files(
+        self, read_files: Iterable[Any], reason: str = "its window was delivered"
+    ) -> None:
         """Delete the export files that the incoming STATE lists as read (``read_files``).
 
         A window's files are listed in the STATE that ends the window, and deleted only when a
@@ -355,8 +361,8 @@ class ExportRunner:
                 self.logger.warning("%s; the file is kept", exc)
                 continue
             self.logger.info(
-                "%s %s (delete_exported_files: its window was delivered)",
-                "Deleted" if deleted else "Already gone:", path,
+                "%s %s (delete_exported_files: %s)",
+                "Deleted" if deleted else "Already gone:", path, reason,
             )
 
     def _warn_unknown(self, names: Iterable[str]) -> None:
@@ -369,40 +375,3 @@ class ExportRunner:
                 "emitted as they are (the schema allows extra fields).", ", ".join(new),
             )
 
-
-class ReadProgress:
-    """Logs records read, bytes, MB/s and the export's share done, every progress interval."""
-
-    def __init__(self, runner: ExportRunner, window: Window, files: list[str]) -> None:
-        """Progress of reading ``files`` (sizes from the runner's last listing)."""
-        self.runner, self.window = runner, window
-        self.total_bytes = sum(runner.sizes.get(f, 0) for f in files)
-        self.done_bytes = 0
-        self.file: Any = None
-        self.began = time.monotonic()
-        self.due = self.began + runner.progress_interval
-
-    def file_done(self, remote: Any) -> None:
-        """Count a finished file's bytes."""
-        self.done_bytes += remote.offset
-        self.file = None
-
-    def maybe_log(self, read: int) -> None:
-        """Log a progress line when the interval has passed."""
-        now = time.monotonic()
-        if now < self.due:
-            return
-        self.due = now + self.runner.progress_interval
-        done = self.done_bytes + (self.file.offset if self.file is not None else 0)
-        window = self.window
-        if self.total_bytes:
-            share = f"{min(100.0, 100 * done / self.total_bytes):.0f}% of the export's bytes"
-        elif window.reported:
-            share = f"{min(100.0, 100 * read / window.reported):.0f}% of its records"
-        else:
-            share = "share unknown"
-        self.runner.logger.info(
-            "Reading export %r (job %s, %s .. %s): %d records, %.1f MB, %.1f MB/s, %s",
-            window.export, window.job_id, to_rfc3339(window.start), to_rfc3339(window.end), read,
-            done / 1e6, done / max(now - self.began, 1e-9) / 1e6, share,
-        )

@@ -208,6 +208,8 @@ class ExportPipeline:
                 if job.get("status") != "Done":
                     continue
                 files = self.runner.export_files(window.export, job)
-                self.runner.delete_confirmed_files(f"{folder}/{f}" for f in files)
+                self.runner.delete_confirmed_files(
+                    (f"{folder}/{f}" for f in files), "a later window's job, not read"
+                )
             except (CordialError, SftpError) as exc:
                 self.logger.warning("Job %s's files are kept: %s", window.job_id, exc)
