@@ -25,7 +25,7 @@ from tap_cordial_activity.errors import (
 from tap_cordial_activity.progress import ReadProgress
 from tap_cordial_activity.records import read_records
 from tap_cordial_activity.schema import KNOWN_FIELDS
-from tap_cordial_activity.settings import setting
+from tap_cordial_activity.settings import integer, number, setting
 from tap_cordial_activity.sftp import SftpReader
 from tap_cordial_activity.timeutil import to_cordial, to_rfc3339
 from tap_cordial_activity.windows import Window
@@ -50,7 +50,7 @@ def export_body(config: Mapping[str, Any], name: str, window: Window) -> dict[st
     destination: dict[str, Any] = {
         "type": "sftp",
         "server": config["sftp_host"],
-        "port": int(setting(config, "sftp_port")),
+        "port": integer(config, "sftp_port"),
         "username": config["sftp_username"],
         "path": config["sftp_path"],
     }
@@ -71,8 +71,9 @@ def export_body(config: Mapping[str, Any], name: str, window: Window) -> dict[st
     }
     if export_format == "csv":
         body["showHeader"] = True
-    if setting(config, "limit_records_per_file"):
-        body["limitRecordsPerFile"] = int(setting(config, "limit_records_per_file"))
+    limit = integer(config, "limit_records_per_file")
+    if limit:
+        body["limitRecordsPerFile"] = limit
     return body
 
 
@@ -99,10 +100,10 @@ class ExportRunner:
         self.logger = logger
         self.checkpoint_records = checkpoint_records
         self.folder = str(config["sftp_path"])
-        self.poll_interval = float(setting(config, "poll_interval_seconds"))
-        self.job_timeout = float(setting(config, "job_timeout_seconds"))
-        self.progress_interval = float(setting(config, "progress_interval_seconds"))
-        self.short_wait = float(setting(config, "short_export_wait_seconds"))
+        self.poll_interval = number(config, "poll_interval_seconds")
+        self.job_timeout = number(config, "job_timeout_seconds")
+        self.progress_interval = number(config, "progress_interval_seconds")
+        self.short_wait = number(config, "short_export_wait_seconds")
         self.count_mismatch = str(setting(config, "count_mismatch"))
         #: Export jobs this runner created.
         self.jobs_created = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import sys
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -12,12 +13,12 @@ from singer_sdk import metrics
 from singer_sdk.mapper import SameRecordTransform
 from typing_extensions import override
 
-from tap_cordial_activity.errors import ExportCountError, ExportDataError
+from tap_cordial_activity.errors import USER_ERRORS, ExportCountError, ExportDataError
 from tap_cordial_activity.export import ExportRunner
 from tap_cordial_activity.pipeline import ExportPipeline
 from tap_cordial_activity.schema import SCHEMA
 from tap_cordial_activity.sdk_private import WindowedStream
-from tap_cordial_activity.settings import setting
+from tap_cordial_activity.settings import integer, setting
 from tap_cordial_activity.timeutil import to_rfc3339
 from tap_cordial_activity.windows import (
     Window,
@@ -58,6 +59,17 @@ class ActivityStream(WindowedStream):
         self._run_started = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 
     @override
+    def log(self, message: str, *args: Any, level: int = logging.INFO, **kwargs: Any) -> None:
+        """Log as singer-sdk does, but an error logged while a user error unwinds goes to DEBUG.
+
+        singer-sdk logs "An unhandled error occurred" for every error leaving a stream's sync;
+        a user error is handled: it ends the run with its own one-line message.
+        """
+        if level >= logging.ERROR and isinstance(sys.exc_info()[1], USER_ERRORS):
+            level = logging.DEBUG
+        super().log(message, *args, level=level, **kwargs)
+
+    @override
     def get_replication_key_signpost(self, context: Context | None = None) -> None:
         """No signpost: the stream sets its bookmark itself, to each finished window's end."""
         return None
@@ -65,6 +77,12 @@ class ActivityStream(WindowedStream):
     def pipeline(self, runner: ExportRunner) -> ExportPipeline | None:
         """The run's windows and their export jobs, or None when there is nothing to export."""
         planned = sync_range(self.stream_state, self.config, self._run_started)
+        bookmark = self.stream_state.get("replication_key_value")
+        if bookmark and self.config.get("start_date"):
+            self.logger.info(
+                "Resuming from the bookmark %s in the STATE; `start_date` %s is ignored (it "
+                "applies to a run without a bookmark)", bookmark, self.config["start_date"],
+            )
         if planned.start >= planned.end:
             self.logger.info(
                 "Nothing to export: start %s is not before end %s", planned.start, planned.end
@@ -75,11 +93,11 @@ class ActivityStream(WindowedStream):
         if check.note:
             self.logger.log(check.level, "%s", check.note)
         sizer = WindowSizer(
-            export_window_span(self.config), int(setting(self.config, "target_events_per_window"))
+            export_window_span(self.config), integer(self.config, "target_events_per_window")
         )
         # A dry run stops after a few records: no job should be left running ahead of it.
-        concurrent = 1 if self.ABORT_AT_RECORD_COUNT is not None else int(
-            setting(self.config, "max_concurrent_exports")
+        concurrent = 1 if self.ABORT_AT_RECORD_COUNT is not None else integer(
+            self.config, "max_concurrent_exports"
         )
         return ExportPipeline(
             runner, planned, check.progress, sizer, max_concurrent=concurrent, logger=self.logger

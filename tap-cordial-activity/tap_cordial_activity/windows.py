@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from tap_cordial_activity.settings import setting
+from tap_cordial_activity.settings import integer, number
 from tap_cordial_activity.timeutil import parse_moment, to_rfc3339
 
 
@@ -80,7 +80,7 @@ def sync_range(
     else:
         # Cordial records some events after their time: those younger than this are left for
         # the next run, by when they are recorded.
-        settle = datetime.timedelta(minutes=int(setting(config, "settle_minutes")))
+        settle = datetime.timedelta(minutes=integer(config, "settle_minutes"))
         end = (run_started - settle).replace(microsecond=0)
     return SyncRange(start, end, skip)
 
@@ -159,7 +159,7 @@ class WindowSizer:
 
 def export_window_span(config: Mapping[str, Any]) -> datetime.timedelta:
     """``export_window_hours`` as a duration."""
-    return datetime.timedelta(hours=float(setting(config, "export_window_hours")))
+    return datetime.timedelta(hours=number(config, "export_window_hours"))
 
 
 def progress_of(window: Window) -> dict[str, Any]:
