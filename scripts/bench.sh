@@ -2,6 +2,8 @@
 # The benchmark command (issue 6): our tap and target against stock singer-sdk plugins, on the
 # sandbox. Arguments go to benchmarks/run.py, e.g. scripts/bench.sh --events 1000000 --compare-small
 # The table is printed and written to benchmarks/results/latest.md.
+# `scripts/bench.sh backfill [--days 90 ...]` runs only the backfill scenario (benchmarks/backfill.py:
+# sized concurrent windows against fixed daily windows one at a time; results/backfill.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v sshd >/dev/null && [ ! -x /usr/sbin/sshd ]; then
@@ -9,4 +11,8 @@ if ! command -v sshd >/dev/null && [ ! -x /usr/sbin/sshd ]; then
   exit 1
 fi
 source scripts/bootstrap.sh
+if [ "${1:-}" = backfill ]; then
+  shift
+  exec python -m benchmarks.backfill "$@"
+fi
 exec python -m benchmarks.run "$@"
