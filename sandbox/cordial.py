@@ -377,8 +377,5 @@ class CordialStandIn(HttpStandIn):
         return None
 
 
-
 def _optional_time(value: Any) -> datetime | None:
     return parse_cordial_time(value) if value else None
-
-

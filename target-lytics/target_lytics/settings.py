@@ -17,6 +17,10 @@ from singer_sdk import typing as th
 #: Lytics' documented cap per request body.
 HARD_MAX_REQUEST_BYTES = 10_000_000
 
+#: Upper bound of ``max_concurrent_uploads``: beyond it a slow link is better served by larger
+#: bodies than by more connections.
+MAX_CONCURRENT_UPLOADS = 32
+
 #: The ``streams`` entries a user setting is merged over (by Singer stream name).
 DEFAULT_STREAMS: dict[str, dict[str, Any]] = {
     "activity": {
@@ -141,6 +145,24 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         minimum=0,
         description="Longest backoff between retries (Retry-After may ask for more).",
     ),
+    _number(
+        "max_concurrent_uploads",
+        whole=True,
+        default=4,
+        minimum=1,
+        maximum=MAX_CONCURRENT_UPLOADS,
+        description=(
+            "Request bodies of one stream in flight at once (memory: about that many bodies); "
+            "1 sends one at a time. Halved for a while after Lytics answers 429."
+        ),
+    ),
+    _number(
+        "progress_interval_seconds",
+        whole=False,
+        default=30,
+        exclusiveMinimum=0,
+        description="Seconds between progress lines while uploading.",
+    ),
     # singer-sdk's own setting, declared here for its default: bodies are bounded by bytes and
     # sent as they fill, so a drain only flushes a partial body and waits for it; the SDK's
     # 10,000 rows would mean ~3 MB requests and a wait every 10,000 records.
@@ -149,7 +171,7 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         whole=True,
         default=200_000,
         minimum=1,
-        description="Records between sink drains (a drain sends the partial body and waits).",
+        description="Records between sink drains (a drain sends the partial body).",
     ),
 ).to_dict()
 
