@@ -377,5 +377,8 @@ class CordialStandIn(HttpStandIn):
         return None
 
 
+
 def _optional_time(value: Any) -> datetime | None:
     return parse_cordial_time(value) if value else None
+
+

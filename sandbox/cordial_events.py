@@ -228,6 +228,7 @@ class EventStore(Sequence[dict[str, Any]]):
                 yield orjson.loads(blob)
 
 
+
 def _recording_delay(delay: Any) -> float:
     """An event's recording delay in seconds (a number >= 0, else ``ValueError``)."""
     if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:

@@ -75,6 +75,7 @@ class RateWindow:
             }
 
 
+
 def validate_export(body: dict[str, Any]) -> tuple[datetime, datetime, frozenset[str] | None]:
     """Check an export request as Cordial does; returns (start, end, selected actions)."""
     for name in _REQUIRED:
@@ -99,7 +100,9 @@ def validate_export(body: dict[str, Any]) -> tuple[datetime, datetime, frozenset
         raise ApiError(400, "INVALID_DESTINATION", "The destination.type must be sftp.")
     for name in ("server", "username", "path"):
         if not destination.get(name):
-            raise ApiError(400, "INVALID_DESTINATION", f"The destination.{name} field is required.")
+            raise ApiError(
+                400, "INVALID_DESTINATION", f"The destination.{name} field is required."
+            )
     if not destination.get("password") and not destination.get("savedKey"):
         raise ApiError(
             400,
@@ -144,3 +147,4 @@ def validate_export(body: dict[str, Any]) -> tuple[datetime, datetime, frozenset
             "Field 'limitRecordsPerFile' must be an integer >= 0",
         )
     return start, end, actions
+

@@ -84,10 +84,8 @@ def _kill_midway(meltano: Meltano, box: Sandbox, sig: signal.Signals, log: Path)
         )
         try:
             wait_until(
-                lambda: (
-                    len(box.lytics.requests) - stored_before >= KILL_AFTER_REQUESTS
-                    or process.poll() is not None
-                ),
+                lambda: len(box.lytics.requests) - stored_before >= KILL_AFTER_REQUESTS
+                or process.poll() is not None,
                 timeout=90,
                 what="the run to be uploading",
             )
@@ -141,9 +139,8 @@ def test_killed_meltano_run_then_next_run_delivers_every_event(
         assert "pipeline is already running" in refused.stderr
         assert "--force" in refused.stderr
         assert Counter(lytics_ids(sandbox.lytics)) == at_kill
-        final = slow(
-            "--environment=sandbox", "run", "--force", "tap-cordial-activity", "target-lytics"
-        )
+        final = slow("--environment=sandbox", "run", "--force", "tap-cordial-activity",
+                     "target-lytics")
     else:
         final = slow(*_run_args())
     received = Counter(lytics_ids(sandbox.lytics))
@@ -175,3 +172,4 @@ def test_killed_meltano_run_then_next_run_delivers_every_event(
         state=json.dumps(meltano.state()),
         system_database=system_db.read_bytes().decode("latin-1"),
     )
+

@@ -44,11 +44,8 @@ COLLECT = "/collect/json/"
 #: The state a previous successful run left: everything up to DAY1 delivered.
 PRIOR_STATE = {
     "bookmarks": {
-        "activity": {
-            "replication_key": "time",
-            "replication_key_value": iso(DAY1),
-            "boundary_ids": [],
-        }
+        "activity": {"replication_key": "time", "replication_key_value": iso(DAY1),
+                     "boundary_ids": []}
     }
 }
 
@@ -121,19 +118,14 @@ def test_sftp_drop_midway_through_a_file_loses_and_duplicates_nothing(quiet: San
         time.sleep(0.3)
         quiet.sftp.drop_connections()
 
-    run = run_pipeline(
-        tmp_path,
-        config,
-        quiet.target_config(max_request_bytes=1_000_000),
-        while_running=drop_midway,
-    )
+    run = run_pipeline(tmp_path, config, quiet.target_config(max_request_bytes=1_000_000),
+                       while_running=drop_midway)
     assert run.ok, run.describe()
     size = sum(p.stat().st_size for p in quiet.sftp.root.iterdir())
     assert size > 24 << 20, f"the file ({size} bytes) is too small to be cut midway"
     assert re.search(r"SFTP connection to \S+ lost \(\w+\); reconnecting", run.tap_stderr)
-    assert re.search(
-        r"Read singer-activity-\S+ \d+ bytes in .*, [1-9]\d* reconnects", run.tap_stderr
-    ), run.tap_stderr[-2000:]
+    assert re.search(r"Read singer-activity-\S+ \d+ bytes in .*, [1-9]\d* reconnects",
+                     run.tap_stderr), run.tap_stderr[-2000:]
     assert_exactly_once(lytics_ids(quiet.lytics), expected)
     assert bookmark_of(run.state) == "2024-05-02T00:00:00+00:00"
     run.assert_no_secrets(quiet.secrets())
@@ -146,23 +138,18 @@ def _other_host_key() -> str:
 
 
 SFTP_REFUSALS = [
-    pytest.param(
-        "wrong-password",
-        r"SFTP login as '[^']+' on \S+ with the password was refused",
-        id="wrong-password",
-    ),
-    pytest.param(
-        "wrong-key",
-        r"SFTP login as '[^']+' on \S+ with the private key was refused",
-        id="wrong-key",
-    ),
+    pytest.param("wrong-password", r"SFTP login as '[^']+' on \S+ with the password was refused",
+                 id="wrong-password"),
+    pytest.param("wrong-key", r"SFTP login as '[^']+' on \S+ with the private key was refused",
+                 id="wrong-key"),
     pytest.param("unknown-host-key", r"host key of \S+ is unknown", id="unknown-host-key"),
     pytest.param("changed-host-key", r"DOES NOT MATCH", id="changed-host-key"),
 ]
 
 
 @pytest.mark.parametrize(("case", "message"), SFTP_REFUSALS)
-def test_sftp_refusal_is_a_clear_error_before_any_export(sandbox: Sandbox, tmp_path, case, message):
+def test_sftp_refusal_is_a_clear_error_before_any_export(sandbox: Sandbox, tmp_path, case,
+                                                         message):
     """The tap checks its SFTP login and the host key before it asks Cordial for an export.
 
     tests/test_tap_sync.py checks these messages in detail; here the whole pipeline's outcome
@@ -173,9 +160,8 @@ def test_sftp_refusal_is_a_clear_error_before_any_export(sandbox: Sandbox, tmp_p
     if case == "wrong-password":
         config = sandbox.tap_config(sftp_private_key=None, sftp_password="wrong-sftp-password")
     elif case == "wrong-key":
-        config = sandbox.tap_config(
-            sftp_password=None, sftp_private_key=other_key, cordial_saved_key=DEFAULT_SAVED_KEY
-        )
+        config = sandbox.tap_config(sftp_password=None, sftp_private_key=other_key,
+                                    cordial_saved_key=DEFAULT_SAVED_KEY)
     elif case == "unknown-host-key":
         known_hosts = tmp_path / "known_hosts"
         known_hosts.write_text("")
@@ -201,20 +187,10 @@ def _key_lines(private_key: str) -> list[str]:
 def test_cordial_429_on_create_and_poll_and_5xx_bursts_then_delivered(quiet: Sandbox, tmp_path):
     added = day2_events()
     quiet.cordial.add_events(added)
-    quiet.cordial.inject(
-        "/v2/contactactivityexport",
-        Fault(status=429, retry_after=1),
-        Fault(status=500),
-        Fault(status=500),
-        Fault(status=503),
-    )
-    quiet.cordial.inject(
-        "/v2/jobs/",
-        Fault(status=429, retry_after=1),
-        Fault(status=503),
-        Fault(status=503),
-        Fault(status=500),
-    )
+    quiet.cordial.inject("/v2/contactactivityexport", Fault(status=429, retry_after=1),
+                         Fault(status=500), Fault(status=500), Fault(status=503))
+    quiet.cordial.inject("/v2/jobs/", Fault(status=429, retry_after=1), Fault(status=503),
+                         Fault(status=503), Fault(status=500))
     run = run_pipeline(tmp_path, day2_config(quiet), quiet.target_config(), state=PRIOR_STATE)
     assert run.ok, run.describe()
     assert quiet.cordial.pending_faults() == 0
@@ -232,29 +208,20 @@ def test_cordial_429_on_create_and_poll_and_5xx_bursts_then_delivered(quiet: San
 @pytest.mark.parametrize(
     ("options", "overrides", "message"),
     [
-        pytest.param(
-            {"fail_jobs": True, "fail_message": "SFTP write failed"},
-            {},
-            r"Cordial export job [0-9a-f]{24} failed: SFTP write failed",
-            id="failed",
-        ),
-        pytest.param(
-            {"never_finish": True},
-            {"job_timeout_seconds": 0.5},
-            r"Cordial export job [0-9a-f]{24} did not finish within 0\.5s",
-            id="never-finishes",
-        ),
+        pytest.param({"fail_jobs": True, "fail_message": "SFTP write failed"}, {},
+                     r"Cordial export job [0-9a-f]{24} failed: SFTP write failed", id="failed"),
+        pytest.param({"never_finish": True}, {"job_timeout_seconds": 0.5},
+                     r"Cordial export job [0-9a-f]{24} did not finish within 0\.5s",
+                     id="never-finishes"),
     ],
 )
-def test_cordial_job_that_fails_keeps_the_bookmark(
-    quiet: Sandbox, tmp_path, options, overrides, message
-):
+def test_cordial_job_that_fails_keeps_the_bookmark(quiet: Sandbox, tmp_path, options, overrides,
+                                                    message):
     added = day2_events()
     quiet.cordial.add_events(added)
     quiet.cordial.options.update(options)
-    run = run_pipeline(
-        tmp_path, day2_config(quiet, **overrides), quiet.target_config(), state=PRIOR_STATE
-    )
+    run = run_pipeline(tmp_path, day2_config(quiet, **overrides), quiet.target_config(),
+                       state=PRIOR_STATE)
     assert run.tap_returncode != 0
     assert re.search(message, final_line(run.tap_stderr)), run.tap_stderr[-2000:]
     assert quiet.lytics.total() == 0
@@ -263,9 +230,8 @@ def test_cordial_job_that_fails_keeps_the_bookmark(
 
     # The next run, with Cordial healthy again, delivers the window exactly once.
     quiet.cordial.options.update({"fail_jobs": False, "never_finish": False})
-    rerun = run_pipeline(
-        tmp_path / "rerun", day2_config(quiet), quiet.target_config(), state=PRIOR_STATE
-    )
+    rerun = run_pipeline(tmp_path / "rerun", day2_config(quiet), quiet.target_config(),
+                         state=PRIOR_STATE)
     assert rerun.ok, rerun.describe()
     assert_exactly_once(lytics_ids(quiet.lytics), {e["_id"] for e in added})
     assert bookmark_of(rerun.state) == "2024-05-03T00:00:00+00:00"
@@ -297,22 +263,11 @@ def test_cordial_401_403_mention_the_key_and_the_ip_allow_list(quiet: Sandbox, t
 def test_lytics_429_500_503_bursts_are_retried_then_delivered_once(quiet: Sandbox, tmp_path):
     added = day2_events(300)
     quiet.cordial.add_events(added)
-    quiet.lytics.inject(
-        COLLECT,
-        Fault(status=429, retry_after=0.5),
-        Fault(status=429),
-        Fault(status=500),
-        Fault(status=500),
-        Fault(status=503),
-        Fault(status=503),
-        Fault(reset=True),
-    )
-    run = run_pipeline(
-        tmp_path,
-        day2_config(quiet),
-        quiet.target_config(max_request_bytes=20_000),
-        state=PRIOR_STATE,
-    )
+    quiet.lytics.inject(COLLECT, Fault(status=429, retry_after=0.5), Fault(status=429),
+                        Fault(status=500), Fault(status=500), Fault(status=503),
+                        Fault(status=503), Fault(reset=True))
+    run = run_pipeline(tmp_path, day2_config(quiet),
+                       quiet.target_config(max_request_bytes=20_000), state=PRIOR_STATE)
     assert run.ok, run.describe()
     assert quiet.lytics.pending_faults() == 0
     for status in (429, 500, 503):
@@ -333,26 +288,21 @@ def test_lytics_timeout_after_store_delivers_at_least_once(quiet: Sandbox, tmp_p
     quiet.cordial.add_events(added)
     quiet.lytics.inject(COLLECT, Fault(delay_seconds=1.5))
     run = run_pipeline(
-        tmp_path,
-        day2_config(quiet),
+        tmp_path, day2_config(quiet),
         quiet.target_config(max_request_bytes=20_000, request_timeout_seconds=0.5),
         state=PRIOR_STATE,
     )
     assert run.ok, run.describe()
     assert "timed out" in run.target_stderr.lower() or "timeout" in run.target_stderr.lower()
     # The stand-in stores the delayed request once its delay is over, after the target gave up.
-    wait_until(
-        lambda: len(lytics_ids(quiet.lytics)) > len(added),
-        timeout=5,
-        what="the timed-out request to be stored",
-    )
+    wait_until(lambda: len(lytics_ids(quiet.lytics)) > len(added), timeout=5,
+               what="the timed-out request to be stored")
     ids = lytics_ids(quiet.lytics)
     assert set(ids) == {e["_id"] for e in added}  # every event at least once
     duplicated = {i for i, n in Counter(ids).items() if n > 1}
     # The duplicates are exactly the events of the one request that timed out.
-    bodies = [
-        {e["cr_system_event_id"] for e in orjson.loads(r.body)} for r in quiet.lytics.requests
-    ]
+    bodies = [{e["cr_system_event_id"] for e in orjson.loads(r.body)}
+              for r in quiet.lytics.requests]
     assert duplicated in bodies
     assert all(n <= 2 for n in Counter(ids).values())
     assert bookmark_of(run.state) == "2024-05-03T00:00:00+00:00"
@@ -399,12 +349,8 @@ def test_lytics_rejected_events_end_the_run_and_state_does_not_cover_them(
         return frozenset(refused)
 
     monkeypatch.setattr(sandbox.lytics, "_rejected_positions", reject_victim)
-    run = run_pipeline(
-        tmp_path,
-        day2_config(quiet),
-        quiet.target_config(max_request_bytes=10_000),
-        state=PRIOR_STATE,
-    )
+    run = run_pipeline(tmp_path, day2_config(quiet),
+                       quiet.target_config(max_request_bytes=10_000), state=PRIOR_STATE)
     assert run.target_returncode != 0
     assert re.search(r"rejected 1 of \d+ events", run.target_stderr), run.target_stderr[-2000:]
     assert quiet.lytics.rejected == {LYTICS_STREAM: 1}
@@ -434,47 +380,18 @@ def _add_extra_csv_column(monkeypatch: pytest.MonkeyPatch, line: int) -> None:
 
 BAD_FILES = [
     pytest.param({"corrupt_line": 7}, {}, [], r"\.json line 7: not JSON", id="non-json-line"),
-    pytest.param(
-        {"truncate_gzip": True},
-        {"compress": True},
-        [],
-        r"\.json\.gz: truncated gzip file",
-        id="truncated-gzip",
-    ),
-    pytest.param(
-        {},
-        {"export_format": "csv"},
-        "csv-columns",
-        r"\.csv line 5: 21 columns where the header has 20",
-        id="csv-column-count",
-    ),
-    pytest.param(
-        {},
-        {},
-        [
-            {
-                "action": "open",
-                "cID": "c",
-                "time": iso(DAY1 + timedelta(hours=2)).replace("Z", "+0000"),
-            }
-        ],
-        r"\.json line \d+: record without `_id`",
-        id="missing-id",
-    ),
-    pytest.param(
-        {},
-        {},
-        [{"_id": "no-time", "cID": "c", "action": "open"}],
-        r"\.json line \d+: record no-time without `time`",
-        id="missing-time",
-    ),
-    pytest.param(
-        {},
-        {},
-        [event("bad-time", "2024-05-02 noonish")],
-        r"\.json line \d+: `time` '2024-05-02 noonish' is not an ISO 8601",
-        id="unparseable-time",
-    ),
+    pytest.param({"truncate_gzip": True}, {"compress": True}, [],
+                 r"\.json\.gz: truncated gzip file", id="truncated-gzip"),
+    pytest.param({}, {"export_format": "csv"}, "csv-columns",
+                 r"\.csv line 5: 21 columns where the header has 20", id="csv-column-count"),
+    pytest.param({}, {}, [{"action": "open", "cID": "c", "time": iso(DAY1 + timedelta(hours=2))
+                           .replace("Z", "+0000")}],
+                 r"\.json line \d+: record without `_id`", id="missing-id"),
+    pytest.param({}, {}, [{"_id": "no-time", "cID": "c", "action": "open"}],
+                 r"\.json line \d+: record no-time without `time`", id="missing-time"),
+    pytest.param({}, {}, [event("bad-time", "2024-05-02 noonish")],
+                 r"\.json line \d+: `time` '2024-05-02 noonish' is not an ISO 8601",
+                 id="unparseable-time"),
 ]
 
 
@@ -491,9 +408,8 @@ def test_bad_file_is_a_clear_error_with_file_and_line_and_keeps_the_bookmark(
     config = day2_config(quiet, **{"compress": False, **overrides})
     run = run_pipeline(tmp_path, config, quiet.target_config(), state=PRIOR_STATE)
     assert run.tap_returncode != 0
-    assert re.search(
-        r"Bad export data in singer-activity-[0-9a-f-]+" + message, final_line(run.tap_stderr)
-    ), run.tap_stderr[-2000:]
+    assert re.search(r"Bad export data in singer-activity-[0-9a-f-]+" + message,
+                     final_line(run.tap_stderr)), run.tap_stderr[-2000:]
     # Records before the bad line may have been delivered; no STATE covers them, so the next run
     # starts from the prior bookmark again (at-least-once).
     assert_bookmark_not_advanced(run, PRIOR_STATE)
@@ -503,12 +419,8 @@ def test_bad_file_is_a_clear_error_with_file_and_line_and_keeps_the_bookmark(
 
 @pytest.mark.parametrize("export_format", ["json", "csv"])
 def test_zero_event_window_succeeds_with_nothing_emitted(quiet: Sandbox, tmp_path, export_format):
-    run = run_pipeline(
-        tmp_path,
-        day2_config(quiet, export_format=export_format),
-        quiet.target_config(),
-        state=PRIOR_STATE,
-    )
+    run = run_pipeline(tmp_path, day2_config(quiet, export_format=export_format),
+                       quiet.target_config(), state=PRIOR_STATE)
     assert run.ok, run.describe()
     assert len(quiet.cordial.exports) == 1
     files = list(quiet.sftp.root.iterdir())

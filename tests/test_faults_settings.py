@@ -24,39 +24,20 @@ CASES = [
         pytest.param({name: None}, f"`{name}` is required", id=f"missing-{name}")
         for name in ("api_key", "sftp_host", "sftp_username", "sftp_path")
     ],
-    pytest.param(
-        {"sftp_password": None, "sftp_private_key": None},
-        "No SFTP login for the tap",
-        id="missing-sftp-login",
-    ),
-    pytest.param(
-        {"start_date": "2024-13-01"},
-        "`start_date` '2024-13-01' is not a date (yyyy-mm-dd) or ISO 8601 date-time",
-        id="malformed-start-date",
-    ),
-    pytest.param(
-        {"start_date": "2024-03-01", "end_date": "2024-02-01"},
-        "`end_date` must be after `start_date`",
-        id="start-after-end",
-    ),
-    pytest.param(
-        {
-            "sftp_private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nbm90IGEga2V5\n"
-            "-----END OPENSSH PRIVATE KEY-----\n"
-        },
-        "`sftp_private_key`: ",
-        id="unreadable-private-key",
-    ),
-    pytest.param(
-        {"sftp_private_key": "encrypted"},
-        "encrypted: set `sftp_private_key_passphrase`",
-        id="missing-passphrase",
-    ),
-    pytest.param(
-        {"sftp_private_key": "encrypted", "sftp_private_key_passphrase": "wrong-one"},
-        "wrong `sftp_private_key_passphrase`",
-        id="wrong-passphrase",
-    ),
+    pytest.param({"sftp_password": None, "sftp_private_key": None}, "No SFTP login for the tap",
+                 id="missing-sftp-login"),
+    pytest.param({"start_date": "2024-13-01"},
+                 "`start_date` '2024-13-01' is not a date (yyyy-mm-dd) or ISO 8601 date-time",
+                 id="malformed-start-date"),
+    pytest.param({"start_date": "2024-03-01", "end_date": "2024-02-01"},
+                 "`end_date` must be after `start_date`", id="start-after-end"),
+    pytest.param({"sftp_private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nbm90IGEga2V5\n"
+                                      "-----END OPENSSH PRIVATE KEY-----\n"},
+                 "`sftp_private_key`: ", id="unreadable-private-key"),
+    pytest.param({"sftp_private_key": "encrypted"},
+                 "encrypted: set `sftp_private_key_passphrase`", id="missing-passphrase"),
+    pytest.param({"sftp_private_key": "encrypted", "sftp_private_key_passphrase": "wrong-one"},
+                 "wrong `sftp_private_key_passphrase`", id="wrong-passphrase"),
 ]
 
 
@@ -67,8 +48,7 @@ def _encrypted(private_key: str, folder: Path) -> str:
     key_file.chmod(0o600)
     subprocess.run(
         ["ssh-keygen", "-q", "-p", "-N", PASSPHRASE, "-P", "", "-f", str(key_file)],
-        check=True,
-        capture_output=True,
+        check=True, capture_output=True,
     )
     return key_file.read_text()
 
@@ -86,6 +66,5 @@ def test_bad_setting_is_one_clear_message_before_any_export(
     assert "Traceback" not in run.stderr
     assert sandbox.cordial.request_log == []
     assert sandbox.cordial.exports == []
-    assert_no_secrets(
-        [*sandbox.secrets(), PASSPHRASE, "wrong-one"], stdout=run.stdout, stderr=run.stderr
-    )
+    assert_no_secrets([*sandbox.secrets(), PASSPHRASE, "wrong-one"],
+                      stdout=run.stdout, stderr=run.stderr)

@@ -171,7 +171,9 @@ def test_a_growing_gzip_file_is_a_readable_prefix_until_completed(
     assert [orjson.loads(line) for line in prefix.splitlines()] == events[:4]
     assert cordial.jobs[job["_id"]].complete.wait(5)
     with sftp_client.open(remote, "rb") as handle:
-        assert gzip.decompress(handle.read()).splitlines() == [orjson.dumps(e) for e in events]
+        assert gzip.decompress(handle.read()).splitlines() == [
+            orjson.dumps(e) for e in events
+        ]
 
 
 def test_partial_options_over_the_admin_endpoint(

@@ -48,15 +48,8 @@ def test_stream_map_transforms_records_through_sdk_path(sandbox, tmp_path):
 
 
 def test_fast_path_condition():
-    tap = TapCordialActivity(
-        config={
-            "api_key": "k",
-            "sftp_host": "h",
-            "sftp_username": "u",
-            "sftp_path": "/p",
-            "sftp_password": "x",
-        }
-    )
+    tap = TapCordialActivity(config={"api_key": "k", "sftp_host": "h", "sftp_username": "u",
+                                     "sftp_path": "/p", "sftp_password": "x"})
     stream = tap.streams["activity"]
     assert stream.fast_path_applies()
     flattening = TapCordialActivity(

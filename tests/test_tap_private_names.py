@@ -14,13 +14,8 @@ from singer_sdk.plugin_base import PluginBase, _ConfigInput
 from tap_cordial_activity import paramiko_private, sdk_private
 from tap_cordial_activity.tap import TapCordialActivity
 
-CONFIG = {
-    "api_key": "k",
-    "sftp_host": "h",
-    "sftp_username": "u",
-    "sftp_path": "/p",
-    "sftp_password": "x",
-}
+CONFIG = {"api_key": "k", "sftp_host": "h", "sftp_username": "u", "sftp_path": "/p",
+          "sftp_password": "x"}
 
 
 def _parameters(function: object) -> list[tuple[str, object, object]]:
@@ -35,18 +30,15 @@ def test_stream_private_methods_have_the_signatures_used():
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
     empty = inspect.Parameter.empty
     assert _parameters(Stream._sync_records) == [
-        ("self", positional, empty),
-        ("context", positional, None),
+        ("self", positional, empty), ("context", positional, None),
         ("write_messages", keyword, True),
     ]
     assert _parameters(Stream._write_record_message) == [
-        ("self", positional, empty),
-        ("record", positional, empty),
+        ("self", positional, empty), ("record", positional, empty),
     ]
     assert _parameters(Stream._write_state_message) == [("self", positional, empty)]
     assert _parameters(Stream._abort_sync) == [
-        ("self", positional, empty),
-        ("abort_reason", positional, empty),
+        ("self", positional, empty), ("abort_reason", positional, empty),
     ]
     # The SDK's sync still calls the method the tap replaces.
     assert "self._sync_records(" in inspect.getsource(Stream)
@@ -87,18 +79,14 @@ def test_paramiko_request_layer_has_the_signatures_used():
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
     empty = inspect.Parameter.empty
     assert _parameters(client._async_request) == [
-        ("self", positional, empty),
-        ("fileobj", positional, empty),
-        ("t", positional, empty),
+        ("self", positional, empty), ("fileobj", positional, empty), ("t", positional, empty),
         ("args", inspect.Parameter.VAR_POSITIONAL, empty),
     ]
     assert _parameters(client._read_response) == [
-        ("self", positional, empty),
-        ("waitfor", positional, None),
+        ("self", positional, empty), ("waitfor", positional, None),
     ]
     assert _parameters(client._convert_status) == [
-        ("self", positional, empty),
-        ("msg", positional, empty),
+        ("self", positional, empty), ("msg", positional, empty),
     ]
     # Answers reach the object a request was sent for through this callback.
     assert "fileobj._async_response(t, msg, num)" in inspect.getsource(client._read_response)

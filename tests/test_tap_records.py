@@ -41,16 +41,8 @@ def test_jsonl_normalizes_times_and_first():
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [
-        (True, True),
-        (False, False),
-        (1, True),
-        (0, False),
-        ("true", True),
-        ("0", False),
-        ("false", False),
-        ("1", True),
-    ],
+    [(True, True), (False, False), (1, True), (0, False), ("true", True), ("0", False),
+     ("false", False), ("1", True)],
 )
 def test_first_forms(raw, expected):
     (rec,) = read(jsonl({**EVENT, "first": raw}))
@@ -58,17 +50,11 @@ def test_first_forms(raw, expected):
 
 
 def test_other_offsets_and_z_are_rfc3339():
-    recs = read(
-        jsonl(
-            {**EVENT, "time": "2024-03-13T22:48:40-0530"},
-            {**EVENT, "_id": "e2", "time": "2024-03-13T22:48:40Z"},
-            {**EVENT, "_id": "e3", "time": "2024-03-13T22:48:40.5+00:00"},
-        )
-    )
+    recs = read(jsonl({**EVENT, "time": "2024-03-13T22:48:40-0530"},
+                      {**EVENT, "_id": "e2", "time": "2024-03-13T22:48:40Z"},
+                      {**EVENT, "_id": "e3", "time": "2024-03-13T22:48:40.5+00:00"}))
     assert [r["time"] for r in recs] == [
-        "2024-03-13T22:48:40-05:30",
-        "2024-03-13T22:48:40Z",
-        "2024-03-13T22:48:40.5+00:00",
+        "2024-03-13T22:48:40-05:30", "2024-03-13T22:48:40Z", "2024-03-13T22:48:40.5+00:00"
     ]
 
 
@@ -106,17 +92,11 @@ def test_csv_with_header_json_columns_and_empty_values():
     )
     first, second = read(gzip.compress(data), "csv", "f.csv.gz")
     assert first == {
-        "_id": "e1",
-        "time": "2024-03-13T22:48:40+00:00",
-        "first": True,
-        "properties": {"stp": "dyn"},
-        "mTags": ["x", "y"],
-        "d": {"type": "mobile"},
+        "_id": "e1", "time": "2024-03-13T22:48:40+00:00", "first": True,
+        "properties": {"stp": "dyn"}, "mTags": ["x", "y"], "d": {"type": "mobile"},
     }
     assert second == {
-        "_id": "e2",
-        "time": "2024-03-13T22:48:41+00:00",
-        "first": False,
+        "_id": "e2", "time": "2024-03-13T22:48:41+00:00", "first": False,
         "email": "a@example.com",
     }
 
@@ -131,30 +111,18 @@ def test_csv_quoted_newline_keeps_line_numbers():
     ("data", "fmt", "message"),
     [
         (jsonl(EVENT) + b'{"_id": "x", "time": \n', "json", r"f.json line 2: not JSON"),
-        (
-            jsonl(EVENT, {"time": "2024-01-01T00:00:00+0000"}),
-            "json",
-            r"f.json line 2: record without `_id`",
-        ),
+        (jsonl(EVENT, {"time": "2024-01-01T00:00:00+0000"}), "json",
+         r"f.json line 2: record without `_id`"),
         (jsonl({"_id": "x"}), "json", r"f.json line 1: record x without `time`"),
-        (
-            jsonl(EVENT, EVENT, {**EVENT, "time": "yesterday"}),
-            "json",
-            r"f.json line 3: `time` 'yesterday' is not an ISO 8601",
-        ),
-        (
-            jsonl({**EVENT, "message_sent": "2024-13-45"}),
-            "json",
-            r"line 1: `message_sent` '2024-13-45'",
-        ),
+        (jsonl(EVENT, EVENT, {**EVENT, "time": "yesterday"}), "json",
+         r"f.json line 3: `time` 'yesterday' is not an ISO 8601"),
+        (jsonl({**EVENT, "message_sent": "2024-13-45"}), "json",
+         r"line 1: `message_sent` '2024-13-45'"),
         (jsonl({**EVENT, "first": "maybe"}), "json", r"line 1: `first` 'maybe' is not a boolean"),
         (b"[" + orjson.dumps(EVENT) + b",\n{oops}]", "json", r"f.json line 2: not JSON"),
         (b"[" + orjson.dumps(EVENT), "json", r"not closed \(truncated\)"),
-        (
-            b"_id,time\ne1,2024-01-01T00:00:00+0000\ne2,2024-01-01T00:00:00+0000,extra\n",
-            "csv",
-            r"f.json line 3: 3 columns where the header has 2",
-        ),
+        (b"_id,time\ne1,2024-01-01T00:00:00+0000\ne2,2024-01-01T00:00:00+0000,extra\n", "csv",
+         r"f.json line 3: 3 columns where the header has 2"),
     ],
 )
 def test_bad_data_names_file_and_line(data, fmt, message):

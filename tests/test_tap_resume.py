@@ -58,12 +58,11 @@ def run_resumable_tap(
     fail_after: int = 0,
 ) -> TapRun:
     """Run the tap with ``CHECKPOINT_RECORDS`` = :data:`CHECKPOINT` (optionally crashing)."""
-    env = {
-        **os.environ,
-        "CHECKPOINT_RECORDS": str(CHECKPOINT),
-        "FAIL_AFTER_RECORDS": str(fail_after),
-    }
-    return run_tap(tmp_path, config, state=state, command=[sys.executable, "-c", RUNNER], env=env)
+    env = {**os.environ, "CHECKPOINT_RECORDS": str(CHECKPOINT),
+           "FAIL_AFTER_RECORDS": str(fail_after)}
+    return run_tap(
+        tmp_path, config, state=state, command=[sys.executable, "-c", RUNNER], env=env
+    )
 
 
 @pytest.fixture
@@ -101,15 +100,9 @@ def records_before(run: TapRun, state_index: int) -> list[str]:
     raise AssertionError(f"run has no STATE #{state_index}")
 
 
-START_STATE = {
-    "bookmarks": {
-        "activity": {
-            "replication_key": "time",
-            "replication_key_value": T0.isoformat(),
-            "boundary_ids": ["x"],
-        }
-    }
-}
+START_STATE = {"bookmarks": {"activity": {
+    "replication_key": "time", "replication_key_value": T0.isoformat(), "boundary_ids": ["x"],
+}}}
 
 
 @pytest.mark.parametrize("stream_maps", [None, {"activity": {}}], ids=["fast-path", "sdk-path"])
@@ -149,7 +142,7 @@ def test_split_files_checkpoint_at_each_file_end(quiet_sandbox, two_windows, tmp
     # which comes before the next 50 records are read.
     assert [p["records_read"] for p in progress] == [30, 60, 90, 120, 150, 180]
     assert len(progress[0]["files"]) == 7
-    assert all("replication_key_value" not in bookmark(s) for s in run.states[: len(progress)])
+    assert all("replication_key_value" not in bookmark(s) for s in run.states[:len(progress)])
 
 
 @pytest.mark.parametrize("stream_maps", [None, {"activity": {}}], ids=["fast-path", "sdk-path"])
@@ -186,11 +179,8 @@ def test_replayed_boundary_events_are_not_sent_again(quiet_sandbox, two_windows,
     full = run_resumable_tap(tmp_path, two_windows)
     assert full.returncode == 0, full.stderr
     # The checkpoint after all 200 records of window 1 (edges included), before its final STATE.
-    index = next(
-        i
-        for i, s in enumerate(full.states)
-        if bookmark(s).get("progress", {}).get("records_read") == 200
-    )
+    index = next(i for i, s in enumerate(full.states)
+                 if bookmark(s).get("progress", {}).get("records_read") == 200)
     delivered = records_before(full, index)
     assert sorted(delivered) == sorted(FIRST_IDS)
 

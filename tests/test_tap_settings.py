@@ -10,50 +10,25 @@ from tap_cordial_activity.tap import TapCordialActivity, config_problems
 from test_tap_helpers import TAP, run_tap
 
 ISSUE_SETTINGS = {
-    "api_key",
-    "api_url",
-    "start_date",
-    "end_date",
-    "actions",
-    "export_format",
-    "compress",
-    "export_window_hours",
-    "sftp_host",
-    "sftp_port",
-    "sftp_username",
-    "sftp_path",
-    "sftp_password",
-    "sftp_private_key",
-    "sftp_private_key_passphrase",
-    "cordial_saved_key",
-    "sftp_host_key",
-    "poll_interval_seconds",
-    "job_timeout_seconds",
+    "api_key", "api_url", "start_date", "end_date", "actions", "export_format", "compress",
+    "export_window_hours", "sftp_host", "sftp_port", "sftp_username", "sftp_path",
+    "sftp_password", "sftp_private_key", "sftp_private_key_passphrase", "cordial_saved_key",
+    "sftp_host_key", "poll_interval_seconds", "job_timeout_seconds",
 }
 SECRETS = {"api_key", "sftp_password", "sftp_private_key", "sftp_private_key_passphrase"}
-BASE = {
-    "api_key": "k",
-    "sftp_host": "h",
-    "sftp_username": "u",
-    "sftp_path": "/p",
-    "sftp_password": "pw",
-}
+BASE = {"api_key": "k", "sftp_host": "h", "sftp_username": "u", "sftp_path": "/p",
+        "sftp_password": "pw"}
 
 
 def test_about_lists_every_setting_and_marks_secrets():
-    out = subprocess.run(
-        [TAP, "--about", "--format", "json"], capture_output=True, text=True, check=True
-    ).stdout
+    out = subprocess.run([TAP, "--about", "--format", "json"], capture_output=True, text=True,
+                         check=True).stdout
     about = json.loads(out)
     properties = about["settings"]["properties"]
     assert set(properties) >= ISSUE_SETTINGS
     assert {name for name, spec in properties.items() if spec.get("writeOnly")} == SECRETS
-    assert set(about["settings"]["required"]) == {
-        "api_key",
-        "sftp_host",
-        "sftp_username",
-        "sftp_path",
-    }
+    assert set(about["settings"]["required"]) == {"api_key", "sftp_host", "sftp_username",
+                                                  "sftp_path"}
     assert properties["api_url"]["default"] == "https://api.cordial.io/v2"
     assert properties["sftp_port"]["default"] == 22
     assert properties["export_window_hours"]["default"] == 24
@@ -70,15 +45,8 @@ def test_discover_without_config():
 
 def test_defaults_are_filled_in():
     tap = TapCordialActivity(config=BASE)
-    assert tap.config["actions"] == [
-        "message-sent",
-        "open",
-        "click",
-        "optout",
-        "bounce",
-        "complaint",
-        "custom",
-    ]
+    assert tap.config["actions"] == ["message-sent", "open", "click", "optout", "bounce",
+                                     "complaint", "custom"]
     assert tap.config["export_format"] == "json"
     assert tap.config["compress"] is True
     assert tap.config["poll_interval_seconds"] == 15
@@ -110,25 +78,14 @@ def test_each_problem_has_one_clear_message(changes, message):
 
 
 def test_cli_reports_every_problem_before_any_call(tmp_path):
-    config = {
-        "api_key": "top-secret-key",
-        "sftp_host": "127.0.0.1",
-        "sftp_port": "22x",
-        "sftp_path": "/x",
-        "export_format": "xml",
-        "sftp_private_key": "secret-key-text",
-    }
+    config = {"api_key": "top-secret-key", "sftp_host": "127.0.0.1", "sftp_port": "22x",
+              "sftp_path": "/x", "export_format": "xml", "sftp_private_key": "secret-key-text"}
     run = run_tap(tmp_path, config)
     assert run.returncode == 1
     assert run.stdout == ""
-    for expected in (
-        "`sftp_username` is required",
-        "'xml' is not one of",
-        "`sftp_port`",
-        "No way for Cordial to write",
-        "`sftp_private_key` is not an Ed25519",
-        "Config validation failed",
-    ):
+    for expected in ("`sftp_username` is required", "'xml' is not one of", "`sftp_port`",
+                     "No way for Cordial to write", "`sftp_private_key` is not an Ed25519",
+                     "Config validation failed"):
         assert expected in run.stderr
     assert "top-secret-key" not in run.stderr
     assert "secret-key-text" not in run.stderr

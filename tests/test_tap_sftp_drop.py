@@ -38,8 +38,7 @@ def session_processes(server: SftpServer) -> list[psutil.Process]:
     """The sshd processes serving client sessions: the listener's per-connection child and
     its descendants that hold the client's TCP connection."""
     listeners = [
-        c.pid
-        for c in psutil.net_connections(kind="tcp")
+        c.pid for c in psutil.net_connections(kind="tcp")
         if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == server.port and c.pid
     ]
     assert listeners, f"no process listens on port {server.port}"
@@ -70,9 +69,7 @@ def exported(sandbox: Sandbox) -> tuple[TapCordialActivity, Window, int]:
     start, end = sandbox.cordial.add_generated(EVENTS, seed=12)
     window_start, window_end = start - timedelta(seconds=1), end + timedelta(seconds=1)
     config = sandbox.tap_config(
-        compress=False,
-        start_date=to_rfc3339(window_start),
-        end_date=to_rfc3339(window_end),
+        compress=False, start_date=to_rfc3339(window_start), end_date=to_rfc3339(window_end),
         **FAST,
     )
     tap = TapCordialActivity(config=config)
@@ -89,27 +86,19 @@ def exported(sandbox: Sandbox) -> tuple[TapCordialActivity, Window, int]:
 
 
 def test_killed_session_mid_read_reconnects_every_time(
-    sandbox: Sandbox,
-    exported: tuple[TapCordialActivity, Window, int],
+    sandbox: Sandbox, exported: tuple[TapCordialActivity, Window, int],
     caplog: pytest.LogCaptureFixture,
 ):
     tap, done, count = exported
     progress = {
-        "export": done.export,
-        "job_id": done.job_id,
-        "files": done.files,
-        "records_read": 0,
-        "window_start": to_rfc3339(done.start),
-        "window_end": to_rfc3339(done.end),
+        "export": done.export, "job_id": done.job_id, "files": done.files, "records_read": 0,
+        "window_start": to_rfc3339(done.start), "window_end": to_rfc3339(done.end),
     }
     caplog.set_level(logging.INFO, logger=logger.name)
     for round_number in range(ROUNDS):
         caplog.clear()
         runner = ExportRunner(
-            tap.config,
-            tap.cordial_client(),
-            tap.sftp_reader(),
-            logger,
+            tap.config, tap.cordial_client(), tap.sftp_reader(), logger,
             checkpoint_records=10**9,
         )
         runner.sftp.settings.reconnect_backoff_seconds = 0.05
@@ -135,10 +124,8 @@ def test_tap_cli_survives_a_killed_session(sandbox: Sandbox, tmp_path: Path):
     """The whole tap: killed mid-read, it reconnects, delivers every event and exits 0."""
     start, end = sandbox.cordial.add_generated(EVENTS, seed=13)
     config = sandbox.tap_config(
-        compress=False,
-        start_date=to_rfc3339(start - timedelta(seconds=1)),
-        end_date=to_rfc3339(end + timedelta(seconds=1)),
-        **FAST,
+        compress=False, start_date=to_rfc3339(start - timedelta(seconds=1)),
+        end_date=to_rfc3339(end + timedelta(seconds=1)), **FAST,
     )
     files_before = set(os.listdir(sandbox.sftp.root))
 

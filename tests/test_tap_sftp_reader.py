@@ -24,11 +24,8 @@ from sandbox.sftp import SftpServer
 
 def settings_for(server: SftpServer, **overrides: object) -> SftpSettings:
     values: dict = {
-        "host": server.host,
-        "port": server.port,
-        "username": server.username,
-        "password": server.password,
-        "host_key": server.host_key_line,
+        "host": server.host, "port": server.port, "username": server.username,
+        "password": server.password, "host_key": server.host_key_line,
         "reconnect_backoff_seconds": 0.05,
     }
     return SftpSettings(**(values | overrides))

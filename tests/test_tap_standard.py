@@ -26,12 +26,9 @@ CONFIG: dict = {
 @pytest.fixture(scope="module", autouse=True)
 def _sandbox_config(sftp_server) -> Iterator[None]:
     empty_folder(sftp_server.root)
-    with (
-        CordialStandIn(
-            sftp_root=sftp_server.root, sftp_path=sftp_server.sftp_path, sftp=sftp_server
-        ) as cordial,
-        LyticsStandIn() as lytics,
-    ):
+    with CordialStandIn(
+        sftp_root=sftp_server.root, sftp_path=sftp_server.sftp_path, sftp=sftp_server
+    ) as cordial, LyticsStandIn() as lytics:
         CONFIG.update(Sandbox(sftp=sftp_server, cordial=cordial, lytics=lytics).tap_config())
         yield
     empty_folder(sftp_server.root)

@@ -83,8 +83,7 @@ def reference_ids(sandbox: Sandbox) -> set[str]:
         pytest.param({"export_format": "csv", "compress": False}, {}, id="csv-plain"),
         pytest.param({"limit_records_per_file": 40}, {}, id="split-gzip"),
         pytest.param(
-            {"limit_records_per_file": 40, "export_format": "csv"},
-            {"omit_file_name": True},
+            {"limit_records_per_file": 40, "export_format": "csv"}, {"omit_file_name": True},
             id="split-csv-no-fileName",
         ),
     ],
@@ -191,15 +190,12 @@ def test_encrypted_key_with_passphrase(sandbox, tmp_path, reference_ids):
     key_file.chmod(0o600)
     subprocess.run(
         ["ssh-keygen", "-q", "-p", "-N", "s3cret-phrase", "-P", "", "-f", str(key_file)],
-        check=True,
-        capture_output=True,
+        check=True, capture_output=True,
     )
     encrypted = key_file.read_text()
     base = sandbox.tap_config(sftp_password=None, cordial_saved_key=DEFAULT_SAVED_KEY)
-    run = run_tap(
-        tmp_path,
-        {**base, "sftp_private_key": encrypted, "sftp_private_key_passphrase": "s3cret-phrase"},
-    )
+    run = run_tap(tmp_path, {**base, "sftp_private_key": encrypted,
+                             "sftp_private_key_passphrase": "s3cret-phrase"})
     assert run.returncode == 0, run.stderr
     assert {r["_id"] for r in run.records} == reference_ids
     assert "s3cret-phrase" not in run.stderr + run.stdout
@@ -208,9 +204,8 @@ def test_encrypted_key_with_passphrase(sandbox, tmp_path, reference_ids):
     missing = run_tap(tmp_path, {**base, "sftp_private_key": encrypted})
     assert missing.returncode != 0
     assert "encrypted: set `sftp_private_key_passphrase`" in missing.stderr
-    wrong = run_tap(
-        tmp_path, {**base, "sftp_private_key": encrypted, "sftp_private_key_passphrase": "nope"}
-    )
+    wrong = run_tap(tmp_path, {**base, "sftp_private_key": encrypted,
+                               "sftp_private_key_passphrase": "nope"})
     assert wrong.returncode != 0
     assert "wrong `sftp_private_key_passphrase`" in wrong.stderr
     assert len(sandbox.cordial.exports) == exports_before  # settings rejected before any call
@@ -306,9 +301,8 @@ def test_backfill_is_split_into_windows_in_time_order(quiet, tmp_path):
     )
     run = run_tap(tmp_path, config)
     assert run.returncode == 0, run.stderr
-    frames = [
-        (b["selected_timeframe_start"], b["selected_timeframe_end"]) for b in quiet.cordial.exports
-    ]
+    frames = [(b["selected_timeframe_start"], b["selected_timeframe_end"])
+              for b in quiet.cordial.exports]
     assert frames == [
         ("2024-05-01T00:00:00.000Z", "2024-05-02T00:00:00.000Z"),
         ("2024-05-02T00:00:00.000Z", "2024-05-03T00:00:00.000Z"),
@@ -320,32 +314,22 @@ def test_backfill_is_split_into_windows_in_time_order(quiet, tmp_path):
     assert sorted(r["_id"] for r in run.records) == sorted(f"e{h}" for h in range(0, 72, 5))
     bookmarks = [s["bookmarks"]["activity"]["replication_key_value"] for s in run.states]
     assert bookmarks == [
-        "2024-05-02T00:00:00+00:00",
-        "2024-05-03T00:00:00+00:00",
-        "2024-05-04T00:00:00+00:00",
+        "2024-05-02T00:00:00+00:00", "2024-05-03T00:00:00+00:00", "2024-05-04T00:00:00+00:00"
     ]
     # The STATE of a window follows that window's records and precedes the next one's.
     kinds = [(m["type"], m.get("record", {}).get("_id")) for m in run.messages]
     first_state = kinds.index(("STATE", None))
-    assert {k[1] for k in kinds[:first_state] if k[0] == "RECORD"} == {
-        "e0",
-        "e5",
-        "e10",
-        "e15",
-        "e20",
-    }
+    assert {k[1] for k in kinds[:first_state] if k[0] == "RECORD"} == {"e0", "e5", "e10", "e15",
+                                                                         "e20"}
 
 
 def test_boundary_events_are_emitted_exactly_once_across_runs(quiet, tmp_path):
     edge = T0 + timedelta(hours=6)
-    quiet.cordial.add_events(
-        [
-            event("before", edge - timedelta(seconds=1)),
-            event("edge-a", edge),
-            event("edge-b", edge),
-            event("after", edge + timedelta(seconds=1)),
-        ]
-    )
+    quiet.cordial.add_events([
+        event("before", edge - timedelta(seconds=1)),
+        event("edge-a", edge), event("edge-b", edge),
+        event("after", edge + timedelta(seconds=1)),
+    ])
     first = run_tap(tmp_path, quiet.tap_config(start_date=iso(T0), end_date=iso(edge)))
     assert first.returncode == 0, first.stderr
     assert sorted(r["_id"] for r in first.records) == ["before", "edge-a", "edge-b"]
@@ -363,8 +347,7 @@ def test_boundary_events_are_emitted_exactly_once_across_runs(quiet, tmp_path):
     assert "already emitted at its start were skipped" in second.stderr
 
     third = run_tap(
-        tmp_path,
-        quiet.tap_config(start_date=iso(T0), end_date=iso(later)),
+        tmp_path, quiet.tap_config(start_date=iso(T0), end_date=iso(later)),
         state=second.states[-1],
     )
     assert third.returncode == 0
@@ -392,12 +375,8 @@ def test_failed_run_keeps_the_bookmark_and_rerun_loses_nothing(quiet, tmp_path):
     quiet.cordial.add_events(
         [event(f"e{h}", T0 + timedelta(hours=h, minutes=1)) for h in range(0, 48, 3)]
     )
-    config = quiet.tap_config(
-        start_date=iso(T0),
-        end_date=iso(T0 + timedelta(days=2)),
-        export_window_hours=12,
-        max_retries=0,
-    )
+    config = quiet.tap_config(start_date=iso(T0), end_date=iso(T0 + timedelta(days=2)),
+                              export_window_hours=12, max_retries=0)
     # The third window's export is refused: the run fails after two finished windows.
     original = quiet.cordial.route
     calls = {"n": 0}
@@ -468,12 +447,8 @@ def test_export_rejected_with_4xx_is_not_retried(sandbox, tmp_path):
 
 
 def test_429_retry_after_5xx_and_resets_are_retried(sandbox, tmp_path, reference_ids):
-    sandbox.cordial.inject(
-        "/v2/contactactivityexport",
-        Fault(status=429, retry_after=1),
-        Fault(status=500),
-        Fault(reset=True),
-    )
+    sandbox.cordial.inject("/v2/contactactivityexport", Fault(status=429, retry_after=1),
+                           Fault(status=500), Fault(reset=True))
     sandbox.cordial.inject("/v2/jobs/", Fault(status=502), Fault(status=503))
     started = datetime.now(UTC)
     run = run_tap(tmp_path, sandbox.tap_config())
@@ -537,16 +512,10 @@ def test_bad_export_data_fails_without_advancing(sandbox, tmp_path, options, ove
 
 
 def test_bad_record_missing_id_names_line(quiet, tmp_path):
-    quiet.cordial.add_events(
-        [
-            event("ok", T0 + timedelta(minutes=1)),
-            {"action": "open", "time": "2024-05-01T00:02:00+0000"},
-        ]
-    )
-    run = run_tap(
-        tmp_path,
-        quiet.tap_config(start_date=iso(T0), end_date=iso(T0 + timedelta(1)), compress=False),
-    )
+    quiet.cordial.add_events([event("ok", T0 + timedelta(minutes=1)),
+                              {"action": "open", "time": "2024-05-01T00:02:00+0000"}])
+    run = run_tap(tmp_path, quiet.tap_config(start_date=iso(T0), end_date=iso(T0 + timedelta(1)),
+                                             compress=False))
     assert run.returncode != 0
     assert re_search(r"\.json line 2: record without `_id`", run.stderr)
 
@@ -558,9 +527,8 @@ def re_search(pattern: str, text: str) -> bool:
 
 
 def test_unknown_top_level_field_is_kept_and_named_once(quiet, tmp_path):
-    quiet.cordial.add_events(
-        [event(f"e{i}", T0 + timedelta(minutes=i), newField=i) for i in range(3)]
-    )
+    quiet.cordial.add_events([event(f"e{i}", T0 + timedelta(minutes=i), newField=i)
+                              for i in range(3)])
     run = run_tap(tmp_path, quiet.tap_config(start_date=iso(T0), end_date=iso(T0 + timedelta(1))))
     assert run.returncode == 0, run.stderr
     assert [r["newField"] for r in sorted(run.records, key=lambda r: r["_id"])] == [0, 1, 2]
@@ -594,11 +562,8 @@ def test_sftp_reconnects_mid_file_without_loss_or_duplicates(sandbox: Sandbox):
     payload = random.Random(9).randbytes(10_000_000)  # no period: a misplaced block shows
     (sandbox.sftp.root / "big.bin").write_bytes(payload)
     settings = SftpSettings(
-        host=sandbox.sftp.host,
-        port=sandbox.sftp.port,
-        username=sandbox.sftp.username,
-        password=sandbox.sftp.password,
-        host_key=sandbox.sftp.host_key_line,
+        host=sandbox.sftp.host, port=sandbox.sftp.port, username=sandbox.sftp.username,
+        password=sandbox.sftp.password, host_key=sandbox.sftp.host_key_line,
         reconnect_backoff_seconds=0.05,
     )
     with SftpReader(settings) as reader:

@@ -139,12 +139,7 @@ class CordialClient:
                 delay = self.retry.backoff(attempt)
                 self.logger.warning(
                     "Cordial %s %s: %s; retry %d/%d in %.1fs",
-                    method,
-                    path,
-                    type(exc).__name__,
-                    attempt,
-                    self.retry.max_retries,
-                    delay,
+                    method, path, type(exc).__name__, attempt, self.retry.max_retries, delay,
                 )
                 self.sleep(delay)
                 if before_retry is not None:
@@ -169,13 +164,8 @@ class CordialClient:
                     delay = retry_after_seconds(response.headers.get("Retry-After")) or delay
                 self.logger.warning(
                     "Cordial %s %s: HTTP %d (%s); retry %d/%d in %.1fs",
-                    method,
-                    path,
-                    status,
-                    cordial_message(response),
-                    attempt,
-                    self.retry.max_retries,
-                    delay,
+                    method, path, status, cordial_message(response), attempt,
+                    self.retry.max_retries, delay,
                 )
                 self.sleep(delay)
                 if before_retry is not None:
@@ -209,11 +199,8 @@ class CordialClient:
             self.logger.info("The export is sent again as %r", body["name"])
 
         answer = self.request(
-            "POST",
-            "contactactivityexport",
-            json_body=body,
-            what=f"creating the export job {body.get('name')!r}",
-            before_retry=rename,
+            "POST", "contactactivityexport", json_body=body,
+            what=f"creating the export job {body.get('name')!r}", before_retry=rename,
         )
         job_id = answer.get("jobId") if isinstance(answer, Mapping) else None
         if not job_id:
@@ -247,10 +234,7 @@ class CordialClient:
             if progress != last_progress:
                 self.logger.info(
                     "Cordial job %s: %s, %s of %s items",
-                    job_id,
-                    status,
-                    job.get("completedItems", "?"),
-                    job.get("totalItems", "?"),
+                    job_id, status, job.get("completedItems", "?"), job.get("totalItems", "?"),
                 )
                 last_progress = progress
             if status == "Done":

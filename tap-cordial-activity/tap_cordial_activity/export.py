@@ -115,10 +115,7 @@ class ExportRunner:
             self.logger.warning(
                 "Cannot resume export %r: %s no longer in SFTP folder %r. Exporting the window "
                 "%s .. %s again (events already delivered from it are sent again).",
-                progress["export"],
-                ", ".join(missing),
-                self.folder,
-                progress["window_start"],
+                progress["export"], ", ".join(missing), self.folder, progress["window_start"],
                 progress["window_end"],
             )
             return None
@@ -128,10 +125,8 @@ class ExportRunner:
         """Create the window's export job, wait for it; its name, id, files and record count."""
         name = export_name()
         self.logger.info(
-            "Exporting activity %s .. %s as %r",
-            to_rfc3339(window.start),
-            to_rfc3339(window.end),
-            name,
+            "Exporting activity %s .. %s as %r", to_rfc3339(window.start),
+            to_rfc3339(window.end), name,
         )
         body = export_body(self.config, name, window)
         job_id = self.client.create_export(body, export_name)
@@ -162,11 +157,7 @@ class ExportRunner:
             replay = window.records_read = int(resume["records_read"])
             self.logger.info(
                 "Resuming export %r (job %s) of %s .. %s after its first %d records",
-                name,
-                job_id,
-                to_rfc3339(window.start),
-                to_rfc3339(window.end),
-                replay,
+                name, job_id, to_rfc3339(window.start), to_rfc3339(window.end), replay,
             )
         else:
             name, job_id, files, total = self._run_export(window)
@@ -222,20 +213,14 @@ class ExportRunner:
                 remote.close()
             elapsed = max(time.monotonic() - began, 1e-9)
             self.logger.info(
-                "Read %s: %d bytes in %.1fs (%.1f MB/s)%s",
-                file_name,
-                remote.offset,
-                elapsed,
+                "Read %s: %d bytes in %.1fs (%.1f MB/s)%s", file_name, remote.offset, elapsed,
                 remote.offset / elapsed / 1e6,
                 f", {remote.reconnects} reconnects" if remote.reconnects else "",
             )
         if window.outside or window.duplicates:
             self.logger.info(
                 "Window %s .. %s: %d events outside the window and %d already emitted at its "
-                "start were skipped",
-                to_rfc3339(start),
-                to_rfc3339(end),
-                window.outside,
+                "start were skipped", to_rfc3339(start), to_rfc3339(end), window.outside,
                 window.duplicates,
             )
 
@@ -255,8 +240,7 @@ class ExportRunner:
                 continue
             self.logger.info(
                 "%s %s (delete_exported_files: its window was delivered)",
-                "Deleted" if deleted else "Already gone:",
-                path,
+                "Deleted" if deleted else "Already gone:", path,
             )
 
     def _warn_unknown(self, names: Iterable[str]) -> None:
@@ -266,6 +250,5 @@ class ExportRunner:
             self._warned_fields.update(new)
             self.logger.warning(
                 "Cordial sent top-level field(s) the schema does not describe: %s. They are "
-                "emitted as they are (the schema allows extra fields).",
-                ", ".join(new),
+                "emitted as they are (the schema allows extra fields).", ", ".join(new),
             )

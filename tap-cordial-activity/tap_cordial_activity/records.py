@@ -380,3 +380,4 @@ def read_records(source: BinarySource, file_name: str, export_format: str) -> It
         yield from read_json_array(rest, file_name)
     else:
         yield from read_jsonl(iter_lines(rest), file_name)
+

@@ -30,10 +30,7 @@ if TYPE_CHECKING:
 
 #: singer-sdk private names used here, checked by the test named in the module docstring.
 STREAM_PRIVATE_NAMES = (
-    "_sync_records",
-    "_write_record_message",
-    "_write_state_message",
-    "_abort_sync",
+    "_sync_records", "_write_record_message", "_write_state_message", "_abort_sync",
 )
 PLUGIN_PRIVATE_NAMES = ("_validate_config",)
 

@@ -19,145 +19,121 @@ SECRET_SETTINGS = frozenset(
 
 def _secret(name: str, description: str, *, required: bool = False) -> th.Property:
     """A text setting marked secret (never echoed, masked by Meltano)."""
-    return th.Property(name, th.StringType, secret=True, required=required, description=description)
+    return th.Property(
+        name, th.StringType, secret=True, required=required, description=description
+    )
 
 
 CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
-    _secret("api_key", "Cordial API key (HTTP Basic user name, empty password).", required=True),
+    _secret(
+        "api_key", "Cordial API key (HTTP Basic user name, empty password).", required=True
+    ),
     th.Property(
-        "api_url",
-        th.StringType,
-        default="https://api.cordial.io/v2",
+        "api_url", th.StringType, default="https://api.cordial.io/v2",
         description="Cordial API base URL, e.g. https://api.usw2.cordial.io/v2.",
     ),
     th.Property(
-        "start_date",
-        th.StringType,
+        "start_date", th.StringType,
         description="'Import Since': yyyy-mm-dd or an ISO 8601 date-time; empty means 7 days "
         "before the run.",
     ),
     th.Property(
-        "end_date",
-        th.StringType,
+        "end_date", th.StringType,
         description="Optional upper bound (yyyy-mm-dd or ISO 8601); default: the run's time.",
     ),
     th.Property(
-        "actions",
-        th.ArrayType(th.StringType),
-        default=DEFAULT_ACTIONS,
+        "actions", th.ArrayType(th.StringType), default=DEFAULT_ACTIONS,
         description="Cordial action names to export; `custom` means every custom action.",
     ),
     th.Property(
-        "export_format",
-        th.StringType,
-        default="json",
-        allowed_values=["json", "csv"],
+        "export_format", th.StringType, default="json", allowed_values=["json", "csv"],
         description="File format Cordial writes: json (JSON Lines) or csv.",
     ),
     th.Property("compress", th.BooleanType, default=True, description="Ask for gzip files."),
     th.Property(
-        "export_window_hours",
-        th.NumberType,
-        default=24,
+        "export_window_hours", th.NumberType, default=24,
         description="Longest span of one export job; a backfill becomes several jobs.",
     ),
     th.Property(
         "sftp_host", th.StringType, required=True, description="SFTP server Cordial writes to."
     ),
     th.Property("sftp_port", th.IntegerType, default=22, description="SFTP port."),
-    th.Property("sftp_username", th.StringType, required=True, description="SFTP user name."),
     th.Property(
-        "sftp_path",
-        th.StringType,
-        required=True,
+        "sftp_username", th.StringType, required=True, description="SFTP user name."
+    ),
+    th.Property(
+        "sftp_path", th.StringType, required=True,
         description="SFTP folder of the export files.",
     ),
     _secret(
         "sftp_password",
         "SFTP password: the tap's login, and sent to Cordial as the destination password.",
     ),
-    _secret("sftp_private_key", "Private key text (Ed25519, ECDSA or RSA) for the tap's login."),
+    _secret(
+        "sftp_private_key", "Private key text (Ed25519, ECDSA or RSA) for the tap's login."
+    ),
     _secret("sftp_private_key_passphrase", "Passphrase of `sftp_private_key`."),
     th.Property(
-        "cordial_saved_key",
-        th.StringType,
+        "cordial_saved_key", th.StringType,
         description="Name of an SFTP key in Cordial's Secrets Vault, sent as the destination's "
         "savedKey instead of the password.",
     ),
     th.Property(
-        "sftp_host_key",
-        th.StringType,
+        "sftp_host_key", th.StringType,
         description="The server's public key as `ssh-keyscan -p PORT HOST` prints it (or "
         "`keytype base64`); without it, the known_hosts file is used. Unknown or different "
         "keys are refused.",
     ),
     th.Property(
-        "sftp_known_hosts_path",
-        th.StringType,
+        "sftp_known_hosts_path", th.StringType,
         description="known_hosts file used when `sftp_host_key` is empty; "
         "default ~/.ssh/known_hosts.",
     ),
     th.Property(
-        "poll_interval_seconds",
-        th.NumberType,
-        default=15,
+        "poll_interval_seconds", th.NumberType, default=15,
         description="Seconds between two polls of the export job.",
     ),
     th.Property(
-        "job_timeout_seconds",
-        th.NumberType,
-        default=7200,
+        "job_timeout_seconds", th.NumberType, default=7200,
         description="Longest wait for one export job.",
     ),
     th.Property(
-        "limit_records_per_file",
-        th.IntegerType,
-        default=0,
+        "limit_records_per_file", th.IntegerType, default=0,
         description="Ask Cordial to split the export into files of at most N records "
         "(0: one file).",
     ),
     th.Property(
-        "delete_exported_files",
-        th.BooleanType,
-        default=False,
+        "delete_exported_files", th.BooleanType, default=False,
         description="Delete the export files the tap read, once their window is "
         "delivered: at the start of the next run, which starts from that window's STATE.",
     ),
     th.Property(
-        "max_concurrent_prefetch_requests",
-        th.IntegerType,
-        default=64,
+        "max_concurrent_prefetch_requests", th.IntegerType, default=64,
         description="SFTP read requests in flight at once (OpenSSH uses 64).",
     ),
     th.Property(
-        "request_timeout_seconds",
-        th.NumberType,
-        default=60,
+        "request_timeout_seconds", th.NumberType, default=60,
         description="Timeout of one Cordial HTTP request and of SFTP operations.",
     ),
     th.Property(
-        "max_retries",
-        th.IntegerType,
-        default=8,
+        "max_retries", th.IntegerType, default=8,
         description="Retries of a Cordial call after 429, 5xx or a connection error.",
     ),
     th.Property(
-        "retry_initial_delay_seconds",
-        th.NumberType,
-        default=1.0,
+        "retry_initial_delay_seconds", th.NumberType, default=1.0,
         description="Backoff before the first retry; doubles each retry, with full jitter.",
     ),
     th.Property(
-        "retry_max_delay_seconds",
-        th.NumberType,
-        default=60.0,
+        "retry_max_delay_seconds", th.NumberType, default=60.0,
         description="Longest delay between two retries.",
     ),
 ).to_dict()
 
 #: Each setting's default, read from :data:`CONFIG_SCHEMA` (nowhere else types a default).
 DEFAULTS: dict[str, Any] = {
-    name: spec["default"] for name, spec in CONFIG_SCHEMA["properties"].items() if "default" in spec
+    name: spec["default"]
+    for name, spec in CONFIG_SCHEMA["properties"].items()
+    if "default" in spec
 }
 
 
@@ -194,7 +170,9 @@ def config_problems(config: dict[str, Any]) -> list[str]:
             problems.append(f"`{name}` is required and must not be empty.")
 
     if not has("sftp_password") and not has("sftp_private_key"):
-        problems.append("No SFTP login for the tap: set `sftp_password` or `sftp_private_key`.")
+        problems.append(
+            "No SFTP login for the tap: set `sftp_password` or `sftp_private_key`."
+        )
     if not has("sftp_password") and not has("cordial_saved_key"):
         problems.append(
             "No way for Cordial to write the export to SFTP: set `sftp_password` (sent as the "
@@ -228,10 +206,8 @@ def config_problems(config: dict[str, Any]) -> list[str]:
                 problems.append(
                     f"`{name}` {value!r} is not a date (yyyy-mm-dd) or ISO 8601 date-time."
                 )
-    if (
-        "start_date" in moments
-        and "end_date" in moments
-        and (moments["end_date"] <= moments["start_date"])
+    if "start_date" in moments and "end_date" in moments and (
+        moments["end_date"] <= moments["start_date"]
     ):
         problems.append("`end_date` must be after `start_date`.")
 
@@ -241,13 +217,8 @@ def config_problems(config: dict[str, Any]) -> list[str]:
         if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
             problems.append(f"`{name}` must be greater than 0 (got {value}).")
 
-    for name in (
-        "export_window_hours",
-        "poll_interval_seconds",
-        "job_timeout_seconds",
-        "request_timeout_seconds",
-        "max_concurrent_prefetch_requests",
-    ):
+    for name in ("export_window_hours", "poll_interval_seconds", "job_timeout_seconds",
+                 "request_timeout_seconds", "max_concurrent_prefetch_requests"):
         positive(name)
     port = config.get("sftp_port")
     if isinstance(port, int) and not 0 < port < 65536:

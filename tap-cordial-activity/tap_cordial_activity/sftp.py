@@ -199,10 +199,7 @@ class SftpReader:
         for attempt in range(1, s.reconnect_attempts + 1):
             self.logger.warning(
                 "SFTP connection to %s lost (%s); reconnecting, attempt %d/%d",
-                self.address,
-                type(reason).__name__,
-                attempt,
-                s.reconnect_attempts,
+                self.address, type(reason).__name__, attempt, s.reconnect_attempts,
             )
             try:
                 self.connect()
@@ -257,7 +254,9 @@ class SftpReader:
         try:
             entries = self.retrying(lambda: self.sftp.listdir_attr(folder))
         except OSError as exc:
-            raise SftpError(f"cannot list SFTP folder {folder!r} on {self.address}: {exc}") from exc
+            raise SftpError(
+                f"cannot list SFTP folder {folder!r} on {self.address}: {exc}"
+            ) from exc
         return [e for e in entries if e.st_mode is None or stat.S_ISREG(e.st_mode)]
 
     def retrying(self, call: Callable[[], T]) -> T:

@@ -77,10 +77,7 @@ class ActivityStream(WindowedStream):
         """An export runner with fresh clients (the caller closes them)."""
         tap: TapCordialActivity = self.owning_tap  # type: ignore[assignment]
         return ExportRunner(
-            self.config,
-            tap.cordial_client(),
-            tap.sftp_reader(),
-            self.logger,
+            self.config, tap.cordial_client(), tap.sftp_reader(), self.logger,
             checkpoint_records=self.CHECKPOINT_RECORDS,
         )
 
@@ -129,9 +126,7 @@ class ActivityStream(WindowedStream):
             read = {*state.get("read_files", []), *(f"{folder}/{f}" for f in window.files)}
             state["read_files"] = sorted(read)
         self.logger.info(
-            "Window %s .. %s done: %d records",
-            to_rfc3339(window.start),
-            to_rfc3339(window.end),
+            "Window %s .. %s done: %d records", to_rfc3339(window.start), to_rfc3339(window.end),
             window.emitted,
         )
         self.write_state_now()

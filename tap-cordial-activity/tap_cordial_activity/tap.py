@@ -121,10 +121,7 @@ class TapCordialActivity(SettingsCheckingTap):
             files = sftp.list_files(self.config["sftp_path"])
         self.logger.info(
             "SFTP %s@%s: login OK, host key verified, %d file(s) in %s",
-            self.config["sftp_username"],
-            sftp.address,
-            len(files),
-            self.config["sftp_path"],
+            self.config["sftp_username"], sftp.address, len(files), self.config["sftp_path"],
         )
         return True
 

@@ -78,13 +78,9 @@ def check_progress(progress: Any, start: datetime.datetime) -> ProgressCheck:
     try:
         files = progress["files"]
         valid = (
-            isinstance(files, list)
-            and bool(files)
-            and all(isinstance(f, str) for f in files)
-            and isinstance(progress["records_read"], int)
-            and progress["records_read"] >= 0
-            and bool(progress["export"])
-            and progress["job_id"] is not None
+            isinstance(files, list) and bool(files) and all(isinstance(f, str) for f in files)
+            and isinstance(progress["records_read"], int) and progress["records_read"] >= 0
+            and bool(progress["export"]) and progress["job_id"] is not None
         )
         begins = parse_moment(str(progress["window_start"]))
         ends = parse_moment(str(progress["window_end"]))
@@ -96,8 +92,7 @@ def check_progress(progress: Any, start: datetime.datetime) -> ProgressCheck:
         )
     if begins != start:
         return ProgressCheck(
-            None,
-            logging.INFO,
+            None, logging.INFO,
             f"Ignoring 'progress' of a window at {to_rfc3339(begins)}: this run starts at "
             f"{to_rfc3339(start)}",
         )
@@ -115,7 +110,8 @@ def plan_windows(
     start, end, skip = planned
     while start < end:
         if progress is not None:
-            window = Window(start, parse_moment(str(progress["window_end"])), skip, resume=progress)
+            window = Window(start, parse_moment(str(progress["window_end"])), skip,
+                            resume=progress)
             progress = None
         else:
             window = Window(start, min(start + span, end), skip)
