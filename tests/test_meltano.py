@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from test_faults_settings import PASSPHRASE, _encrypted
+from test_meltano_project import meltano_yml_plugin
 
 from sandbox.cordial import DEFAULT_SAVED_KEY
 from sandbox.events import RESERVED_ACTIONS
@@ -333,9 +333,12 @@ def test_config_set_keeps_secrets_out_of_meltano_yml(tmp_path):
 
 def _meltano_settings(plugin_type: str, name: str) -> dict[str, dict[str, Any]]:
     """The settings meltano.yml declares for a plugin, by name."""
-    project = yaml.safe_load((ROOT / "meltano.yml").read_text(encoding="utf-8"))
-    [plugin] = [p for p in project["plugins"][plugin_type] if p["name"] == name]
-    return {s["name"]: s for s in plugin["settings"]}
+    return {s["name"]: s for s in meltano_yml_plugin(plugin_type, name)["settings"]}
+
+
+def _secret_names(name: str) -> set[str]:
+    plugin_type = "extractors" if name.startswith("tap-") else "loaders"
+    return {k for k, s in _meltano_settings(plugin_type, name).items() if s.get("sensitive")}
 
 
 def test_every_setting_of_both_plugins_from_environment_variables(meltano, sandbox, tmp_path):
@@ -450,11 +453,6 @@ def test_every_setting_of_both_plugins_from_environment_variables(meltano, sandb
     assert files
     assert all(f.endswith(".csv") for f in files), files
     assert _bookmark(meltano.state())
-
-
-def _secret_names(name: str) -> set[str]:
-    plugin_type = "extractors" if name.startswith("tap-") else "loaders"
-    return {k for k, s in _meltano_settings(plugin_type, name).items() if s.get("sensitive")}
 
 
 @pytest.mark.parametrize(("setting", "date"), [("start_date", "2026-13-01"), ("end_date", "Nov 5")])

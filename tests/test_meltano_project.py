@@ -31,7 +31,7 @@ def _project() -> dict[str, Any]:
     return yaml.safe_load((ROOT / "meltano.yml").read_text(encoding="utf-8"))
 
 
-def _plugin(kind: str, name: str) -> dict[str, Any]:
+def meltano_yml_plugin(kind: str, name: str) -> dict[str, Any]:
     return next(p for p in _project()["plugins"][kind] if p["name"] == name)
 
 
@@ -70,7 +70,7 @@ def _as_list(types: str | list[str] | None) -> list[str]:
     [("extractors", "tap-cordial-activity"), ("loaders", "target-lytics")],
 )
 def test_meltano_settings_match_the_plugin(plugin_type, name):
-    plugin = _plugin(plugin_type, name)
+    plugin = meltano_yml_plugin(plugin_type, name)
     about = _about(plugin["executable"])
     properties: dict[str, dict[str, Any]] = about["settings"]["properties"]
     settings = {s["name"]: s for s in plugin["settings"]}
@@ -100,7 +100,7 @@ def test_meltano_settings_match_the_plugin(plugin_type, name):
     [("extractors", "tap-cordial-activity"), ("loaders", "target-lytics")],
 )
 def test_meltano_capabilities_are_advertised_by_the_plugin(plugin_type, name):
-    plugin = _plugin(plugin_type, name)
+    plugin = meltano_yml_plugin(plugin_type, name)
     advertised = set(_about(plugin["executable"])["capabilities"])
     assert set(plugin["capabilities"]) <= advertised | {"test"}, (
         f"meltano.yml claims {set(plugin['capabilities']) - advertised} that {name} lacks"

@@ -103,3 +103,67 @@ def test_cordial_saved_key_wins_over_password():
     assert body["destination"]["savedKey"] == "vault-key"
     assert "password" not in body["destination"]
     assert body["selected_timeframe_start"] == "2024-01-01T00:00:00.000Z"
+
+
+def test_number_settings_accept_numeric_strings():
+    from tap_cordial_activity.export import export_body
+    from tap_cordial_activity.settings import integer, number
+    from tap_cordial_activity.timeutil import parse_moment
+    from tap_cordial_activity.windows import Window
+
+    texts = {"poll_interval_seconds": "0.1", "export_window_hours": "1.5", "sftp_port": "2222",
+             "max_retries": "3", "limit_records_per_file": "1000", "request_timeout_seconds": "30",
+             "retry_initial_delay_seconds": "0.2", "retry_max_delay_seconds": "5",
+             "job_timeout_seconds": "600", "max_concurrent_prefetch_requests": "16"}
+    assert config_problems({**BASE, **texts}) == []
+    tap = TapCordialActivity(config={**BASE, **texts})
+    assert number(tap.config, "poll_interval_seconds") == 0.1
+    assert integer(tap.config, "sftp_port") == 2222
+    assert tap.cordial_client().retry.max_retries == 3
+    assert tap.sftp_reader().settings.timeout_seconds == 30.0
+    window = Window(parse_moment("2024-01-01"), parse_moment("2024-01-02"))
+    body = export_body(tap.config, "n", window)
+    assert body["destination"]["port"] == 2222
+    assert body["limitRecordsPerFile"] == 1000
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"poll_interval_seconds": "ab"}, "`poll_interval_seconds` must be a number (got 'ab')"),
+        ({"sftp_port": "22.5"}, "`sftp_port` must be a whole number (got '22.5')"),
+        ({"max_retries": "-1"}, "`max_retries` must not be negative (got -1)"),
+        ({"retry_max_delay_seconds": "nan"}, "`retry_max_delay_seconds` must be a number"),
+        ({"export_window_hours": "0"}, "`export_window_hours` must be greater than 0"),
+        ({"sftp_port": "0"}, "`sftp_port` must be between 1 and 65535"),
+    ],
+)
+def test_bad_numeric_strings_name_the_setting(changes, message):
+    problems = config_problems({**BASE, **changes})
+    assert [p for p in problems if message in p], problems
+
+
+@pytest.mark.parametrize("name", ["start_date", "end_date"])
+@pytest.mark.parametrize("text", ["2026-13-01", "Nov 5", "20260105", "2026-02-30", "yesterday"])
+def test_dates_are_checked_as_typed(name, text):
+    problems = config_problems({**BASE, name: text})
+    assert problems == [
+        f"`{name}` {text!r} is not a date (yyyy-mm-dd) or ISO 8601 date-time "
+        "(e.g. 2024-05-01 or 2024-05-01T06:00:00Z)."
+    ]
+
+
+@pytest.mark.parametrize(
+    "text", ["2026-01-13", "2026-01-13T06:00:00Z", "2026-01-13T06:00:00+02:00",
+             "2026-01-13 06:00", "2026-01-13T06:00:00.250-0530"],
+)
+def test_date_forms_that_are_accepted(text):
+    assert config_problems({**BASE, "start_date": text}) == []
+
+
+def test_cli_refuses_a_rewritable_date_naming_the_setting(tmp_path):
+    run = run_tap(tmp_path, {**BASE, "start_date": "2026-13-01"})
+    assert run.returncode == 1
+    assert run.stdout == ""
+    assert "`start_date` '2026-13-01' is not a date" in run.stderr
+    assert "Traceback" not in run.stderr

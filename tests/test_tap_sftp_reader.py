@@ -139,7 +139,7 @@ def test_a_slow_reader_holds_bounded_memory_and_starts_no_thread(sftp_server: Sf
     """However far behind the reader is, only the requests in flight (and what paramiko's SSH
     channel window lets through) are buffered, and reading starts no thread: paramiko's
     `prefetch` starts one per call, and per-window threads made the tap's RSS grow with the file
-    size inside `meltano run` (issue 6)."""
+    size inside `meltano run`."""
     data = payload(24 << 20, seed=5)
     path = put(sftp_server, "big.bin", data)
     with SftpReader(settings_for(sftp_server, max_concurrent_prefetch_requests=16)) as reader:

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 
 import paramiko
+from singer_sdk.exceptions import ConfigValidationError
 
 #: SFTP errors that mean "the connection is gone" rather than "the file or request is wrong".
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -59,13 +60,20 @@ USER_ERRORS: tuple[type[Exception], ...] = (CordialError, SftpError, ExportDataE
 def user_errors_end_the_run(logger: logging.Logger) -> Iterator[None]:
     """End the run on a :data:`USER_ERRORS` error: its one-line message, then exit 1.
 
-    The traceback (with the cause) goes to the DEBUG log only. An ``EOFError`` that escaped
+    The traceback (with the cause) goes to the DEBUG log only. A failed settings check prints
+    each of its problems. An ``EOFError`` that escaped
     (a connection closed under a library call) is logged with its traceback: click would
     otherwise take it for the user's Ctrl-D and print a bare "Aborted!". Other errors propagate
     unchanged.
     """
     try:
         yield
+    except ConfigValidationError as exc:
+        # The settings check lists every problem, one line each (as singer-sdk's CLI does).
+        for error in exc.errors:
+            logger.error("%s", error)
+        logger.error("Config validation failed")
+        sys.exit(1)
     except USER_ERRORS as exc:
         logger.debug("The error below was raised here", exc_info=True)
         logger.error("%s", exc)

@@ -18,7 +18,7 @@ from tap_cordial_activity.client import CordialClient
 from tap_cordial_activity.errors import SftpError
 from tap_cordial_activity.records import read_records
 from tap_cordial_activity.schema import KNOWN_FIELDS
-from tap_cordial_activity.settings import setting
+from tap_cordial_activity.settings import integer, number, setting
 from tap_cordial_activity.sftp import SftpReader
 from tap_cordial_activity.timeutil import to_cordial, to_rfc3339
 from tap_cordial_activity.windows import Window
@@ -43,7 +43,7 @@ def export_body(config: Mapping[str, Any], name: str, window: Window) -> dict[st
     destination: dict[str, Any] = {
         "type": "sftp",
         "server": config["sftp_host"],
-        "port": int(setting(config, "sftp_port")),
+        "port": integer(config, "sftp_port"),
         "username": config["sftp_username"],
         "path": config["sftp_path"],
     }
@@ -64,8 +64,9 @@ def export_body(config: Mapping[str, Any], name: str, window: Window) -> dict[st
     }
     if export_format == "csv":
         body["showHeader"] = True
-    if setting(config, "limit_records_per_file"):
-        body["limitRecordsPerFile"] = int(setting(config, "limit_records_per_file"))
+    limit = integer(config, "limit_records_per_file")
+    if limit:
+        body["limitRecordsPerFile"] = limit
     return body
 
 
@@ -133,8 +134,8 @@ class ExportRunner:
         name = body["name"]
         job = self.client.wait_for_job(
             job_id,
-            poll_interval_seconds=float(setting(self.config, "poll_interval_seconds")),
-            timeout_seconds=float(setting(self.config, "job_timeout_seconds")),
+            poll_interval_seconds=number(self.config, "poll_interval_seconds"),
+            timeout_seconds=number(self.config, "job_timeout_seconds"),
         )
         job.setdefault("jobId", job_id)
         result = job.get("result")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 from singer_sdk import typing as th
@@ -15,6 +17,12 @@ DEFAULT_ACTIONS = ["message-sent", "open", "click", "optout", "bounce", "complai
 SECRET_SETTINGS = frozenset(
     {"api_key", "sftp_password", "sftp_private_key", "sftp_private_key_passphrase"}
 )
+
+
+#: Number settings take a JSON number or a string holding one: Meltano passes settings it
+#: declares as `kind: string` (fractional values) as text, and crashes on `kind: decimal`.
+_NUMBER = th.CustomType({"type": ["number", "string"]})
+_INTEGER = th.CustomType({"type": ["integer", "string"]})
 
 
 def _secret(name: str, description: str, *, required: bool = False) -> th.Property:
@@ -51,13 +59,13 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
     ),
     th.Property("compress", th.BooleanType, default=True, description="Ask for gzip files."),
     th.Property(
-        "export_window_hours", th.NumberType, default=24,
+        "export_window_hours", _NUMBER, default=24,
         description="Longest span of one export job; a backfill becomes several jobs.",
     ),
     th.Property(
         "sftp_host", th.StringType, required=True, description="SFTP server Cordial writes to."
     ),
-    th.Property("sftp_port", th.IntegerType, default=22, description="SFTP port."),
+    th.Property("sftp_port", _INTEGER, default=22, description="SFTP port."),
     th.Property(
         "sftp_username", th.StringType, required=True, description="SFTP user name."
     ),
@@ -90,15 +98,15 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         "default ~/.ssh/known_hosts.",
     ),
     th.Property(
-        "poll_interval_seconds", th.NumberType, default=15,
+        "poll_interval_seconds", _NUMBER, default=15,
         description="Seconds between two polls of the export job.",
     ),
     th.Property(
-        "job_timeout_seconds", th.NumberType, default=7200,
+        "job_timeout_seconds", _NUMBER, default=7200,
         description="Longest wait for one export job.",
     ),
     th.Property(
-        "limit_records_per_file", th.IntegerType, default=0,
+        "limit_records_per_file", _INTEGER, default=0,
         description="Ask Cordial to split the export into files of at most N records "
         "(0: one file).",
     ),
@@ -108,23 +116,23 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         "delivered: at the start of the next run, which starts from that window's STATE.",
     ),
     th.Property(
-        "max_concurrent_prefetch_requests", th.IntegerType, default=64,
+        "max_concurrent_prefetch_requests", _INTEGER, default=64,
         description="SFTP read requests in flight at once (OpenSSH uses 64).",
     ),
     th.Property(
-        "request_timeout_seconds", th.NumberType, default=60,
+        "request_timeout_seconds", _NUMBER, default=60,
         description="Timeout of one Cordial HTTP request and of SFTP operations.",
     ),
     th.Property(
-        "max_retries", th.IntegerType, default=8,
+        "max_retries", _INTEGER, default=8,
         description="Retries of a Cordial call after 429, 5xx or a connection error.",
     ),
     th.Property(
-        "retry_initial_delay_seconds", th.NumberType, default=1.0,
+        "retry_initial_delay_seconds", _NUMBER, default=1.0,
         description="Backoff before the first retry; doubles each retry, with full jitter.",
     ),
     th.Property(
-        "retry_max_delay_seconds", th.NumberType, default=60.0,
+        "retry_max_delay_seconds", _NUMBER, default=60.0,
         description="Longest delay between two retries.",
     ),
 ).to_dict()
@@ -141,6 +149,43 @@ def setting(config: Mapping[str, Any], name: str) -> Any:
     """The setting's value, or its schema default when it is unset (missing or null)."""
     value = config.get(name)
     return DEFAULTS.get(name) if value is None else value
+
+
+#: Number settings (name -> whether it must be whole), from :data:`CONFIG_SCHEMA`.
+NUMBER_SETTINGS: dict[str, bool] = {
+    name: "integer" in spec["type"]
+    for name, spec in CONFIG_SCHEMA["properties"].items()
+    if "number" in spec.get("type", ()) or "integer" in spec.get("type", ())
+}
+
+
+def parse_number(name: str, value: Any) -> int | float:
+    """A number setting's value (a number, or text holding one); ``ValueError`` names it."""
+    whole = NUMBER_SETTINGS[name]
+    kind = "a whole number" if whole else "a number"
+    if isinstance(value, str):
+        try:
+            number: float = float(value.strip())
+        except ValueError as exc:
+            raise ValueError(f"`{name}` must be {kind} (got {value!r}).") from exc
+    elif isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+        # singer-sdk reads JSON config files with Decimal for fractions.
+        number = float(value)
+    else:
+        raise ValueError(f"`{name}` must be {kind} (got {value!r}).")
+    if not math.isfinite(number) or (whole and number != int(number)):
+        raise ValueError(f"`{name}` must be {kind} (got {value!r}).")
+    return int(number) if whole else number
+
+
+def number(config: Mapping[str, Any], name: str) -> float:
+    """A number setting (or its default) as a float."""
+    return float(parse_number(name, setting(config, name)))
+
+
+def integer(config: Mapping[str, Any], name: str) -> int:
+    """A whole-number setting (or its default) as an int."""
+    return int(parse_number(name, setting(config, name)))
 
 
 def schema_error(error: Any) -> str:
@@ -204,30 +249,34 @@ def config_problems(config: dict[str, Any]) -> list[str]:
                 moments[name] = parse_moment(value)
             except ValueError:
                 problems.append(
-                    f"`{name}` {value!r} is not a date (yyyy-mm-dd) or ISO 8601 date-time."
+                    f"`{name}` {value!r} is not a date (yyyy-mm-dd) or ISO 8601 date-time "
+                    "(e.g. 2024-05-01 or 2024-05-01T06:00:00Z)."
                 )
     if "start_date" in moments and "end_date" in moments and (
         moments["end_date"] <= moments["start_date"]
     ):
         problems.append("`end_date` must be after `start_date`.")
 
-    def positive(name: str) -> None:
-        """Note ``name`` when it is a number not above 0."""
-        value = config.get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
-            problems.append(f"`{name}` must be greater than 0 (got {value}).")
-
+    numbers: dict[str, int | float] = {}
+    for name in NUMBER_SETTINGS:
+        if config.get(name) is None:
+            continue
+        try:
+            numbers[name] = parse_number(name, config[name])
+        except ValueError as exc:
+            problems.append(str(exc))
     for name in ("export_window_hours", "poll_interval_seconds", "job_timeout_seconds",
                  "request_timeout_seconds", "max_concurrent_prefetch_requests"):
-        positive(name)
-    port = config.get("sftp_port")
-    if isinstance(port, int) and not 0 < port < 65536:
+        if name in numbers and numbers[name] <= 0:
+            problems.append(f"`{name}` must be greater than 0 (got {numbers[name]}).")
+    port = numbers.get("sftp_port")
+    if port is not None and not 0 < port < 65536:
         problems.append(f"`sftp_port` must be between 1 and 65535 (got {port}).")
     actions = config.get("actions")
     if isinstance(actions, list) and not [a for a in actions if isinstance(a, str) and a]:
         problems.append("`actions` must name at least one action.")
-    for name in ("max_retries", "limit_records_per_file"):
-        value = config.get(name)
-        if isinstance(value, int) and value < 0:
-            problems.append(f"`{name}` must not be negative (got {value}).")
+    for name in ("max_retries", "limit_records_per_file", "retry_initial_delay_seconds",
+                 "retry_max_delay_seconds"):
+        if name in numbers and numbers[name] < 0:
+            problems.append(f"`{name}` must not be negative (got {numbers[name]}).")
     return problems

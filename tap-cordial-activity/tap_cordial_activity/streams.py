@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import sys
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,7 @@ import orjson
 from singer_sdk.mapper import SameRecordTransform
 from typing_extensions import override
 
+from tap_cordial_activity.errors import USER_ERRORS
 from tap_cordial_activity.export import ExportRunner
 from tap_cordial_activity.schema import SCHEMA
 from tap_cordial_activity.sdk_private import WindowedStream
@@ -55,6 +57,17 @@ class ActivityStream(WindowedStream):
         self._run_started = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 
     @override
+    def log(self, message: str, *args: Any, level: int = logging.INFO, **kwargs: Any) -> None:
+        """Log as singer-sdk does, but an error logged while a user error unwinds goes to DEBUG.
+
+        singer-sdk logs "An unhandled error occurred" for every error leaving a stream's sync;
+        a user error is handled: it ends the run with its own one-line message.
+        """
+        if level >= logging.ERROR and isinstance(sys.exc_info()[1], USER_ERRORS):
+            level = logging.DEBUG
+        super().log(message, *args, level=level, **kwargs)
+
+    @override
     def get_replication_key_signpost(self, context: Context | None = None) -> None:
         """No signpost: the stream sets its bookmark itself, to each finished window's end."""
         return None
@@ -62,6 +75,12 @@ class ActivityStream(WindowedStream):
     def windows(self) -> Iterator[Window]:
         """Windows of at most ``export_window_hours`` from the start to the end, in time order."""
         planned = sync_range(self.stream_state, self.config, self._run_started)
+        bookmark = self.stream_state.get("replication_key_value")
+        if bookmark and self.config.get("start_date"):
+            self.logger.info(
+                "Resuming from the bookmark %s in the STATE; `start_date` %s is ignored (it "
+                "applies to a run without a bookmark)", bookmark, self.config["start_date"],
+            )
         if planned.start >= planned.end:
             self.logger.info(
                 "Nothing to export: start %s is not before end %s", planned.start, planned.end

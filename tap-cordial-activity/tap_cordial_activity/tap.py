@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 from singer_sdk.contrib.msgspec import MsgSpecWriter
@@ -12,13 +14,24 @@ from singer_sdk.tap_base import CliTestOptionValue
 from typing_extensions import override
 
 from tap_cordial_activity.client import CordialClient, RetryPolicy
-from tap_cordial_activity.errors import user_errors_end_the_run
+from tap_cordial_activity.errors import CordialError, SftpError, user_errors_end_the_run
 from tap_cordial_activity.sdk_private import SettingsCheckingTap, cli_config
-from tap_cordial_activity.settings import CONFIG_SCHEMA, config_problems, schema_error, setting
+from tap_cordial_activity.settings import (
+    CONFIG_SCHEMA,
+    config_problems,
+    integer,
+    number,
+    schema_error,
+    setting,
+)
 from tap_cordial_activity.sftp import SftpReader, SftpSettings
 from tap_cordial_activity.streams import ActivityStream
 
 __all__ = ["TapCordialActivity", "config_problems"]
+
+#: ``--test`` answers in seconds: each host gets this timeout and at most this many retries.
+CHECK_TIMEOUT_SECONDS = 3.0
+CHECK_RETRIES = 1
 
 
 class TapCordialActivity(SettingsCheckingTap):
@@ -52,11 +65,11 @@ class TapCordialActivity(SettingsCheckingTap):
             setting(config, "api_url"),
             config["api_key"],
             retry=RetryPolicy(
-                max_retries=int(setting(config, "max_retries")),
-                initial_delay_seconds=float(setting(config, "retry_initial_delay_seconds")),
-                max_delay_seconds=float(setting(config, "retry_max_delay_seconds")),
+                max_retries=integer(config, "max_retries"),
+                initial_delay_seconds=number(config, "retry_initial_delay_seconds"),
+                max_delay_seconds=number(config, "retry_max_delay_seconds"),
             ),
-            timeout_seconds=float(setting(config, "request_timeout_seconds")),
+            timeout_seconds=number(config, "request_timeout_seconds"),
             logger=self.logger,
         )
 
@@ -67,16 +80,16 @@ class TapCordialActivity(SettingsCheckingTap):
         return SftpReader(
             SftpSettings(
                 host=config["sftp_host"],
-                port=int(setting(config, "sftp_port")),
+                port=integer(config, "sftp_port"),
                 username=config["sftp_username"],
                 password=config.get("sftp_password") or None,
                 private_key=config.get("sftp_private_key") or None,
                 private_key_passphrase=config.get("sftp_private_key_passphrase") or None,
                 host_key=config.get("sftp_host_key") or None,
                 known_hosts_path=Path(known_hosts).expanduser() if known_hosts else None,
-                timeout_seconds=float(setting(config, "request_timeout_seconds")),
-                max_concurrent_prefetch_requests=int(
-                    setting(config, "max_concurrent_prefetch_requests")
+                timeout_seconds=number(config, "request_timeout_seconds"),
+                max_concurrent_prefetch_requests=integer(
+                    config, "max_concurrent_prefetch_requests"
                 ),
             ),
             logger=self.logger,
@@ -94,8 +107,8 @@ class TapCordialActivity(SettingsCheckingTap):
             super().cb_test(ctx, param, value)
             return
         config, parse_env = cli_config(ctx)
-        tap = cls(config=config, parse_env_config=parse_env, validate_config=True)
         with user_errors_end_the_run(cls.logger):
+            tap = cls(config=config, parse_env_config=parse_env, validate_config=True)
             tap.check_connection()
         ctx.exit()
 
@@ -109,24 +122,49 @@ class TapCordialActivity(SettingsCheckingTap):
     def check_connection(self) -> bool:
         """Cordial ``/health``, then SFTP login (host key verified) and a listing of ``sftp_path``.
 
-        Never creates an export job. Raises with a clear message on the first failure.
+        Never creates an export job. Short timeouts and at most :data:`CHECK_RETRIES` retry per
+        host; the first failure raises, naming the host that failed.
         """
         client = self.cordial_client()
+        client.retry = replace(
+            client.retry, max_retries=min(client.retry.max_retries, CHECK_RETRIES),
+            max_delay_seconds=min(client.retry.max_delay_seconds, 0.5),
+        )
+        client.timeout_seconds = min(client.timeout_seconds, CHECK_TIMEOUT_SECONDS)
+        api_host = urlsplit(client.api_url).netloc
         try:
             client.health()
+        except CordialError as exc:
+            raise CordialError(
+                f"Connection check failed at the Cordial API host {api_host}: {exc}",
+                status=exc.status,
+            ) from exc
         finally:
             client.close()
         self.logger.info("Cordial API %s: /health OK", client.api_url)
-        with self.sftp_reader() as sftp:
-            files = sftp.list_files(self.config["sftp_path"])
+        reader = self.sftp_reader()
+        reader.settings = replace(
+            reader.settings,
+            timeout_seconds=min(reader.settings.timeout_seconds, CHECK_TIMEOUT_SECONDS),
+            reconnect_attempts=CHECK_RETRIES,
+        )
+        try:
+            with reader:
+                files = reader.list_files(self.config["sftp_path"])
+        except SftpError as exc:
+            raise type(exc)(
+                f"Connection check failed at the SFTP host {reader.address}: {exc}"
+            ) from exc
         self.logger.info(
             "SFTP %s@%s: login OK, host key verified, %d file(s) in %s",
-            self.config["sftp_username"], sftp.address, len(files), self.config["sftp_path"],
+            self.config["sftp_username"], reader.address, len(files), self.config["sftp_path"],
         )
         return True
 
 
-logging.getLogger("paramiko").setLevel(logging.WARNING)
+# The tap reports every SFTP failure itself, in one line; paramiko's transport thread would log
+# a traceback of the same failure first.
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 if __name__ == "__main__":
     TapCordialActivity.cli()

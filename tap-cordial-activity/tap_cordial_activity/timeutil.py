@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import re
+
+#: What the tap accepts as a moment: ``yyyy-mm-dd``, or that with a time
+#: (``T`` or a space, ``HH:MM[:SS[.ffffff]]``) and optionally ``Z`` or a UTC offset.
+_MOMENT = re.compile(
+    r"\d{4}-\d{2}-\d{2}"
+    r"(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?)?"
+)
 
 
 def to_rfc3339(moment: datetime.datetime) -> str:
@@ -17,8 +25,14 @@ def to_cordial(moment: datetime.datetime) -> str:
 
 
 def parse_moment(value: str) -> datetime.datetime:
-    """``yyyy-mm-dd`` (midnight UTC) or an ISO 8601 date-time; naive means UTC."""
+    """``yyyy-mm-dd`` (midnight UTC) or an ISO 8601 date-time; naive means UTC.
+
+    The text is checked as written (no guessing: ``2026-13-01`` and ``Nov 5`` are refused with
+    ``ValueError``), then read by :meth:`datetime.datetime.fromisoformat`.
+    """
     text = value.strip()
+    if not _MOMENT.fullmatch(text):
+        raise ValueError(f"{value!r} is not yyyy-mm-dd or an ISO 8601 date-time")
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
     moment = datetime.datetime.fromisoformat(text)

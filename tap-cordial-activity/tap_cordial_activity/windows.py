@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from tap_cordial_activity.settings import setting
+from tap_cordial_activity.settings import number
 from tap_cordial_activity.timeutil import parse_moment, to_rfc3339
 
 
@@ -121,7 +121,7 @@ def plan_windows(
 
 def export_window_span(config: Mapping[str, Any]) -> datetime.timedelta:
     """``export_window_hours`` as a duration."""
-    return datetime.timedelta(hours=float(setting(config, "export_window_hours")))
+    return datetime.timedelta(hours=number(config, "export_window_hours"))
 
 
 def progress_of(window: Window) -> dict[str, Any]:
