@@ -7,8 +7,10 @@ fails for good stops that prefix for the rest of the run, so no STATE after its 
 written even when later bodies succeed.
 
 :class:`UploadPool` keeps up to ``max_concurrent_uploads`` bodies in flight on as many daemon
-threads (memory: about that many bodies plus the one being built); ``submit`` waits for a free
-place. Daemon threads, so a run ending on an error does not wait for requests still in flight.
+threads (memory: about that many bodies plus the one being built). ``submit`` waits until fewer
+than that many bodies are outside the accepted prefix, like a TCP window: a slow or retried body
+lets only that many later ones through, which also bounds what a killed run delivered beyond its
+last STATE. Daemon threads, so a run ending on an error does not wait for requests in flight.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class RecordLedger:
         """Start with nothing received; ``on_progress`` runs whenever the accepted prefix grows."""
         self.received = 0
         self.accepted_through = 0
+        #: Bodies whose records are all in the accepted prefix.
+        self.bodies_accepted_through = 0
         self._finished: list[_Span] = []
         self._lock = threading.Lock()
         self._on_progress = on_progress
@@ -62,6 +66,7 @@ class RecordLedger:
             grew = False
             while self._finished and self._finished[0].first == self.accepted_through:
                 self.accepted_through = heapq.heappop(self._finished).end
+                self.bodies_accepted_through += 1
                 grew = True
         if grew:
             self._on_progress()
@@ -109,6 +114,7 @@ class UploadPool:
         self._on_error: Callable[[], None] | None = on_error
         self._queue: queue.SimpleQueue[Body | None] = queue.SimpleQueue()
         self._outstanding = 0
+        self._submitted = 0
         self._changed = threading.Condition()
         self._threads = [
             threading.Thread(target=self._work, name=f"lytics-upload-{name}-{n}", daemon=True)
@@ -118,11 +124,15 @@ class UploadPool:
             thread.start()
 
     def submit(self, body: Body) -> None:
-        """Queue ``body`` once fewer than ``size`` are in flight; raise an earlier failure first."""
+        """Queue ``body`` once fewer than ``size`` bodies are outside the accepted prefix.
+
+        Raises an earlier failure instead.
+        """
         with self._changed:
-            while self._outstanding >= self.size and self.error is None:
+            while self._ahead() >= self.size and self.error is None:
                 self._changed.wait()
             self.raise_error()
+            self._submitted += 1
             self._outstanding += 1
             self.counts.in_flight = self._outstanding
         self._queue.put(body)
@@ -133,6 +143,10 @@ class UploadPool:
             while self._outstanding and self.error is None:
                 self._changed.wait()
             self.raise_error()
+
+    def _ahead(self) -> int:
+        """Bodies submitted and not yet in the accepted prefix (in flight or accepted early)."""
+        return self._submitted - self.ledger.bodies_accepted_through
 
     def raise_error(self) -> None:
         """Raise the first failure, if any (in the caller's thread)."""
