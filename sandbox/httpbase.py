@@ -86,6 +86,36 @@ class Response:
         return cls(status, orjson.dumps(payload), dict(headers or {}))
 
 
+class _Throttle:
+    """Paces body reads to a rate in bytes per second (None: unpaced), like a slow uplink."""
+
+    #: Bytes read between pauses: small enough to keep the pace smooth for small bodies.
+    STEP = 64 * 1024
+
+    def __init__(self, bytes_per_second: float | None) -> None:
+        self.rate = float(bytes_per_second) if bytes_per_second else None
+        self.started = time.monotonic()
+        self.done = 0
+
+    def read(self, stream: Any, size: int) -> bytes:
+        """Read ``size`` bytes (fewer at end of stream) no faster than the rate."""
+        if self.rate is None:
+            return bytes(stream.read(size))
+        parts: list[bytes] = []
+        remaining = size
+        while remaining > 0:
+            part = stream.read(min(self.STEP, remaining))
+            if not part:
+                break
+            parts.append(part)
+            remaining -= len(part)
+            self.done += len(part)
+            wait = self.started + self.done / self.rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        return b"".join(parts)
+
+
 class _ResetConnection(Exception):  # noqa: N818 - a control-flow signal, not an error
     """Raised inside a handler to close the socket without any answer."""
 
@@ -132,8 +162,12 @@ class _Handler(BaseHTTPRequestHandler):
         """Serve a DELETE."""
         self._serve()
 
-    def _read_body(self, limit: int | None) -> tuple[bytes, int, bool]:
-        """Read the body (Content-Length or chunked); drain it instead when above ``limit``."""
+    def _read_body(self, limit: int | None, rate: float | None) -> tuple[bytes, int, bool]:
+        """Read the body (Content-Length or chunked); drain it instead when above ``limit``.
+
+        ``rate`` (bytes per second) paces the reading; None reads as fast as the body comes.
+        """
+        throttle = _Throttle(rate)
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             parts: list[bytes] = []
             total = 0
@@ -145,7 +179,7 @@ class _Handler(BaseHTTPRequestHandler):
                     while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
                         pass
                     break
-                chunk = self.rfile.read(size)
+                chunk = throttle.read(self.rfile, size)
                 self.rfile.readline(3)
                 total += size
                 if limit is None or total <= limit:
@@ -158,17 +192,19 @@ class _Handler(BaseHTTPRequestHandler):
         if limit is not None and length > limit:
             remaining = length
             while remaining > 0:
-                chunk = self.rfile.read(min(_DRAIN_CHUNK, remaining))
+                chunk = throttle.read(self.rfile, min(_DRAIN_CHUNK, remaining))
                 if not chunk:
                     break
                 remaining -= len(chunk)
             return b"", length, True
-        return (self.rfile.read(length) if length else b""), length, False
+        return (throttle.read(self.rfile, length) if length else b""), length, False
 
     def _serve(self) -> None:
         owner = self.server.owner
         split = urlsplit(self.path)
-        body, length, too_large = self._read_body(owner.max_body_bytes)
+        # The admin endpoints are the sandbox's own: no simulated slow link for them.
+        rate = None if owner.is_admin_path(split.path) else owner.upload_bytes_per_second
+        body, length, too_large = self._read_body(owner.max_body_bytes, rate)
         request = Request(
             method=self.command,
             path=split.path,
@@ -248,6 +284,10 @@ class HttpStandIn:
     #: URL path prefix of the sandbox's own admin endpoints (no auth, out of the API's tree).
     ADMIN_PREFIX: ClassVar[str] = "/_sandbox"
     max_body_bytes: int | None = None
+    #: Added before answering each API request (not the admin endpoints): a link's round trip.
+    latency_seconds: float = 0.0
+    #: Request bodies are read at most this fast (None: as fast as they come): a slow uplink.
+    upload_bytes_per_second: float | None = None
 
     def __init__(self) -> None:
         self._server: _Server | None = None
@@ -331,8 +371,10 @@ class HttpStandIn:
     # -- dispatch --------------------------------------------------------------------------
     def dispatch(self, request: Request) -> Response:
         """Apply admin routing and faults around :meth:`route`."""
-        if request.path == self.ADMIN_PREFIX or request.path.startswith(self.ADMIN_PREFIX + "/"):
+        if self.is_admin_path(request.path):
             return self.admin(request)
+        if self.latency_seconds > 0:
+            time.sleep(self.latency_seconds)
         fault = self._take_fault(request.path)
         if fault is None:
             return self.route(request)
@@ -349,6 +391,10 @@ class HttpStandIn:
         if fault.retry_after is not None:
             headers["Retry-After"] = _format_retry_after(fault.retry_after)
         return self.error(fault.status, f"injected fault: HTTP {fault.status}", headers)
+
+    def is_admin_path(self, path: str) -> bool:
+        """True for the sandbox's own ``/_sandbox`` endpoints."""
+        return path == self.ADMIN_PREFIX or path.startswith(self.ADMIN_PREFIX + "/")
 
     def route(self, request: Request) -> Response:
         """Answer one API request (implemented by each stand-in)."""
