@@ -39,8 +39,8 @@ def plugin_env(
 ) -> dict[str, str]:
     """Environment variables that configure tap-cordial-activity and target-lytics.
 
-    Numeric (decimal) settings such as the poll interval are left to meltano.yml's sandbox
-    environment: Meltano 4.4 cannot serialize a decimal setting read from a variable.
+    Only addresses and credentials: the sandbox's tuning (poll interval, retries) lives in
+    meltano.yml's sandbox environment.
     """
     return {
         "TAP_CORDIAL_ACTIVITY_API_KEY": cordial.api_key,
@@ -146,8 +146,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     query = urllib.parse.urlencode({"stream": args.stream, "limit": args.limit})
     sample = _call(f"{admin}/events?{query}")
     counts = _call(f"{admin}/counts?{urllib.parse.urlencode({'stream': args.stream})}")
+    profiles = _pick_profiles(_call(f"{admin}/profiles?limit=50"), args.profiles)
     if args.json:
-        print(json.dumps({"summary": summary, "counts": counts, "sample": sample}, indent=2))
+        out = {"summary": summary, "counts": counts, "sample": sample, "profiles": profiles}
+        print(json.dumps(out, indent=2))
+        return 0
+    if args.profiles_only:
+        _print_profiles(profiles)
         return 0
     total = summary["streams"].get(args.stream, 0)
     rejected = summary["rejected"].get(args.stream, 0)
@@ -162,7 +167,41 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"first {len(sample['events'])} events:")
         for event in sample["events"]:
             print("  " + json.dumps(event, ensure_ascii=False, sort_keys=True))
+    if args.profiles:
+        _print_profiles(profiles)
     return 0
+
+
+#: The user fields a profile line shows: (label, field).
+PROFILE_FIELDS = (
+    ("last action", "cr_event_action"),
+    ("last event", "cr_event_timestamp"),
+    ("message", "cr_message_name"),
+)
+
+
+def _pick_profiles(listing: dict[str, Any], count: int) -> dict[str, Any]:
+    """Up to ``count`` of the busiest profiles, those with a message name first."""
+    ranked = sorted(listing["profiles"], key=lambda p: "cr_message_name" not in p["fields"])
+    return {**listing, "profiles": ranked[:count]}
+
+
+def _print_profiles(listing: dict[str, Any]) -> None:
+    if not listing["schema_version"]:
+        print(
+            "user profiles: none, no schema is published (run "
+            "'meltano invoke target-lytics:schema-publish' or 'target-lytics --schema-publish')"
+        )
+        return
+    print(
+        f"user profiles (schema version {listing['schema_version']}, merged by "
+        f"{', '.join(listing['identifier_fields'])}): {listing['total']} in all, for example"
+    )
+    for profile in listing["profiles"]:
+        fields = profile["fields"]
+        contact = fields.get("cr_contact_id", "?")
+        shown = ", ".join(f"{label} {fields.get(name, '-')}" for label, name in PROFILE_FIELDS)
+        print(f"  contact {contact}: {shown} ({profile['events']} events)")
 
 
 def cmd_add_events(args: argparse.Namespace) -> int:
@@ -209,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", parents=[common], help="print what the Lytics stand-in received")
     show.add_argument("--stream", default="cordial_activity")
     show.add_argument("--limit", type=int, default=3, help="sample events shown (%(default)s)")
+    show.add_argument("--profiles", type=int, default=3, help="user profiles shown (%(default)s)")
+    show.add_argument("--profiles-only", action="store_true", help="print the user profiles alone")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=cmd_show)
     add = sub.add_parser(

@@ -1,10 +1,15 @@
-"""Lytics API stand-in: ``POST /collect/json/{stream}``.
+"""Lytics API stand-in: ``POST /collect/json/{stream}``, the v2 user schema and user profiles.
 
 Faithful to ../shared/reference/lytics-api.md: the raw token in ``Authorization`` (401
 otherwise), a JSON object or array body, ``dryrun`` (validate, store nothing), ``timestamp_field``
 recorded, 413 above 10,000,000 bytes, events holding an array of objects refused and counted in
 ``rejected_count``, answers in Lytics' envelope ``{"status", "message", "data"}`` and errors as
 ``{"status", "message", "request_id"}``.
+
+The schema calls (``/v2/schema/...``, the ``enable_schema_patches`` account setting) are served by
+:mod:`sandbox.lytics_schema`; once a schema is published, ``GET /api/entity/user/{field}/{value}``
+serves profiles built by :mod:`sandbox.lytics_profiles` from every stored event. Optional slow-link
+timing: ``latency_seconds`` per request and ``upload_bytes_per_second`` for request bodies.
 
 Accepted events are kept compactly: each request body is kept once as bytes (with the positions of
 the refused events) and decoded only when read. ``count_only=True`` keeps counts alone, for
@@ -16,6 +21,7 @@ from __future__ import annotations
 import re
 import secrets
 import threading
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,11 +30,30 @@ import msgspec
 import orjson
 
 from sandbox.httpbase import HttpStandIn, Request, Response
+from sandbox.lytics_profiles import Profile, StoredEvent, build_profiles
+from sandbox.lytics_schema import (
+    PATCH_PREFIX,
+    SCHEMA_PREFIX,
+    SETTING_PATH,
+    SchemaRefused,
+    SchemaStore,
+)
 
 DEFAULT_TOKEN = "sandbox-lytics-token"  # noqa: S105 - the sandbox default, not a real secret
 #: Lytics' documented cap per request body.
 MAX_BODY_BYTES = 10_000_000
 _COLLECT_PREFIX = "/collect/json/"
+_ENTITY_PREFIX = "/api/entity/user/"
+#: Settings of ``POST /_sandbox/options`` (and constructor keyword arguments of the same names).
+OPTION_NAMES = frozenset(
+    {
+        "count_only",
+        "schema_patches",
+        "setting_refusal",
+        "latency_seconds",
+        "upload_bytes_per_second",
+    }
+)
 # An array whose first element is an object. A body without it beyond the outer array cannot hold
 # an event with an array of objects, so the exact per-event check is skipped for most bodies.
 _ARRAY_OF_OBJECTS = re.compile(rb"\[\s*\{")
@@ -57,6 +82,7 @@ class _Chunk:
 
     body: bytes
     rejected: frozenset[int] = field(default_factory=frozenset)
+    timestamp_field: str | None = None
 
     def decode(self) -> list[dict[str, Any]]:
         data = orjson.loads(self.body)
@@ -136,11 +162,29 @@ class LyticsStandIn(HttpStandIn):
     # Bodies above the cap are drained unread (see httpbase) and answered 413.
     max_body_bytes = MAX_BODY_BYTES
 
-    def __init__(self, *, token: str = DEFAULT_TOKEN, count_only: bool = False) -> None:
-        """``count_only`` keeps per-stream counts only (no events, no request bodies)."""
+    def __init__(
+        self,
+        *,
+        token: str = DEFAULT_TOKEN,
+        count_only: bool = False,
+        schema_patches: bool = False,
+        latency_seconds: float = 0.0,
+        upload_bytes_per_second: float | None = None,
+    ) -> None:
+        """``count_only`` keeps per-stream counts only (no events, no request bodies);
+        ``schema_patches`` is the account setting ``enable_schema_patches``;
+        ``latency_seconds`` is added to every API request and ``upload_bytes_per_second`` paces
+        the reading of request bodies (a slow link)."""
         super().__init__()
         self.token = token
         self.count_only = count_only
+        self.latency_seconds = float(latency_seconds)
+        self.upload_bytes_per_second = upload_bytes_per_second
+        #: The account's user schema (fields, mappings, publishes, patches, the patch setting).
+        self.schema = SchemaStore(schema_patches=schema_patches)
+        # Profiles are rebuilt when the published schema or the stored events changed.
+        self._events_generation = 0
+        self._profiles_cache: tuple[tuple[int, int], list[str], list[Profile]] | None = None
         self.requests: list[RequestRecord] = []
         #: Accepted events per stream (kept in count_only mode too).
         self.counts: dict[str, int] = {}
@@ -159,12 +203,15 @@ class LyticsStandIn(HttpStandIn):
         return StreamEvents(self)
 
     def reset(self) -> None:
-        """Forget every event, request and queued fault."""
+        """Forget every event, request, queued fault and the schema (the options stay)."""
         with self._lock:
             self.requests.clear()
             self.counts.clear()
             self.rejected.clear()
             self._chunks.clear()
+            self._events_generation += 1
+            self._profiles_cache = None
+        self.schema.reset()
         self.clear_faults()
 
     def total(self) -> int:
@@ -175,12 +222,21 @@ class LyticsStandIn(HttpStandIn):
     # -- HTTP -------------------------------------------------------------------------------
     def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
         """Lytics' error shape, with a request id."""
-        payload = {"status": status, "message": message, "request_id": secrets.token_hex(8)}
+        payload = {"status": status, "message": message, "request_id": _request_id()}
         return Response.json(status, payload, headers)
+
+    def _authorized(self, request: Request) -> bool:
+        token = request.header("Authorization")
+        return bool(token) and secrets.compare_digest(token.encode(), self.token.encode())
 
     def route(self, request: Request) -> Response:
         """Answer one API request."""
-        if not request.path.startswith(_COLLECT_PREFIX):
+        path = request.path
+        if path.startswith((SCHEMA_PREFIX, PATCH_PREFIX)) or path == SETTING_PATH:
+            return self._schema_call(request)
+        if path.startswith(_ENTITY_PREFIX):
+            return self._entity(request)
+        if not path.startswith(_COLLECT_PREFIX):
             return self.error(404, f"not found: {request.path}")
         if request.method != "POST":
             return self.error(405, f"method not allowed: {request.method}")
@@ -200,9 +256,67 @@ class LyticsStandIn(HttpStandIn):
             self.requests.append(record)
         return response
 
+    def _envelope(self, data: Any, message: str = "success") -> Response:
+        payload = {"data": data, "status": 200, "message": message, "request_id": _request_id()}
+        return Response.json(200, payload)
+
+    def _schema_call(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return self.error(401, "Unauthorized: the API token is missing or invalid")
+        body: Any = None
+        if request.method == "POST" and request.body.strip():
+            try:
+                body = orjson.loads(request.body)
+            except orjson.JSONDecodeError as exc:
+                return self.error(400, f"invalid JSON body: {exc}")
+        try:
+            _, data = self.schema.handle(request.method, request.path, body)
+        except SchemaRefused as refusal:
+            return self.error(refusal.status, refusal.message)
+        return self._envelope(data)
+
+    def _entity(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return self.error(401, "Unauthorized: the API token is missing or invalid")
+        if request.method != "GET":
+            return self.error(405, f"method not allowed: {request.method}")
+        parts = request.path.removeprefix(_ENTITY_PREFIX).split("/", 1)
+        if len(parts) != 2 or not all(parts):
+            return self.error(400, "use /api/entity/user/{field}/{value}")
+        field_name, value = parts[0], urllib.parse.unquote(parts[1])
+        identifiers, profiles = self.profiles()
+        if field_name not in identifiers:
+            return self.error(
+                400, f"field {field_name!r} is not an identifier field of the published schema"
+            )
+        for profile in profiles:
+            state = profile.fields.get(field_name)
+            if state is not None and str(state.value) == value:
+                return self._envelope(profile.as_dict())
+        return self.error(404, f"entity not found: user {field_name}={value}")
+
+    def profiles(self) -> tuple[list[str], list[Profile]]:
+        """``(identifier fields, profiles)`` from the published schema and every stored event."""
+        with self._lock:
+            key = (self.schema.version, self._events_generation)
+            cached = self._profiles_cache
+            chunks = {stream: list(items) for stream, items in self._chunks.items()}
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        fields, mappings = self.schema.published()
+        events_of: dict[str, list[StoredEvent]] = {}
+        for stream, stream_chunks in chunks.items():
+            stored = events_of.setdefault(stream, [])
+            for chunk in stream_chunks:
+                for event in chunk.decode():
+                    stored.append(StoredEvent(event, chunk.timestamp_field, len(stored)))
+        identifiers, profiles = build_profiles(fields, mappings, events_of)
+        with self._lock:
+            self._profiles_cache = (key, identifiers, profiles)
+        return identifiers, profiles
+
     def _collect(self, request: Request, record: RequestRecord) -> Response:
-        token = request.header("Authorization")
-        if not token or not secrets.compare_digest(token.encode(), self.token.encode()):
+        if not self._authorized(request):
             return self.error(401, "Unauthorized: the API token is missing or invalid")
         if request.too_large:
             return self.error(
@@ -228,7 +342,9 @@ class LyticsStandIn(HttpStandIn):
                 if rejected:
                     self.rejected[stream] = self.rejected.get(stream, 0) + len(rejected)
                 if not self.count_only and accepted:
-                    self._chunks.setdefault(stream, []).append(_Chunk(request.body, rejected))
+                    chunk = _Chunk(request.body, rejected, record.timestamp_field)
+                    self._chunks.setdefault(stream, []).append(chunk)
+                    self._events_generation += 1
         data_out: dict[str, Any] = {
             "message_count": len(items),
             "rejected_count": len(rejected),
@@ -265,7 +381,43 @@ class LyticsStandIn(HttpStandIn):
                 "statuses": _count([r.status for r in self.requests]),
                 "count_only": self.count_only,
                 "pending_faults": self.pending_faults(),
+                "options": self.options(),
+                "schema_version": self.schema.version,
             }
+
+    def options(self) -> dict[str, Any]:
+        """The current values of the settable options (see :data:`OPTION_NAMES`)."""
+        return {
+            "count_only": self.count_only,
+            "schema_patches": self.schema.schema_patches,
+            "setting_refusal": self.schema.setting_refusal,
+            "latency_seconds": self.latency_seconds,
+            "upload_bytes_per_second": self.upload_bytes_per_second,
+        }
+
+    def set_options(self, **values: Any) -> dict[str, Any]:
+        """Change options at runtime (unknown names: KeyError); returns them all."""
+        unknown = sorted(set(values) - OPTION_NAMES)
+        if unknown:
+            raise KeyError(unknown)
+        if "count_only" in values:
+            self.count_only = bool(values["count_only"])
+        if "schema_patches" in values:
+            self.schema.schema_patches = bool(values["schema_patches"])
+        if "setting_refusal" in values:
+            refusal = values["setting_refusal"]
+            self.schema.setting_refusal = None if refusal is None else int(refusal)
+        if "latency_seconds" in values:
+            latency = float(values["latency_seconds"] or 0)
+            if latency < 0:
+                raise ValueError("latency_seconds must be >= 0")
+            self.latency_seconds = latency
+        if "upload_bytes_per_second" in values:
+            rate = values["upload_bytes_per_second"]
+            if rate is not None and float(rate) <= 0:
+                raise ValueError("upload_bytes_per_second must be > 0 (or null: unlimited)")
+            self.upload_bytes_per_second = None if rate is None else float(rate)
+        return self.options()
 
     def admin_route(self, path: str, method: str, request: Request) -> Response | None:
         """Admin ``GET /events``, ``GET /counts``, ``POST /reset`` and ``POST /options``."""
@@ -284,12 +436,27 @@ class LyticsStandIn(HttpStandIn):
             self.reset()
             return Response.json(200, self.summary())
         if path == "/options" and method == "POST":
-            payload = orjson.loads(request.body or b"{}")
-            if set(payload) - {"count_only"}:
-                raise KeyError(sorted(set(payload) - {"count_only"}))
-            self.count_only = bool(payload.get("count_only", self.count_only))
-            return Response.json(200, {"count_only": self.count_only})
+            return Response.json(200, self.set_options(**orjson.loads(request.body or b"{}")))
+        if path == "/options" and method == "GET":
+            return Response.json(200, self.options())
+        if path == "/profiles" and method == "GET":
+            identifiers, profiles = self.profiles()
+            limit = int(request.query.get("limit", len(profiles)))
+            ranked = sorted(profiles, key=lambda p: -p.events)[:limit]
+            return Response.json(
+                200,
+                {
+                    "schema_version": self.schema.version,
+                    "identifier_fields": identifiers,
+                    "total": len(profiles),
+                    "profiles": [{"events": p.events, "fields": p.as_dict()} for p in ranked],
+                },
+            )
         return None
+
+
+def _request_id() -> str:
+    return secrets.token_hex(8)
 
 
 def _count(values: list[int]) -> dict[str, int]:

@@ -3,7 +3,8 @@
 #   1. .venv with meltano and both plugins (scripts/bootstrap.sh), then `meltano install`;
 #   2. the sandbox (Cordial + SFTP + Lytics stand-ins on 127.0.0.1) with generated events;
 #   3. `meltano run tap-cordial-activity target-lytics` in the sandbox environment, and what Lytics got;
-#   4. new events, a second run that delivers only those; then the sandbox stops (also on failure).
+#   4. new events, a second run that delivers only those; then the sandbox stops (also on failure);
+#   5. before the runs the target publishes the Lytics user schema; the end shows user profiles.
 # DEMO_EVENTS / DEMO_NEW_EVENTS change the sizes. Logs go to .sandbox/*.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -80,6 +81,12 @@ sed 's/^/   /' "$WORK/sandbox.log"
 # shellcheck disable=SC1090
 source "$ENV_FILE"
 
+step "meltano invoke target-lytics:schema-publish (Cordial fields as Lytics user fields)"
+# Once per account, before the first run: creates the user fields and mappings and publishes them,
+# so Lytics builds profiles from the events. Run again, it writes nothing.
+logged "$WORK/schema-publish.log" meltano --environment=sandbox invoke target-lytics:schema-publish
+grep -E "^(created|Created|Nothing)" "$WORK/schema-publish.log" | sed 's/^/   /'
+
 # A new sandbox holds new events: forget the bookmark of an earlier demo (the demo leaves its own
 # behind; the README's "Run it by hand" clears it the same way).
 meltano --environment=sandbox state clear --force "$STATE_ID" >/dev/null 2>&1 || true
@@ -109,7 +116,7 @@ logged "$WORK/run-1.log" meltano --environment=sandbox run tap-cordial-activity 
 highlights "$WORK/run-1.log"
 
 step "What Lytics received"
-python -m sandbox show --env-file "$ENV_FILE"
+python -m sandbox show --env-file "$ENV_FILE" --profiles 0
 first_bookmark="$(bookmark)"
 read -r total_1 distinct_1 < <(lytics_counts)
 note "(the tap's default actions leave out Cordial's reserved pageview and message-stopped actions, hence"
@@ -128,7 +135,7 @@ logged "$WORK/run-2.log" meltano --environment=sandbox run tap-cordial-activity 
 highlights "$WORK/run-2.log"
 
 step "What Lytics received now"
-python -m sandbox show --env-file "$ENV_FILE" --limit 0
+python -m sandbox show --env-file "$ENV_FILE" --limit 0 --profiles 0
 read -r total_2 distinct_2 < <(lytics_counts)
 echo "the last 3 events received (from run 2):"
 latest_events 3
@@ -141,5 +148,15 @@ if [ "$total_2" -le "$total_1" ] || [ "$distinct_2" -ne "$total_2" ] || [ "$dist
   exit 1
 fi
 echo "Only the new events arrived: no event was delivered twice."
+
+step "User profiles: Lytics merged the events by cr_contact_id through the published mappings"
+python -m sandbox show --env-file "$ENV_FILE" --profiles-only --profiles 3
+profiles="$(python -m sandbox show --env-file "$ENV_FILE" --json --limit 0 | python -c '
+import json, sys
+print(json.load(sys.stdin)["profiles"]["total"])')"
+if [ "$profiles" -lt 1 ]; then
+  echo "UNEXPECTED: no user profile was built from the events" >&2
+  exit 1
+fi
 
 step "Done: the sandbox stops now"

@@ -296,7 +296,7 @@ def test_admin_endpoints(http: requests.Session, lytics: LyticsStandIn) -> None:
     assert post(http, lytics, "x", {"a": 1}).status_code == 503
     assert lytics.counts["x"] == 1
     options = http.post(f"{admin}/options", json={"count_only": True}, timeout=10).json()
-    assert options == {"count_only": True}
+    assert options["count_only"] is True
     assert lytics.count_only is True
     assert http.post(f"{admin}/options", json={"bogus": 1}, timeout=10).status_code == 400
     assert http.post(f"{admin}/reset", timeout=10).json()["streams"] == {}

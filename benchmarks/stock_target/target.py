@@ -16,11 +16,14 @@ import requests
 from singer_sdk import Target
 from singer_sdk import typing as th
 from singer_sdk.sinks import BatchSink
+from target_lytics.mapping import StreamMapping
 from target_lytics.settings import DEFAULT_STREAMS
 
 #: The same default mapping of the Singer stream ``activity`` as target-lytics (one definition),
 #: so both targets do the same work and only the SDK machinery around it differs.
-ACTIVITY_FIELDS: dict[str, str] = DEFAULT_STREAMS["activity"]["fields"]
+ACTIVITY_FIELDS: dict[str, str] = dict(
+    StreamMapping.from_setting("activity", DEFAULT_STREAMS["activity"]).fields or {}
+)
 ACTIVITY_TIMESTAMP_FIELD: str = DEFAULT_STREAMS["activity"]["timestamp_field"]
 
 

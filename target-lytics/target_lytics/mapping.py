@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from target_lytics.errors import ValueConversionError
+from target_lytics.user_fields import lytics_field_name
 
 Converter = Callable[[Any], Any]
 
@@ -266,7 +267,8 @@ class StreamMapping:
         fields = entry.get("fields")
         return cls(
             lytics_stream=entry.get("lytics_stream") or singer_stream,
-            fields=dict(fields) if fields else None,
+            # An entry is a Lytics field name or a field definition naming it in `field`.
+            fields={k: lytics_field_name(v) for k, v in fields.items()} if fields else None,
             timestamp_field=entry.get("timestamp_field") or None,
         )
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from singer_sdk import typing as th
 
+from target_lytics.user_fields import ACTIVITY_FIELDS, FIELD_ENTRY_SCHEMA, WORKFLOWS
+
 #: Lytics' documented cap per request body.
 HARD_MAX_REQUEST_BYTES = 10_000_000
 
@@ -25,16 +27,7 @@ MAX_CONCURRENT_UPLOADS = 32
 DEFAULT_STREAMS: dict[str, dict[str, Any]] = {
     "activity": {
         "lytics_stream": "cordial_activity",
-        "fields": {
-            "cID": "cr_contact_id",
-            "first": "cr_first",
-            "_id": "cr_system_event_id",
-            "mcID": "cr_message_contact_id",
-            "message_name": "cr_message_name",
-            "message_sent": "cr_message_sent_timestamp",
-            "action": "cr_event_action",
-            "time": "cr_event_timestamp",
-        },
+        "fields": ACTIVITY_FIELDS,
         "timestamp_field": "cr_event_timestamp",
     },
 }
@@ -49,10 +42,11 @@ _STREAM_ENTRY = th.ObjectType(
     ),
     th.Property(
         "fields",
-        th.ObjectType(additional_properties=th.StringType),
+        th.ObjectType(additional_properties=th.CustomType(FIELD_ENTRY_SCHEMA)),
         description=(
-            "Source field -> Lytics field. Only these fields are sent unless "
-            "include_unmapped_fields is true; without `fields` every field is sent as is."
+            "Source field -> Lytics field, as a name or as {field, type, mergeop, identifier, "
+            "shortdesc} (the user field --schema-publish creates). Only these fields are sent "
+            "unless include_unmapped_fields is true; without `fields` every field is sent as is."
         ),
     ),
     th.Property(
@@ -90,11 +84,12 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         "streams",
         th.ObjectType(additional_properties=_STREAM_ENTRY),
         description=(
-            "Per Singer stream: {lytics_stream, fields: {source: lytics_field}, "
-            "timestamp_field}. Merged over the defaults by Singer stream name; the default "
-            "maps `activity` to `cordial_activity` with the Cordial fields (cID -> "
-            "cr_contact_id, ...). Streams not listed go to the Lytics stream of the same "
-            "name with their fields as they are."
+            "Per Singer stream: {lytics_stream, fields: {source: lytics_field or {field, "
+            "type, mergeop, identifier, shortdesc}}, timestamp_field}. Merged over the "
+            "defaults by Singer stream name; the default maps `activity` to "
+            "`cordial_activity` with the Cordial fields as user fields (cID -> "
+            "cr_contact_id, the identifier, ...). Streams not listed go to the Lytics stream "
+            "of the same name with their fields as they are."
         ),
     ),
     th.Property(
@@ -162,6 +157,16 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         default=30,
         exclusiveMinimum=0,
         description="Seconds between progress lines while uploading.",
+    ),
+    th.Property(
+        "schema_workflow",
+        th.StringType(allowed_values=list(WORKFLOWS)),
+        default="auto",
+        description=(
+            "How --schema-publish writes the user schema: `auto` reads the account setting "
+            "enable_schema_patches (and fails if the token may not read it), `direct` writes "
+            "fields and mappings then publishes, `patch` uses one schema patch and applies it."
+        ),
     ),
     # singer-sdk's own setting, declared here for its default: bodies are bounded by bytes and
     # sent as they fill, so a drain only flushes a partial body and waits for it; the SDK's

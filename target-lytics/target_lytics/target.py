@@ -17,9 +17,11 @@ from target_lytics.errors import LyticsError, user_errors_end_the_run
 from target_lytics.fastpath import FastRecordPath
 from target_lytics.mapping import StreamMapping
 from target_lytics.progress import UploadProgress
+from target_lytics.schema_publish import run_schema_command
 from target_lytics.sdk_private import HookedTarget, cli_config
 from target_lytics.settings import (
     CONFIG_SCHEMA,
+    DEFAULT_STREAMS,
     merged_streams,
     parse_number_settings,
     schema_problem,
@@ -225,6 +227,17 @@ class TargetLytics(HookedTarget):
         )
         ctx.exit()
 
+    @classmethod
+    def cb_schema(cls, ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        """``--schema-plan`` / ``--schema-publish``: show or publish the user schema, then exit."""
+        if not value:
+            return
+        config, parse_env = cli_config(ctx)
+        with user_errors_end_the_run(cls.logger):
+            target = cls(config=config, parse_env_config=parse_env, validate_config=True)
+            run_schema_command(target, DEFAULT_STREAMS, publish=param.name == "schema_publish")
+        ctx.exit()
+
     @override
     @classmethod
     def invoke(cls, **options: t.Any) -> None:
@@ -247,6 +260,29 @@ class TargetLytics(HookedTarget):
                 help=(
                     "Check the connection and api_token: POST a sample event with dryrun=true "
                     "(Lytics stores nothing), then exit."
+                ),
+            )
+        )
+        command.params.extend(
+            click.Option(
+                [flag],
+                is_flag=True,
+                default=False,
+                expose_value=False,
+                callback=cls.cb_schema,
+                help=text,
+            )
+            for flag, text in (
+                (
+                    "--schema-plan",
+                    "Compare the Lytics user fields and mappings with the streams setting: print "
+                    "what --schema-publish would create, what exists and what conflicts. Writes "
+                    "nothing.",
+                ),
+                (
+                    "--schema-publish",
+                    "Create the missing user fields and mappings in Lytics and publish them "
+                    "(idempotent; a conflict writes nothing), then exit.",
                 ),
             )
         )

@@ -1,0 +1,285 @@
+"""The plan behind ``--schema-plan``: the account's user schema compared with the mapping.
+
+The user fields that the ``streams`` setting defines (see :mod:`target_lytics.user_fields`) are
+compared with the account's fields and mappings:
+
+- a missing field or mapping is to be created;
+- a field with the same type and identifier flag exists: it is kept as it is, and a different
+  merge op or description is reported, not changed;
+- a field with another type or identifier flag is a conflict: publishing then writes nothing;
+- a mapping of the field from the same stream with another expression is kept as it is.
+
+Reading the plan writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from target_lytics.errors import LyticsError
+from target_lytics.schema_client import LyticsSchemaClient
+from target_lytics.user_fields import FieldDefinition, FieldSettingError, field_definitions
+
+
+class SchemaConflictError(LyticsError):
+    """The account's schema disagrees with the mapping in a way that publishing must not fix."""
+
+
+@dataclass
+class FieldStep:
+    """One user field: what the account has and what to do."""
+
+    definition: FieldDefinition
+    #: "create", "exists" (matches), "kept" (same type and identifier, other details) or "conflict".
+    action: str
+    existing: Mapping[str, Any] | None = None
+    note: str = ""
+
+
+@dataclass
+class MappingStep:
+    """One mapping from a Lytics stream key to a user field."""
+
+    definition: FieldDefinition
+    stream: str
+    #: "create", "exists" or "kept" (another expression from the same stream).
+    action: str
+    existing_expr: str | None = None
+
+    def body(self) -> dict[str, Any]:
+        """The body of ``POST /v2/schema/user/mapping``."""
+        return {"field": self.definition.id, "stream": self.stream, "expr": self.definition.expr}
+
+
+@dataclass
+class StreamPlan:
+    """The plan for one configured Singer stream."""
+
+    singer_stream: str
+    lytics_stream: str
+    fields: list[FieldStep] = field(default_factory=list)
+    mappings: list[MappingStep] = field(default_factory=list)
+
+
+@dataclass
+class SchemaPlan:
+    """What publishing would do, per stream."""
+
+    streams: list[StreamPlan]
+    #: Unpublished draft changes to these fields or mappings (a publish completes them).
+    draft_pending: list[str] = field(default_factory=list)
+    #: Unpublished draft changes to other fields or mappings (a publish includes them too).
+    draft_other: list[str] = field(default_factory=list)
+
+    def steps(self, action: str) -> tuple[list[FieldStep], list[MappingStep]]:
+        """Field and mapping steps with ``action``; a field shared by streams appears once."""
+        seen: set[str] = set()
+        fields = []
+        for stream in self.streams:
+            for step in stream.fields:
+                if step.action == action and step.definition.id not in seen:
+                    seen.add(step.definition.id)
+                    fields.append(step)
+        maps = [m for s in self.streams for m in s.mappings if m.action == action]
+        return fields, maps
+
+    @property
+    def conflicts(self) -> list[FieldStep]:
+        """The fields that stop a publish."""
+        return self.steps("conflict")[0]
+
+    @property
+    def has_writes(self) -> bool:
+        """True when publishing would create something."""
+        fields, maps = self.steps("create")
+        return bool(fields or maps)
+
+    def lytics_streams(self) -> list[str]:
+        """The Lytics streams whose keys are mapped."""
+        return sorted({s.lytics_stream for s in self.streams if s.fields})
+
+
+def desired_fields(
+    streams_config: Mapping[str, Mapping[str, Any]],
+    defaults: Mapping[str, Mapping[str, Any]],
+) -> list[tuple[str, str, list[FieldDefinition]]]:
+    """``(singer stream, lytics stream, definitions)`` per configured stream, by name."""
+    out = []
+    for singer_stream in sorted(streams_config):
+        entry = streams_config[singer_stream] or {}
+        lytics_stream = str(entry.get("lytics_stream") or singer_stream)
+        definitions = field_definitions(singer_stream, entry, defaults=defaults.get(singer_stream))
+        out.append((singer_stream, lytics_stream, definitions))
+    by_id: dict[str, FieldDefinition] = {}
+    for _, _, definitions in out:
+        for definition in definitions:
+            other = by_id.setdefault(definition.id, definition)
+            if (other.type, other.identifier) != (definition.type, definition.identifier):
+                raise FieldSettingError(
+                    f"user field '{definition.id}' is defined twice in the streams setting with "
+                    f"different types or identifier flags: {other.describe()} (stream "
+                    f"'{other.singer_stream}', source '{other.source}') and "
+                    f"{definition.describe()} (stream '{definition.singer_stream}', source "
+                    f"'{definition.source}'); make them agree"
+                )
+    return out
+
+
+def _field_step(definition: FieldDefinition, existing: Mapping[str, Any] | None) -> FieldStep:
+    if existing is None:
+        return FieldStep(definition, "create")
+    same_type = existing.get("type") == definition.type
+    same_identifier = bool(existing.get("is_identifier")) == definition.identifier
+    if not (same_type and same_identifier):
+        return FieldStep(definition, "conflict", existing)
+    differences = []
+    if (existing.get("mergeop") or None) != (None if definition.identifier else definition.mergeop):
+        differences.append(
+            f"mergeop {existing.get('mergeop') or 'none'} (mapping: {definition.mergeop or 'none'})"
+        )
+    if (existing.get("shortdesc") or "") != (definition.shortdesc or ""):
+        differences.append("another description")
+    if differences:
+        note = "Lytics has " + ", ".join(differences) + "; left as it is"
+        return FieldStep(definition, "kept", existing, note)
+    return FieldStep(definition, "exists", existing)
+
+
+def make_plan(
+    client: LyticsSchemaClient,
+    streams_config: Mapping[str, Mapping[str, Any]],
+    defaults: Mapping[str, Mapping[str, Any]],
+) -> SchemaPlan:
+    """Read the account's schema and compare it with the mapping (writes nothing)."""
+    wanted = desired_fields(streams_config, defaults)
+    existing_fields = client.fields()
+    existing_mappings = client.mappings()
+    streams: list[StreamPlan] = []
+    ours: set[tuple[str, str]] = set()
+    for singer_stream, lytics_stream, definitions in wanted:
+        plan = StreamPlan(singer_stream, lytics_stream)
+        for definition in definitions:
+            plan.fields.append(_field_step(definition, existing_fields.get(definition.id)))
+            ours.add((definition.id, lytics_stream))
+            exprs = [
+                str(m.get("expr"))
+                for m in existing_mappings
+                if m.get("field") == definition.id and m.get("stream") == lytics_stream
+            ]
+            if definition.expr in exprs:
+                action, other = "exists", None
+            elif exprs:
+                action, other = "kept", exprs[0]
+            else:
+                action, other = "create", None
+            plan.mappings.append(MappingStep(definition, lytics_stream, action, other))
+        streams.append(plan)
+    result = SchemaPlan(streams)
+    if any(plan.fields for plan in streams):
+        _read_draft(client, result, {i for i, _ in ours}, ours)
+    return result
+
+
+def _read_draft(
+    client: LyticsSchemaClient,
+    plan: SchemaPlan,
+    our_fields: set[str],
+    our_mappings: set[tuple[str, str]],
+) -> None:
+    """Sort the draft's unpublished changes into ours and others'."""
+    draft = client.compare()
+    for section, is_ours in (
+        ("fields", lambda item: item.get("id") in our_fields),
+        ("mappings", lambda item: (item.get("field"), item.get("stream")) in our_mappings),
+    ):
+        changes = draft.get(section) or {}
+        for kind in ("added", "changed"):
+            for item in changes.get(kind) or []:
+                if not isinstance(item, Mapping):
+                    continue
+                name = str(item.get("id") if section == "fields" else item.get("field"))
+                label = f"{section[:-1]} {name} ({kind})"
+                (plan.draft_pending if is_ours(item) else plan.draft_other).append(label)
+
+
+def render_plan(plan: SchemaPlan, api_url: str, out: TextIO, *, hint: bool = True) -> None:
+    """Print the plan: per stream, fields and mappings to create, existing, conflicting."""
+    print(
+        f"Lytics user schema (table user) at {api_url}, compared with the streams setting:",
+        file=out,
+    )
+    labels = {"create": "create", "exists": "exists", "kept": "as is", "conflict": "CONFLICT"}
+    for stream in plan.streams:
+        print(f"\nstream {stream.singer_stream} -> Lytics stream {stream.lytics_stream}", file=out)
+        if not stream.fields:
+            print(
+                "  no `fields` mapping: events are sent as they are and feed no user field",
+                file=out,
+            )
+            continue
+        print("  user fields:", file=out)
+        for step in stream.fields:
+            d = step.definition
+            line = f"    {labels[step.action]:<8} {d.id:<28} {d.describe()}"
+            if d.type_from != "setting":
+                line += f" (type from {d.type_from})"
+            if step.action == "conflict" and step.existing is not None:
+                line += f"; Lytics has {describe_existing(step.existing)}"
+            elif step.note:
+                line += f"; {step.note}"
+            print(line, file=out)
+        print(f"  mappings from stream {stream.lytics_stream}:", file=out)
+        for mapping in stream.mappings:
+            d = mapping.definition
+            line = f"    {labels[mapping.action]:<8} {d.id} <- {d.expr}"
+            if mapping.action == "kept":
+                line += f" (Lytics maps it as {mapping.existing_expr}; left as it is)"
+            print(line, file=out)
+    fields, maps = plan.steps("create")
+    exists = len(plan.steps("exists")[0]) + len(plan.steps("kept")[0])
+    print(
+        f"\nTo create: {len(fields)} fields, {len(maps)} mappings; {exists} fields exist; "
+        f"{len(plan.conflicts)} conflicts.",
+        file=out,
+    )
+    if plan.draft_pending:
+        print(f"Unpublished in the draft: {', '.join(plan.draft_pending)}.", file=out)
+    if plan.draft_other:
+        print(
+            f"The draft also holds others' unpublished changes ({', '.join(plan.draft_other)}); "
+            "a publish includes them.",
+            file=out,
+        )
+    if plan.conflicts:
+        print("Publishing would write nothing until the conflicts are resolved:", file=out)
+        for step in plan.conflicts:
+            print(f"  {conflict_text(step)}", file=out)
+    elif (plan.has_writes or plan.draft_pending) and hint:
+        print(
+            "Run with --schema-publish (meltano: target-lytics:schema-publish) to apply it.",
+            file=out,
+        )
+    elif not (plan.has_writes or plan.draft_pending):
+        print("Nothing to do: the account's schema already maps these fields.", file=out)
+
+
+def describe_existing(existing: Mapping[str, Any]) -> str:
+    """A field as Lytics holds it, in the words of :meth:`FieldDefinition.describe`."""
+    parts = [f"type {existing.get('type')}"]
+    parts.append("identifier" if existing.get("is_identifier") else "not an identifier")
+    if existing.get("mergeop"):
+        parts.append(f"mergeop {existing['mergeop']}")
+    return ", ".join(parts)
+
+
+def conflict_text(step: FieldStep) -> str:
+    """The conflict of one field: both definitions and the ways out."""
+    d = step.definition
+    return (
+        f"user field '{d.id}' exists in Lytics with {describe_existing(step.existing or {})}, "
+        f"but streams.{d.singer_stream}.fields.{d.source} defines {d.describe()}. Either set "
+        f"its `type`/`identifier` in the streams setting to Lytics' definition, map "
+        f"'{d.source}' onto another field name, or change the field in Lytics and publish."
+    )
