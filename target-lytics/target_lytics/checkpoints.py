@@ -55,11 +55,6 @@ class StateCheckpoints:
             self._pending.append(_Pending(state, marks))
         self.write_ready()
 
-    @property
-    def waiting(self) -> int:
-        """STATE messages noted but not yet written."""
-        return len(self._pending)
-
     def write_ready(self) -> None:
         """Write the newest STATE whose records are all accepted, dropping the older ones."""
         with self._lock:
