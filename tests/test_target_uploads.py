@@ -301,6 +301,14 @@ def test_quiet_day_with_a_wrong_api_url_fails_the_command(tmp_path):
     assert f"api_url setting: {lytics.url}" in result.stderr
 
 
+def test_no_check_when_the_tap_sent_nothing(lytics):
+    """A tap that failed before any message (a wrong setting): the run fails anyway."""
+    states, error = run_target(config_for(lytics), [])
+    assert error is None
+    assert states == []
+    assert lytics.requests == []
+
+
 def test_no_check_when_something_was_uploaded(lytics):
     _, error = run_target(config_for(lytics), activity_lines(cordial_records(5)))
     assert error is None

@@ -67,6 +67,8 @@ class TargetLytics(HookedTarget):
         self.client = self._new_client()
         self.fast_path = FastRecordPath(self)
         self.checkpoints = StateCheckpoints(self.write_state)
+        #: The tap sent a SCHEMA or a STATE (a quiet day), not just nothing.
+        self.tap_spoke = False
         self.progress = UploadProgress(
             self.logger, float(setting(self.config, "progress_interval_seconds"))
         )
@@ -107,6 +109,7 @@ class TargetLytics(HookedTarget):
     @override
     def stream_schema_registered(self, stream_name: str) -> None:
         """Decide whether the stream may take the record fast path."""
+        self.tap_spoke = True
         if self.fast_path_enabled:
             self.fast_path.stream_registered(stream_name)
 
@@ -124,6 +127,7 @@ class TargetLytics(HookedTarget):
         Nothing waits here: the STATE is written by whichever upload completes its records
         (:mod:`~target_lytics.checkpoints`), while later bodies keep flowing.
         """
+        self.tap_spoke = True
         now = time.monotonic()
         for sink in self.lytics_sinks():
             if not sink.uploads_in_flight or now - sink.flushed_at >= self.STATE_CHECKPOINT_SECONDS:
@@ -150,12 +154,15 @@ class TargetLytics(HookedTarget):
     def process_endofpipe(self) -> None:
         """Wait for every upload; with nothing uploaded, check the endpoint; then the last STATE.
 
+        The endpoint check needs a SCHEMA or STATE from the tap: a tap that failed before saying
+        anything (a wrong setting) ends the run anyway, and Lytics need not be asked then.
+
         Then the summary and the reconciliation counts (after a failed upload they are logged
         when the failure surfaces, see :meth:`upload_failed`).
         """
         for sink in self.lytics_sinks():
             sink.wait_for_uploads()
-        if self.progress.total().requests == 0:
+        if self.tap_spoke and self.progress.total().requests == 0:
             self.check_endpoint()
         super().process_endofpipe()
         self.progress.summary(failed=False, dry_run=bool(setting(self.config, "dry_run")))
