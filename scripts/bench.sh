@@ -4,6 +4,8 @@
 # The "slow link" scenario (200 ms per request, 20 MB/s; our target with its defaults against
 # max_concurrent_uploads 1 and against the local link): scripts/bench.sh --only slow-link
 # The table is printed and written to benchmarks/results/latest.md.
+# `scripts/bench.sh backfill [--days 90 ...]` runs only the backfill scenario (benchmarks/backfill.py:
+# sized concurrent windows against fixed daily windows one at a time; results/backfill.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v sshd >/dev/null && [ ! -x /usr/sbin/sshd ]; then
@@ -11,4 +13,8 @@ if ! command -v sshd >/dev/null && [ ! -x /usr/sbin/sshd ]; then
   exit 1
 fi
 source scripts/bootstrap.sh
+if [ "${1:-}" = backfill ]; then
+  shift
+  exec python -m benchmarks.backfill "$@"
+fi
 exec python -m benchmarks.run "$@"

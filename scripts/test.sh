@@ -3,16 +3,20 @@
 # Extra arguments go to pytest (e.g. scripts/test.sh -k sandbox -x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v sshd >/dev/null && [ ! -x /usr/sbin/sshd ]; then
+# Real servers the tests start themselves: OpenSSH sshd (SFTP) and PostgreSQL (shared state).
+need=()
+command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    echo "installing openssh-server (the tests use a real OpenSSH sftp server)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null
+    echo "installing ${need[*]} (the tests run real servers)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   else
-    echo "error: the tests need OpenSSH sshd: run 'sudo apt-get install openssh-server'" >&2
+    echo "error: the tests need ${need[*]}: run 'sudo apt-get install ${need[*]}'" >&2
     exit 1
   fi
 fi
 source scripts/bootstrap.sh
 echo "== ruff"; ruff check .
-echo "== mypy"; mypy sandbox tap-cordial-activity/tap_cordial_activity target-lytics/target_lytics benchmarks
+echo "== mypy"; mypy sandbox tap-cordial-activity/tap_cordial_activity target-lytics/target_lytics benchmarks orchestrate/dagster
 echo "== pytest"; pytest "$@"

@@ -1,3 +1,3 @@
-"""Shared pytest setup: the sandbox fixtures (sftp_server, cordial, lytics, sandbox)."""
+"""Shared pytest setup: the sandbox fixtures and the production-topology servers."""
 
-pytest_plugins = ["sandbox.pytest_plugin"]
+pytest_plugins = ["sandbox.pytest_plugin", "topology_fixtures"]

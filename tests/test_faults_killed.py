@@ -14,10 +14,6 @@ stored checkpoint never covers undelivered events. What the killed run delivered
 checkpoint may arrive twice: less than one checkpoint interval of accepted records, plus the
 bodies beyond them (at most max_concurrent_uploads, including those in flight at the kill, which
 the stand-in still stores); nothing before the first run's bookmark is ever sent again.
-
-The test runs with the tap's own checkpoint interval and with 5,000 records (set in the tap's
-process by a ``sitecustomize`` module put into the tap's virtualenv in the project copy for the
-test's duration, so the figure for the smaller interval is measured whatever the tap's default).
 """
 
 from __future__ import annotations
@@ -30,7 +26,6 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -62,16 +57,6 @@ SLOW_UPLOAD_SECONDS = 0.4
 KILL_AFTER_REQUESTS = 4
 #: target-lytics' default: bodies beyond the last STATE's records that may be accepted.
 MAX_CONCURRENT_UPLOADS = 4
-#: Checkpoint intervals measured: the tap's own, and 5,000 records.
-INTERVALS = sorted({ActivityStream.CHECKPOINT_RECORDS, 5_000})
-
-#: Loaded by the tap's Python (its virtualenv); changes the interval when the variable is set.
-SITECUSTOMIZE = """
-import os
-if os.environ.get("TEST_TAP_CHECKPOINT_RECORDS"):
-    from tap_cordial_activity.streams import ActivityStream
-    ActivityStream.CHECKPOINT_RECORDS = int(os.environ["TEST_TAP_CHECKPOINT_RECORDS"])
-"""
 
 
 def _run_args() -> list[str]:
@@ -122,44 +107,16 @@ def _kill_midway(meltano: Meltano, box: Sandbox, sig: signal.Signals, log: Path)
     return code
 
 
-@contextlib.contextmanager
-def _checkpoint_every(meltano: Meltano, interval: int) -> Iterator[Meltano]:
-    """The same project, with the tap checkpointing every ``interval`` records."""
-    venv = meltano.project / ".meltano" / "extractors" / "tap-cordial-activity" / "venv"
-    (site_packages,) = venv.glob("lib/python*/site-packages")
-    module = site_packages / "sitecustomize.py"
-    assert not module.exists(), f"{module} exists already"
-    module.write_text(SITECUSTOMIZE)
-    try:
-        yield _with_env(meltano, TEST_TAP_CHECKPOINT_RECORDS=str(interval))
-    finally:
-        module.unlink()
-
-
-@pytest.mark.parametrize("interval", INTERVALS, ids=[f"every-{n}" for n in INTERVALS])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_killed_meltano_run_then_next_run_delivers_every_event(
-    meltano: Meltano, sandbox: Sandbox, tmp_path: Path, sig: signal.Signals, interval: int
+    meltano: Meltano, sandbox: Sandbox, tmp_path: Path, sig: signal.Signals
 ) -> None:
     cordial = sandbox.cordial
     cordial.add_generated(EVENTS, seed=23, start=cordial.default_start, end=cordial.default_end)
-    with _checkpoint_every(meltano, interval) as checkpointing:
-        slow = _with_env(checkpointing, TARGET_LYTICS_MAX_REQUEST_BYTES=str(MAX_REQUEST_BYTES))
-        _killed_run_then_recovery(meltano, slow, sandbox, tmp_path, sig, interval)
-
-
-def _killed_run_then_recovery(
-    meltano: Meltano,
-    slow: Meltano,
-    sandbox: Sandbox,
-    tmp_path: Path,
-    sig: signal.Signals,
-    interval: int,
-) -> None:
-    """The three runs of the test and its checks."""
-    cordial = sandbox.cordial
     expected = _exported(cordial.events)
     checkpoint = cordial.default_start + timedelta(hours=6)
+    slow = _with_env(meltano, TARGET_LYTICS_MAX_REQUEST_BYTES=str(MAX_REQUEST_BYTES))
+    interval = ActivityStream.CHECKPOINT_RECORDS
 
     # 1. A finished run up to the checkpoint.
     _with_env(slow, TAP_CORDIAL_ACTIVITY_END_DATE=rfc3339(checkpoint))(*_run_args())

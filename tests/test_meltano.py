@@ -95,11 +95,9 @@ class Meltano:
         return stored["singer_state"]
 
 
-@pytest.fixture(scope="session")
-def meltano_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the project with its plugins installed by `meltano install` (once, ~10 s)."""
+def install_project_copy(project: Path) -> Path:
+    """Copy the project into the empty folder ``project``; `meltano install` its plugins (~10 s)."""
     assert MELTANO.exists(), f"meltano is not installed in {BIN}: run scripts/bootstrap.sh"
-    project = tmp_path_factory.mktemp("meltano-project")
     shutil.copy2(ROOT / "meltano.yml", project / "meltano.yml")
     for plugin in ("tap-cordial-activity", "target-lytics"):
         shutil.copytree(ROOT / plugin, project / plugin, ignore=COPY_IGNORE)
@@ -116,6 +114,12 @@ def meltano_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert result.returncode == 0, f"meltano install failed\n{result.stdout}{result.stderr}"
     return project
+
+
+@pytest.fixture(scope="session")
+def meltano_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project with its plugins installed (once per session)."""
+    return install_project_copy(tmp_path_factory.mktemp("meltano-project"))
 
 
 @pytest.fixture

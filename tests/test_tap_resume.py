@@ -159,14 +159,16 @@ def test_crashed_run_resumes_without_a_new_export(
     delivered = records_before(failed, len(failed.states) - 1)
     # What the crash re-sends is at most the records written after the last checkpoint.
     assert len(failed.records) - len(delivered) <= 120 - 100
-    assert len(quiet_sandbox.cordial.exports) == 1
+    # Window 1's job, and window 2's created ahead while window 1 was read.
+    assert len(quiet_sandbox.cordial.exports) == 2
+    assert "already created for later windows" in failed.stderr
 
     rerun = run_resumable_tap(tmp_path, config, state=last)
     assert rerun.returncode == 0, rerun.stderr
     assert "Resuming export" in rerun.stderr
     # Only window 2 needed a new export job.
-    assert len(quiet_sandbox.cordial.exports) == 2
-    second_export = quiet_sandbox.cordial.exports[1]
+    assert len(quiet_sandbox.cordial.exports) == 3
+    second_export = quiet_sandbox.cordial.exports[2]
     assert second_export["selected_timeframe_start"] == "2024-05-01T12:00:00.000Z"
     emitted = delivered + [r["_id"] for r in rerun.records]
     assert sorted(emitted) == sorted(FIRST_IDS + SECOND_IDS)
@@ -191,7 +193,7 @@ def test_replayed_boundary_events_are_not_sent_again(quiet_sandbox, two_windows,
     # instant) does not send them again.
     assert sorted(r["_id"] for r in rerun.records) == SECOND_IDS
     assert bookmark(rerun.states[-2])["boundary_ids"] == EDGES
-    assert "already emitted at its start were skipped" in rerun.stderr
+    assert "skipped 0 outside the window and 3 already delivered" in rerun.stderr
 
 
 def test_missing_files_fall_back_to_a_new_export(quiet_sandbox, two_windows, tmp_path):
@@ -205,7 +207,8 @@ def test_missing_files_fall_back_to_a_new_export(quiet_sandbox, two_windows, tmp
     assert rerun.returncode == 0, rerun.stderr
     assert "Cannot resume export" in rerun.stderr
     assert gone in rerun.stderr
-    assert len(quiet_sandbox.cordial.exports) == 3  # window 1 exported again, then window 2
+    # Failed run: windows 1 and 2 (ahead); this run: window 1 again, and window 2.
+    assert len(quiet_sandbox.cordial.exports) == 4
     ids = [r["_id"] for r in rerun.records]
     # At least once: every event of the window is delivered again.
     assert sorted(ids) == sorted(FIRST_IDS + SECOND_IDS)

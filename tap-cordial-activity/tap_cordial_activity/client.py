@@ -217,6 +217,25 @@ class CordialClient:
             raise CordialError(f"Cordial job {job_id}: unexpected answer {str(answer)[:200]}")
         return answer
 
+    def poll_job(self, job_id: str, previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """One poll; logs the status when it changed since ``previous``; raises on ``Failed``."""
+        job = self.get_job(job_id)
+        status = job.get("status")
+        if previous is None or job_progress(job) != job_progress(previous):
+            self.logger.info(
+                "Cordial job %s: %s, %s of %s items",
+                job_id, status, job.get("completedItems", "?"), job.get("totalItems", "?"),
+            )
+        if status == "Failed":
+            raise CordialError(
+                f"Cordial export job {job_id} failed: {job_result_message(job)}", job_id=job_id
+            )
+        if status != "Done" and status not in RUNNING_STATUSES and (
+            previous is None or previous.get("status") != status
+        ):
+            self.logger.warning("Cordial job %s has unknown status %r", job_id, status)
+        return job
+
     def wait_for_job(
         self,
         job_id: str,
@@ -226,34 +245,44 @@ class CordialClient:
     ) -> dict[str, Any]:
         """Poll until the job is ``Done``; raise :class:`CordialError` on ``Failed`` or timeout."""
         deadline = time.monotonic() + timeout_seconds
-        last_progress: tuple[Any, Any, Any] | None = None
+        job: dict[str, Any] | None = None
         while True:
-            job = self.get_job(job_id)
-            status = job.get("status")
-            progress = (status, job.get("completedItems"), job.get("totalItems"))
-            if progress != last_progress:
-                self.logger.info(
-                    "Cordial job %s: %s, %s of %s items",
-                    job_id, status, job.get("completedItems", "?"), job.get("totalItems", "?"),
-                )
-                last_progress = progress
-            if status == "Done":
+            job = self.poll_job(job_id, job)
+            if job.get("status") == "Done":
                 return job
-            if status == "Failed":
-                raise CordialError(
-                    f"Cordial export job {job_id} failed: {job_result_message(job)}",
-                    job_id=job_id,
-                )
-            if status not in RUNNING_STATUSES:
-                self.logger.warning("Cordial job %s has unknown status %r", job_id, status)
             if time.monotonic() + poll_interval_seconds > deadline:
-                raise CordialError(
-                    f"Cordial export job {job_id} did not finish within {timeout_seconds:g}s "
-                    f"(`job_timeout_seconds`); last status {status!r}, "
-                    f"{job.get('completedItems', '?')} of {job.get('totalItems', '?')} items.",
-                    job_id=job_id,
-                )
+                raise job_timeout_error(job_id, job, timeout_seconds)
             self.sleep(poll_interval_seconds)
+
+
+def job_progress(job: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+    """What the job-status line shows: status, completed and total items."""
+    return (job.get("status"), job.get("completedItems"), job.get("totalItems"))
+
+
+def reported_count(job: Mapping[str, Any]) -> int | None:
+    """How many records Cordial says a Done job exported (None when it says nothing).
+
+    ``result.totalRecords``, else ``totalItems``.
+    """
+    result = job.get("result")
+    for value in (
+        result.get("totalRecords") if isinstance(result, Mapping) else None,
+        job.get("totalItems"),
+    ):
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
+def job_timeout_error(job_id: str, job: Mapping[str, Any], timeout_seconds: float) -> CordialError:
+    """The error of a job that did not finish within ``job_timeout_seconds``."""
+    return CordialError(
+        f"Cordial export job {job_id} did not finish within {timeout_seconds:g}s "
+        f"(`job_timeout_seconds`); last status {job.get('status')!r}, "
+        f"{job.get('completedItems', '?')} of {job.get('totalItems', '?')} items.",
+        job_id=job_id,
+    )
 
 
 def job_result_message(job: Mapping[str, Any]) -> str:

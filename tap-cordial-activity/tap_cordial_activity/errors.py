@@ -51,9 +51,15 @@ class ExportDataError(Exception):
         self.problem = problem
 
 
+class ExportCountError(Exception):
+    """A window's files hold fewer records than Cordial reports for its export job."""
+
+
 #: Errors whose message names the setting, file and line, or HTTP status and what to do: the CLI
 #: prints them alone instead of under a traceback.
-USER_ERRORS: tuple[type[Exception], ...] = (CordialError, SftpError, ExportDataError)
+USER_ERRORS: tuple[type[Exception], ...] = (
+    CordialError, SftpError, ExportDataError, ExportCountError
+)
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """One window's export: the job request, its files on SFTP, resuming, and the window's records.
 
 No singer-sdk here: the stream hands in the settings, the clients and a logger, and turns what
-:meth:`ExportRunner.window_records` yields into messages.
+:meth:`ExportRunner.window_records` yields into messages. ``pipeline.ExportPipeline`` decides
+which windows' jobs run ahead.
 """
 
 from __future__ import annotations
@@ -14,8 +15,14 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from tap_cordial_activity.client import CordialClient
-from tap_cordial_activity.errors import SftpError
+from tap_cordial_activity.client import CordialClient, reported_count
+from tap_cordial_activity.errors import (
+    CordialError,
+    ExportCountError,
+    ExportDataError,
+    SftpError,
+)
+from tap_cordial_activity.progress import ReadProgress
 from tap_cordial_activity.records import read_records
 from tap_cordial_activity.schema import KNOWN_FIELDS
 from tap_cordial_activity.settings import integer, number, setting
@@ -71,7 +78,11 @@ def export_body(config: Mapping[str, Any], name: str, window: Window) -> dict[st
 
 
 class ExportRunner:
-    """Runs (or resumes) each window's export job and reads the window's records from SFTP."""
+    """Creates each window's export job, waits for it, and reads the window's records from SFTP.
+
+    Before a window is passed on, the records read from its files are compared with the count
+    Cordial reports for the job (reconciliation).
+    """
 
     def __init__(
         self,
@@ -89,11 +100,26 @@ class ExportRunner:
         self.logger = logger
         self.checkpoint_records = checkpoint_records
         self.folder = str(config["sftp_path"])
+        self.poll_interval = number(config, "poll_interval_seconds")
+        self.job_timeout = number(config, "job_timeout_seconds")
+        self.progress_interval = number(config, "progress_interval_seconds")
+        self.short_wait = number(config, "short_export_wait_seconds")
+        self.count_mismatch = str(setting(config, "count_mismatch"))
+        #: Export jobs this runner created.
+        self.jobs_created = 0
+        #: Size of each export file at its last listing.
+        self.sizes: dict[str, int] = {}
         self._warned_fields: set[str] = set()
+
+    def _listing(self) -> set[str]:
+        """The folder's file names, noting their sizes."""
+        entries = self.sftp.list_files(self.folder)
+        self.sizes.update((e.filename, int(e.st_size or 0)) for e in entries)
+        return {e.filename for e in entries}
 
     def export_files(self, name: str, job: Mapping[str, Any]) -> list[str]:
         """The job's file names: those beginning with the export name, plus ``fileName``."""
-        listed = {entry.filename for entry in self.sftp.list_files(self.folder)}
+        listed = self._listing()
         files = {f for f in listed if f.startswith(name)}
         metadata = job.get("metadata")
         given = str(metadata.get("fileName") or "") if isinstance(metadata, dict) else ""
@@ -110,7 +136,7 @@ class ExportRunner:
 
     def resume_files(self, progress: Mapping[str, Any]) -> list[str] | None:
         """The checkpointed export's files, or None (with a warning) if one is gone."""
-        listed = {entry.filename for entry in self.sftp.list_files(self.folder)}
+        listed = self._listing()
         missing = [f for f in progress["files"] if f not in listed]
         if missing:
             self.logger.warning(
@@ -122,110 +148,206 @@ class ExportRunner:
             return None
         return list(progress["files"])
 
-    def _run_export(self, window: Window) -> tuple[str, str, list[str], Any]:
-        """Create the window's export job, wait for it; its name, id, files and record count."""
+    def start_export(self, window: Window) -> None:
+        """Create the window's export job (``window.export`` and ``window.job_id``)."""
         name = export_name()
         self.logger.info(
             "Exporting activity %s .. %s as %r", to_rfc3339(window.start),
             to_rfc3339(window.end), name,
         )
         body = export_body(self.config, name, window)
-        job_id = self.client.create_export(body, export_name)
-        name = body["name"]
-        job = self.client.wait_for_job(
-            job_id,
-            poll_interval_seconds=number(self.config, "poll_interval_seconds"),
-            timeout_seconds=number(self.config, "job_timeout_seconds"),
-        )
-        job.setdefault("jobId", job_id)
-        result = job.get("result")
-        total = result.get("totalRecords") if isinstance(result, dict) else None
-        return name, job_id, self.export_files(name, job), total
+        window.job_id = self.client.create_export(body, export_name)
+        self.jobs_created += 1
+        window.export, window.job = body["name"], None
+
+    def job_done(self, window: Window, job: dict[str, Any]) -> None:
+        """Note the window's Done job and the record count Cordial reports for it."""
+        job.setdefault("jobId", window.job_id)
+        window.job, window.reported = job, reported_count(job)
 
     def window_records(self, window: Window) -> Iterator[dict[str, Any] | None]:
-        """Run the export job for ``window`` and yield its records that belong to it.
+        """Yield the records of ``window``'s export (waiting for its job if needed).
 
         A ``None`` among the records is a checkpoint: every record read so far has been
         yielded, and ``window.records_read`` says how many were consumed from the files.
+        Raises :class:`ExportCountError` when the files hold fewer records than reported.
         """
         resume = window.resume
         files = self.resume_files(resume) if resume else None
         replay = 0
-        total = None
         if resume and files:
-            name, job_id = str(resume["export"]), str(resume["job_id"])
+            window.export, window.job_id = str(resume["export"]), str(resume["job_id"])
             # The interrupted run emitted these; they are read again only for boundary_ids.
             replay = window.records_read = int(resume["records_read"])
             self.logger.info(
                 "Resuming export %r (job %s) of %s .. %s after its first %d records",
-                name, job_id, to_rfc3339(window.start), to_rfc3339(window.end), replay,
+                window.export, window.job_id, to_rfc3339(window.start), to_rfc3339(window.end),
+                replay,
             )
+            self._resumed_count(window)
         else:
-            name, job_id, files, total = self._run_export(window)
-        window.export, window.job_id, window.files = name, job_id, list(files)
+            if resume or not window.job_id:
+                self.start_export(window)
+            if window.job is None:
+                self.job_done(window, self.client.wait_for_job(
+                    window.job_id, poll_interval_seconds=self.poll_interval,
+                    timeout_seconds=self.job_timeout,
+                ))
+            files = self.export_files(window.export, window.job or {})
+        window.files = list(files)
         if not files:
-            if total:
+            if window.reported:
                 raise SftpError(
-                    f"Cordial job {job_id} is Done with {total} records, but no file beginning "
-                    f"with {name!r} is in SFTP folder {self.folder!r}"
+                    f"Cordial job {window.job_id} is Done with {window.reported} records, "
+                    f"but no file beginning with {window.export!r} is in SFTP folder "
+                    f"{self.folder!r}"
                 )
-            self.logger.info("Job %s wrote no file: the window has no events", job_id)
+            self.logger.info("Job %s wrote no file: the window has no events", window.job_id)
             return
-        yield from self._read_files(window, files, replay)
+        yield from self._reconciled_records(window, replay)
+        window.replayed = min(replay, window.read)
+
+    def _resumed_count(self, window: Window) -> None:
+        """Ask Cordial again for the count of a resumed export's job."""
+        try:
+            job = self.client.get_job(window.job_id)
+        except CordialError as exc:
+            self.logger.info("Cannot get the record count of job %s again: %s", window.job_id, exc)
+            return
+        if job.get("status") == "Done":
+            self.job_done(window, job)
+
+    def _reconciled_records(self, window: Window, replay: int) -> Iterator[dict[str, Any] | None]:
+        """The window's records, read again once when the files fall short of the count."""
+        problem: ExportDataError | None = None
+        try:
+            yield from self._read_files(window, window.files, replay)
+        except ExportDataError as exc:
+            if window.reported is None or window.read >= window.reported:
+                raise
+            problem = exc
+        if window.reported is not None and window.read < window.reported:
+            read_sizes = {f: self.sizes.get(f) for f in window.files}
+            self.logger.warning(
+                "Cordial job %s reported %d records, its files hold %d%s; waiting for them to "
+                "be complete", window.job_id, window.reported, window.read,
+                f" ({problem})" if problem else "",
+            )
+            files = self._settled_files(window)
+            if files != window.files or any(self.sizes.get(f) != read_sizes[f] for f in files):
+                window.files, problem = files, None
+                try:
+                    yield from self._read_files(window, files, window.read)
+                except ExportDataError as exc:
+                    problem = exc
+        self._reconcile(window, problem)
+
+    def _settled_files(self, window: Window) -> list[str]:
+        """Wait briefly, then list until the export's files have the same sizes twice running."""
+        time.sleep(self.short_wait)
+        previous: dict[str, int | None] | None = None
+        for _ in range(10):
+            files = self.export_files(window.export, window.job or {})
+            sizes = {f: self.sizes.get(f) for f in files}
+            if sizes == previous:
+                break
+            previous = sizes
+            time.sleep(self.poll_interval)
+        return files
+
+    def _reconcile(self, window: Window, problem: ExportDataError | None) -> None:
+        """Compare the records read with Cordial's count: fail, warn, or note."""
+        reported, read, job = window.reported, window.read, window.job_id
+        span = f"{to_rfc3339(window.start)} .. {to_rfc3339(window.end)}"
+        if reported is None:
+            self.logger.warning(
+                "Window %s could not be reconciled: Cordial reported no record count for job %s",
+                span, job,
+            )
+            return
+        if read > reported:
+            self.logger.warning(
+                "Cordial job %s reported %d records for %s, but its files hold %d: all were read",
+                job, reported, span, read,
+            )
+        if read >= reported:
+            return
+        message = (
+            f"Cordial job {job} reported {reported} records for {span}, but its file(s) "
+            f"{', '.join(window.files)} hold {read}"
+            + (f" ({problem})" if problem else "")
+        )
+        if problem is None and self.count_mismatch == "warn":
+            self.logger.warning("%s; going on (`count_mismatch`: warn)", message)
+            return
+        raise ExportCountError(
+            f"{message}. The window fails: no STATE moves past it, and the next run exports it "
+            "again."
+        )
 
     def _read_files(
         self, window: Window, files: list[str], replay: int
     ) -> Iterator[dict[str, Any] | None]:
-        """The records of ``files`` inside ``window``, with checkpoints; skips ``replay``."""
+        """The records of ``files`` inside ``window``, with checkpoints; skips ``replay``.
+
+        Counts every record read in ``window.read``; skipped ones count only past ``replay``.
+        """
         folder = self.folder.rstrip("/")
         export_format = setting(self.config, "export_format")
         start, end, skip_ids = window.start, window.end, window.skip_ids
         known, warned = KNOWN_FIELDS, self._warned_fields
         every, read = self.checkpoint_records, 0
         last_file = files[-1]
-        for file_name in files:
-            began = time.monotonic()
-            remote = self.sftp.open(f"{folder}/{file_name}")
-            try:
-                for record, moment, _line in read_records(remote, file_name, export_format):
-                    read += 1
-                    if moment < start or moment > end:
-                        window.outside += 1
-                        continue
-                    if moment == start and record["_id"] in skip_ids:
-                        window.duplicates += 1
-                        continue
-                    if moment == end:
-                        window.boundary_ids.add(record["_id"])
-                    if read <= replay:
-                        continue
-                    if not known.issuperset(record):
-                        self._warn_unknown(record.keys() - known - warned)
-                    window.emitted += 1
-                    yield record
-                    if read - window.records_read >= every:
+        progress = ReadProgress(
+            self.logger, self.progress_interval, window,
+            sum(self.sizes.get(f, 0) for f in files),
+        )
+        try:
+            for file_name in files:
+                began = time.monotonic()
+                remote = self.sftp.open(f"{folder}/{file_name}")
+                progress.file = remote
+                try:
+                    for record, moment, _line in read_records(remote, file_name, export_format):
+                        read += 1
+                        if not read & 1023:
+                            progress.maybe_log(read)
+                        if moment < start or moment > end:
+                            window.outside += read > replay
+                            continue
+                        if moment == start and record["_id"] in skip_ids:
+                            window.duplicates += read > replay
+                            continue
+                        if moment == end:
+                            window.boundary_ids.add(record["_id"])
+                        if read <= replay:
+                            continue
+                        if not known.issuperset(record):
+                            self._warn_unknown(record.keys() - known - warned)
+                        window.emitted += 1
+                        yield record
+                        if read - window.records_read >= every:
+                            window.records_read = read
+                            yield None
+                    # A file boundary is a natural checkpoint (the last file's is the window's end).
+                    if file_name != last_file and read > window.records_read:
                         window.records_read = read
                         yield None
-                # A file boundary is a natural checkpoint (the last file's is the window's end).
-                if file_name != last_file and read > window.records_read:
-                    window.records_read = read
-                    yield None
-            finally:
-                remote.close()
-            elapsed = max(time.monotonic() - began, 1e-9)
-            self.logger.info(
-                "Read %s: %d bytes in %.1fs (%.1f MB/s)%s", file_name, remote.offset, elapsed,
-                remote.offset / elapsed / 1e6,
-                f", {remote.reconnects} reconnects" if remote.reconnects else "",
-            )
-        if window.outside or window.duplicates:
-            self.logger.info(
-                "Window %s .. %s: %d events outside the window and %d already emitted at its "
-                "start were skipped", to_rfc3339(start), to_rfc3339(end), window.outside,
-                window.duplicates,
-            )
+                finally:
+                    remote.close()
+                progress.file_done(remote)
+                elapsed = max(time.monotonic() - began, 1e-9)
+                self.logger.info(
+                    "Read %s: %d bytes in %.1fs (%.1f MB/s)%s", file_name, remote.offset,
+                    elapsed, remote.offset / elapsed / 1e6,
+                    f", {remote.reconnects} reconnects" if remote.reconnects else "",
+                )
+        finally:
+            window.read = read
 
-    def delete_confirmed_files(self, read_files: Iterable[Any]) -> None:
+    def delete_confirmed_files(
+        self, read_files: Iterable[Any], reason: str = "its window was delivered"
+    ) -> None:
         """Delete the export files that the incoming STATE lists as read (``read_files``).
 
         A window's files are listed in the STATE that ends the window, and deleted only when a
@@ -240,8 +362,8 @@ class ExportRunner:
                 self.logger.warning("%s; the file is kept", exc)
                 continue
             self.logger.info(
-                "%s %s (delete_exported_files: its window was delivered)",
-                "Deleted" if deleted else "Already gone:", path,
+                "%s %s (delete_exported_files: %s)",
+                "Deleted" if deleted else "Already gone:", path, reason,
             )
 
     def _warn_unknown(self, names: Iterable[str]) -> None:
@@ -253,3 +375,4 @@ class ExportRunner:
                 "Cordial sent top-level field(s) the schema does not describe: %s. They are "
                 "emitted as they are (the schema allows extra fields).", ", ".join(new),
             )
+

@@ -47,7 +47,8 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
     ),
     th.Property(
         "end_date", th.StringType,
-        description="Optional upper bound (yyyy-mm-dd or ISO 8601); default: the run's time.",
+        description="Optional upper bound (yyyy-mm-dd or ISO 8601), used as given; default: "
+        "the run's time minus `settle_minutes`.",
     ),
     th.Property(
         "actions", th.ArrayType(th.StringType), default=DEFAULT_ACTIONS,
@@ -61,6 +62,36 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
     th.Property(
         "export_window_hours", _NUMBER, default=24,
         description="Longest span of one export job; a backfill becomes several jobs.",
+    ),
+    th.Property(
+        "target_events_per_window", _INTEGER, default=2_000_000,
+        description="Events aimed at per export job: the window span grows when jobs come back "
+        "small and shrinks when large (1 hour to 31 days; the first window of a run is "
+        "`export_window_hours` wide). 0: fixed windows of `export_window_hours`.",
+    ),
+    th.Property(
+        "max_concurrent_exports", _INTEGER, default=3,
+        description="Export jobs in flight at once: the next windows' jobs run while a window "
+        "is read; records and STATE stay in window order. 1: one job at a time.",
+    ),
+    th.Property(
+        "settle_minutes", _INTEGER, default=15,
+        description="Without `end_date`, export only up to this many minutes before the run, "
+        "so events Cordial records late are still exported (by the next run).",
+    ),
+    th.Property(
+        "count_mismatch", th.StringType, default="fail", allowed_values=["fail", "warn"],
+        description="When a window's files hold fewer records than Cordial reports for the "
+        "job: fail (no STATE past the window; the next run exports it again) or warn.",
+    ),
+    th.Property(
+        "short_export_wait_seconds", _NUMBER, default=30,
+        description="How long to wait for a short export's files to stop growing before "
+        "reading them again.",
+    ),
+    th.Property(
+        "progress_interval_seconds", _NUMBER, default=30,
+        description="Seconds between two progress lines while an export file is read.",
     ),
     th.Property(
         "sftp_host", th.StringType, required=True, description="SFTP server Cordial writes to."
@@ -266,7 +297,8 @@ def config_problems(config: dict[str, Any]) -> list[str]:
         except ValueError as exc:
             problems.append(str(exc))
     for name in ("export_window_hours", "poll_interval_seconds", "job_timeout_seconds",
-                 "request_timeout_seconds", "max_concurrent_prefetch_requests"):
+                 "request_timeout_seconds", "max_concurrent_prefetch_requests",
+                 "max_concurrent_exports", "progress_interval_seconds"):
         if name in numbers and numbers[name] <= 0:
             problems.append(f"`{name}` must be greater than 0 (got {numbers[name]}).")
     port = numbers.get("sftp_port")
@@ -276,7 +308,8 @@ def config_problems(config: dict[str, Any]) -> list[str]:
     if isinstance(actions, list) and not [a for a in actions if isinstance(a, str) and a]:
         problems.append("`actions` must name at least one action.")
     for name in ("max_retries", "limit_records_per_file", "retry_initial_delay_seconds",
-                 "retry_max_delay_seconds"):
+                 "retry_max_delay_seconds", "target_events_per_window", "settle_minutes",
+                 "short_export_wait_seconds"):
         if name in numbers and numbers[name] < 0:
             problems.append(f"`{name}` must not be negative (got {numbers[name]}).")
     return problems

@@ -9,20 +9,22 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from singer_sdk import metrics
 from singer_sdk.mapper import SameRecordTransform
 from typing_extensions import override
 
-from tap_cordial_activity.errors import USER_ERRORS
+from tap_cordial_activity.errors import USER_ERRORS, ExportCountError, ExportDataError
 from tap_cordial_activity.export import ExportRunner
+from tap_cordial_activity.pipeline import ExportPipeline
 from tap_cordial_activity.schema import SCHEMA
 from tap_cordial_activity.sdk_private import WindowedStream
-from tap_cordial_activity.settings import setting
+from tap_cordial_activity.settings import integer, setting
 from tap_cordial_activity.timeutil import to_rfc3339
 from tap_cordial_activity.windows import (
     Window,
+    WindowSizer,
     check_progress,
     export_window_span,
-    plan_windows,
     progress_of,
     sync_range,
 )
@@ -49,7 +51,7 @@ class ActivityStream(WindowedStream):
     schema = SCHEMA
     #: Within a window, a STATE with ``progress`` follows about every this many records read
     #: (and each export file but the last), so a stopped run's successor resumes mid-window.
-    CHECKPOINT_RECORDS = 20_000
+    CHECKPOINT_RECORDS = 5_000
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """Set up the per-run bookkeeping."""
@@ -72,8 +74,8 @@ class ActivityStream(WindowedStream):
         """No signpost: the stream sets its bookmark itself, to each finished window's end."""
         return None
 
-    def windows(self) -> Iterator[Window]:
-        """Windows of at most ``export_window_hours`` from the start to the end, in time order."""
+    def pipeline(self, runner: ExportRunner) -> ExportPipeline | None:
+        """The run's windows and their export jobs, or None when there is nothing to export."""
         planned = sync_range(self.stream_state, self.config, self._run_started)
         bookmark = self.stream_state.get("replication_key_value")
         if bookmark and self.config.get("start_date"):
@@ -85,12 +87,21 @@ class ActivityStream(WindowedStream):
             self.logger.info(
                 "Nothing to export: start %s is not before end %s", planned.start, planned.end
             )
-            return
+            return None
         # A checkpoint of the first window (from a run stopped midway through it) is resumed.
         check = check_progress(self.stream_state.get("progress"), planned.start)
         if check.note:
             self.logger.log(check.level, "%s", check.note)
-        yield from plan_windows(planned, export_window_span(self.config), check.progress)
+        sizer = WindowSizer(
+            export_window_span(self.config), integer(self.config, "target_events_per_window")
+        )
+        # A dry run stops after a few records: no job should be left running ahead of it.
+        concurrent = 1 if self.ABORT_AT_RECORD_COUNT is not None else integer(
+            self.config, "max_concurrent_exports"
+        )
+        return ExportPipeline(
+            runner, planned, check.progress, sizer, max_concurrent=concurrent, logger=self.logger
+        )
 
     def export_runner(self) -> ExportRunner:
         """An export runner with fresh clients (the caller closes them)."""
@@ -105,10 +116,14 @@ class ActivityStream(WindowedStream):
         """Every record of every window (the state is handled by :meth:`sync_all`)."""
         runner = self.export_runner()
         try:
-            for window in self.windows():
-                for record in runner.window_records(window):
-                    if record is not None:
-                        yield record
+            pipeline = self.pipeline(runner)
+            if pipeline is None:
+                return
+            with pipeline:
+                for window in pipeline.windows():
+                    for record in runner.window_records(window):
+                        if record is not None:
+                            yield record
         finally:
             runner.sftp.close()
             runner.client.close()
@@ -134,7 +149,7 @@ class ActivityStream(WindowedStream):
         self.write_state_now()
 
     def _finish_window(self, window: Window) -> None:
-        """Move the bookmark to the window's end and emit STATE."""
+        """Move the bookmark to the window's end, emit STATE, and account for the window."""
         state = self.stream_state
         state["replication_key"] = self.replication_key
         state["replication_key_value"] = to_rfc3339(window.end)
@@ -144,11 +159,36 @@ class ActivityStream(WindowedStream):
             folder = str(self.config["sftp_path"]).rstrip("/")
             read = {*state.get("read_files", []), *(f"{folder}/{f}" for f in window.files)}
             state["read_files"] = sorted(read)
-        self.logger.info(
-            "Window %s .. %s done: %d records", to_rfc3339(window.start), to_rfc3339(window.end),
-            window.emitted,
-        )
         self.write_state_now()
+        self._account(window)
+
+    def _account(self, window: Window) -> None:
+        """The window's reconciliation line, and the same counts as METRIC ``record_count``."""
+        delivered = window.duplicates + window.replayed
+        reported = "no count" if window.reported is None else str(window.reported)
+        self.logger.info(
+            "Window %s .. %s done (job %s): Cordial reported %s, read %d, emitted %d, skipped "
+            "%d outside the window and %d already delivered", to_rfc3339(window.start),
+            to_rfc3339(window.end), window.job_id or "-", reported, window.read, window.emitted,
+            window.outside, delivered,
+        )
+        counts = {
+            "cordial_reported": window.reported, "read": window.read, "emitted": window.emitted,
+            "skipped_outside": window.outside, "skipped_delivered": delivered,
+        }
+        for count, value in counts.items():
+            if value is None:
+                continue
+            with metrics.record_counter(
+                self.name, window_start=to_rfc3339(window.start),
+                window_end=to_rfc3339(window.end), job_id=window.job_id, count=count,
+            ) as counter:
+                counter.increment(value)
+
+    def _forget_progress(self) -> None:
+        """Emit STATE without ``progress`` (bookmark unchanged): the window is exported again."""
+        if self.stream_state.pop("progress", None) is not None:
+            self.write_state_now()
 
     @override
     def sync_all(self, *, write_messages: bool) -> Iterator[dict[str, Any]]:
@@ -170,25 +210,39 @@ class ActivityStream(WindowedStream):
                     read_files = self.stream_state.pop("read_files", None) or []
                     if setting(self.config, "delete_exported_files"):
                         runner.delete_confirmed_files(read_files)
-                for window in self.windows():
-                    records = runner.window_records(window)
-                    if fast:
-                        total = self._write_fast(window, records, counter, total, limit)
-                    else:
-                        for record in records:
-                            if record is None:
-                                if write_messages:
-                                    self._checkpoint(window)
-                                continue
-                            if limit is not None and total >= limit:
-                                self.abort_at_limit(limit)
+                pipeline = self.pipeline(runner)
+                if pipeline is None:
+                    return
+                with pipeline:
+                    for window in pipeline.windows():
+                        records = runner.window_records(window)
+                        try:
+                            if fast:
+                                total = self._write_fast(window, records, counter, total, limit)
+                            else:
+                                for record in records:
+                                    if record is None:
+                                        if write_messages:
+                                            self._checkpoint(window)
+                                        continue
+                                    if limit is not None and total >= limit:
+                                        self.abort_at_limit(limit)
+                                    if write_messages:
+                                        self.write_record(record)
+                                    counter.increment()
+                                    total += 1
+                                    yield record
+                        except (ExportDataError, ExportCountError):
+                            # The files are bad: a later run exports the window again rather
+                            # than resuming from them.
                             if write_messages:
-                                self.write_record(record)
-                            counter.increment()
-                            total += 1
-                            yield record
-                    if write_messages:
-                        self._finish_window(window)
+                                self._forget_progress()
+                            raise
+                        if write_messages:
+                            self._finish_window(window)
+                self.logger.info(
+                    "%d export job(s) created in this run", runner.jobs_created
+                )
             finally:
                 runner.sftp.close()
                 runner.client.close()

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from tap_cordial_activity.settings import number
+from tap_cordial_activity.settings import integer, number
 from tap_cordial_activity.timeutil import parse_moment, to_rfc3339
 
 
@@ -36,6 +36,14 @@ class Window:
     files: list[str] = field(default_factory=list)
     #: Records consumed from the export files (emitted or skipped) up to the last checkpoint.
     records_read: int = 0
+    #: The export job as Cordial last reported it (Done when the window is read).
+    job: dict[str, Any] | None = None
+    #: How many records Cordial says the export holds (None: not reported).
+    reported: int | None = None
+    #: Records in the export files (every one read, before any filtering).
+    read: int = 0
+    #: Records the interrupted run already emitted, read again only for ``boundary_ids``.
+    replayed: int = 0
 
 
 class SyncRange(NamedTuple):
@@ -67,7 +75,13 @@ def sync_range(
     else:
         start, skip = run_started - datetime.timedelta(days=7), frozenset()
     end_setting = config.get("end_date")
-    end = parse_moment(end_setting) if end_setting else run_started
+    if end_setting:
+        end = parse_moment(end_setting)
+    else:
+        # Cordial records some events after their time: those younger than this are left for
+        # the next run, by when they are recorded.
+        settle = datetime.timedelta(minutes=integer(config, "settle_minutes"))
+        end = (run_started - settle).replace(microsecond=0)
     return SyncRange(start, end, skip)
 
 
@@ -99,24 +113,48 @@ def check_progress(progress: Any, start: datetime.datetime) -> ProgressCheck:
     return ProgressCheck(dict(progress))
 
 
-def plan_windows(
-    planned: SyncRange, span: datetime.timedelta, progress: dict[str, Any] | None
-) -> Iterator[Window]:
-    """Windows of at most ``span`` from the start to the end, in time order.
+#: Bounds of a window sized to the data.
+SHORTEST_SPAN = datetime.timedelta(hours=1)
+LONGEST_SPAN = datetime.timedelta(days=31)
 
-    A window's successor starts at its end and skips its ``boundary_ids`` (filled while the
-    caller reads it). ``progress`` (of the first window) sets that window's end and resume point.
+
+class WindowSizer:
+    """The span of the next window: fixed, or aimed at a number of events per export job.
+
+    The first window is ``first_span`` wide. With a target, each count Cordial reports gives
+    the event rate, and the span becomes what should hold the target at that rate (between
+    :data:`SHORTEST_SPAN` and :data:`LONGEST_SPAN`).
     """
-    start, end, skip = planned
-    while start < end:
-        if progress is not None:
-            window = Window(start, parse_moment(str(progress["window_end"])), skip,
-                            resume=progress)
-            progress = None
-        else:
-            window = Window(start, min(start + span, end), skip)
-        yield window
-        start, skip = window.end, frozenset(window.boundary_ids)
+
+    def __init__(self, first_span: datetime.timedelta, target_events: int) -> None:
+        """Start at ``first_span``; ``target_events`` 0 keeps every window that wide."""
+        self.target_events = target_events
+        self.span = first_span
+        #: Whether a count has come back yet (the span is still a guess until then).
+        self.measured = False
+
+    @property
+    def adaptive(self) -> bool:
+        """True when windows are sized to the data."""
+        return self.target_events > 0
+
+    def observe(self, span: datetime.timedelta, events: int) -> None:
+        """A job over ``span`` reported ``events``: aim the next windows at the target."""
+        if not self.adaptive or span <= datetime.timedelta(0):
+            return
+        self.measured = True
+        if events <= 0:
+            self.span = LONGEST_SPAN
+            return
+        # Whole seconds keep window edges (and bookmarks) on Cordial's one-second grid.
+        aimed = datetime.timedelta(
+            seconds=int(span.total_seconds() * self.target_events / events)
+        )
+        self.span = min(max(aimed, SHORTEST_SPAN), LONGEST_SPAN)
+
+    def next_window(self, start: datetime.datetime, end: datetime.datetime) -> Window:
+        """The window beginning at ``start``, never past ``end``."""
+        return Window(start, min(start + self.span, end))
 
 
 def export_window_span(config: Mapping[str, Any]) -> datetime.timedelta:
