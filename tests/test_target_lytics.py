@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gzip
 import io
 import json
 import os
@@ -293,6 +294,43 @@ def test_batch_size_rows_drains_without_state(lytics):
     assert error is None
     assert sorted(len(orjson.loads(r.body)) for r in lytics.requests) == [20, 50, 50]
     assert states == [{"bookmarks": {"activity": {"upto": 120}}}]
+
+
+def test_batch_messages_are_validated_mapped_and_uploaded(lytics, tmp_path):
+    # A singer-sdk tap with batch_config sends BATCH messages naming JSONL files of records.
+    records = cordial_records(90)
+    files = []
+    for part in range(3):
+        path = tmp_path / f"activity-{part}.jsonl.gz"
+        with gzip.open(path, "wb") as handle:
+            handle.writelines(orjson.dumps(r) + b"\n" for r in records[part * 30 : part * 30 + 30])
+        files.append(path.as_uri())
+    batch = {
+        "type": "BATCH",
+        "stream": "activity",
+        "encoding": {"format": "jsonl", "compression": "gzip"},
+        "manifest": files,
+    }
+    lines = [
+        schema_message("activity", ACTIVITY_SCHEMA, ["_id"]),
+        json.dumps(batch) + "\n",
+        state_message({"bookmarks": {"activity": {"upto": 90}}}),
+    ]
+    states, error = run_target(config_for(lytics), lines)
+    assert error is None
+    assert sorted(uploaded_ids(lytics)) == sorted(r["_id"] for r in records)
+    assert states[-1] == {"bookmarks": {"activity": {"upto": 90}}}
+
+    bad = {**records[0], "time": 12}  # not a string: the schema refuses it, nothing is sent
+    path = tmp_path / "bad.jsonl.gz"
+    with gzip.open(path, "wb") as handle:
+        handle.write(orjson.dumps(bad) + b"\n")
+    lytics.reset()
+    states, error = run_target(
+        config_for(lytics), [lines[0], json.dumps({**batch, "manifest": [path.as_uri()]}) + "\n"]
+    )
+    assert error is not None and "time" in str(error)
+    assert not uploaded_ids(lytics)
 
 
 def test_single_event_larger_than_limit_ends_the_run(lytics):

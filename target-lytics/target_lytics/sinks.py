@@ -12,6 +12,7 @@ it does not wait. STATE waits for Lytics instead through the sink's
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 import typing as t
@@ -192,8 +193,24 @@ class LyticsSink(Sink):
 
     @override
     def process_batch(self, context: dict) -> None:
-        """Send the partial body; do not wait (STATE waits for Lytics through the ledger)."""
+        """Send the partial body; do not wait (STATE waits for Lytics through the ledger).
+
+        A BATCH message (a tap with ``batch_config``) arrives here with its file's records in
+        ``context["records"]``: they are validated and uploaded like RECORD messages.
+        """
+        records = context.get("records")
+        if records:
+            validator = self.batch_validator
+            for record in records:
+                if validator is not None:
+                    validator.validate(record)
+                self.process_record(record, context)
         self.send_body()
+
+    @functools.cached_property
+    def batch_validator(self) -> BaseJSONSchemaValidator | None:
+        """The validator of this stream's schema for BATCH records, compiled once."""
+        return self.get_validator()
 
     def send_body(self) -> None:
         """Hand the body being built (if any) to the upload pool; raise an earlier failure."""
