@@ -6,7 +6,9 @@ JSON Lines, Lytics stand-in) and measures, for our plugins and the stock ones on
 
 (a) the tap alone, from the export job's creation to the last RECORD read from its stdout;
 (b) the target alone, from its start (stdin: the tap's saved output) to the last accepted upload;
-(c) ``meltano run`` of the pair, from the command's start to its exit.
+(c) ``meltano run`` of the pair, from the command's start to its exit;
+(slow-link, only when asked: ``--only slow-link``) our target on a slow link to Lytics, with its
+defaults and with one upload at a time, against the local link (see benchmarks/slow_link.py).
 
 Every measurement runs several times and the best is kept (the machine is shared). The table
 goes to stdout and to benchmarks/results/latest.md.
@@ -27,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from benchmarks import measure, profiling
+from benchmarks import measure, profiling, slow_link
 from benchmarks.meltano_project import STOCK_TAP, STOCK_TARGET, TAP, TARGET, MeltanoProject
 from benchmarks.report import STOCK_NO_PREFETCH, Result, machine_line, ratio_goal, render
 from benchmarks.services import Dataset, Sandbox
@@ -71,8 +73,10 @@ class Bench:
             return [sys.executable, "-m", "benchmarks.stock_tap", "--config", str(config)]
         return [str(BIN / TAP), "--config", str(config)]
 
-    def _target_cmd(self, impl: str) -> list[str]:
-        config = self.sb.write_config(f"{impl}-target", self.sb.target_config())
+    def _target_cmd(self, impl: str, settings: dict[str, Any] | None = None) -> list[str]:
+        config = self.sb.write_config(
+            f"{impl}-target", {**self.sb.target_config(), **(settings or {})}
+        )
         if impl == "stock":
             return [sys.executable, "-m", "benchmarks.stock_target", "--config", str(config)]
         return [str(BIN / TARGET), "--config", str(config)]
@@ -137,14 +141,16 @@ class Bench:
         return self._best(f"tap {impl}", impl, once)
 
     # -- (b) target alone -------------------------------------------------------------------
-    def target(self, impl: str) -> Result:
+    def target(
+        self, impl: str, settings: dict[str, Any] | None = None, name: str | None = None
+    ) -> Result:
         """From the target's start (stdin: the saved tap output) to the last accepted upload."""
 
         def once(_attempt: int) -> Result:
             self.sb.lytics.clear()
             with open(self.tap_output, "rb") as stdin:
                 run = measure.run_measured(
-                    self._target_cmd(impl),
+                    self._target_cmd(impl, settings),
                     roles={"target": lambda _cmdline: True},
                     env=self.env,
                     cwd=ROOT,
@@ -165,7 +171,21 @@ class Bench:
                 extra={"uploads": lytics.uploads, "process wall s": run.wall_seconds},
             )
 
-        return self._best(f"target {impl}", impl, once)
+        return self._best(name or f"target {impl}", impl, once)
+
+    def save_tap_output(self) -> None:
+        """Run our tap once to save its output (when the tap is not measured in this run)."""
+        run = measure.run_measured(
+            self._tap_cmd("ours"),
+            roles={"tap": lambda _cmdline: True},
+            env=self.env,
+            cwd=ROOT,
+            count_records=True,
+            save_stdout=self.tap_output,
+            stderr_path=self.work / "ours-tap.stderr",
+        )
+        self.sb.clear_exports()
+        _check(run, "our tap")
 
     # -- profiles ---------------------------------------------------------------------------
     def profiles(self, results: list[Result]) -> dict[str, str]:
@@ -306,8 +326,9 @@ def _schema_differences(ours: Path, stock: Path) -> list[str]:
 
 def run_size(
     count: int, args: argparse.Namespace, project: MeltanoProject | None, *, main: bool
-) -> tuple[list[Result], list[str], dict[str, str]]:
-    """All measurements on a dataset of ``count`` events, and profiles (see Bench.profiles)."""
+) -> tuple[list[Result], list[str], dict[str, str], list[str]]:
+    """All measurements on a dataset of ``count`` events, profiles (see Bench.profiles) and the
+    slow-link section (Markdown), if measured."""
     work = WORK / str(count)
     if work.exists():
         shutil.rmtree(work)
@@ -318,6 +339,7 @@ def run_size(
     events = generate_events(count, seed=args.seed, start=dataset.start, end=dataset.end)
     notes: list[str] = []
     results: list[Result] = []
+    slow_link_text: list[str] = []
     # The stock baselines and the profiles belong to the main size; --compare-small is ours only.
     impls = ["ours", "stock"] if main and not args.no_stock else ["ours"]
     with Sandbox(dataset, events, work) as sb:
@@ -343,10 +365,17 @@ def run_size(
         if "pipeline" in args.only and project is not None:
             for impl in impls:
                 results.append(bench.pipeline(impl, project))
+        if "slow-link" in args.only and main:
+            if not bench.tap_output.exists():
+                bench.save_tap_output()
+            links = slow_link.measure_links(
+                sb.lytics, lambda settings, label: bench.target("ours", settings, label)
+            )
+            slow_link_text.append(slow_link.render(links))
         profiles = bench.profiles(results) if main else {}
     if not args.keep_output:
         bench.tap_output.unlink(missing_ok=True)
-    return results, notes, profiles
+    return results, notes, profiles, slow_link_text
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -373,7 +402,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--only",
         default="tap,target,pipeline",
         type=lambda text: set(text.split(",")),
-        help="comma-separated subset of tap,target,pipeline",
+        help="comma-separated subset of tap,target,pipeline,slow-link (slow-link: only on request)",
     )
     parser.add_argument("--no-stock", action="store_true", help="skip the stock baselines")
     parser.add_argument(
@@ -404,9 +433,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log("preparing the Meltano project copy (meltano install when needed)")
         project.prepare(WORK / "meltano-install.log")
     started = datetime.now(UTC)
-    results, notes, profiles = run_size(args.events, args, project, main=True)
+    results, notes, profiles, sections = run_size(args.events, args, project, main=True)
     if args.compare_small and args.compare_small != args.events:
-        small, small_notes, _ = run_size(args.compare_small, args, project, main=False)
+        small, small_notes, _, _ = run_size(args.compare_small, args, project, main=False)
         results += small
         notes += small_notes
     command = " ".join(["scripts/bench.sh", *(sys.argv[1:] if argv is None else argv)])
@@ -429,6 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         *(f"- Note: {note}" for note in notes),
     ]
     text = render(results, header=header)
+    for section in sections:
+        text += "\n" + section
     for kind, summary in profiles.items():
         text += (
             f"\n### Profile of our {kind} ({args.events:,} events, cProfile; full: "

@@ -98,7 +98,9 @@ class CordialStandIn(HttpStandIn):
         self._scheduler = JobScheduler(lambda: self.options.max_running_jobs)
         self._writers: list[threading.Thread] = []
         self._generated_batches = 0
-        anchor = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        # An hour back from the last full hour: the default events are always older than the
+        # tap's settle_minutes, whatever the minute a test starts at.
+        anchor = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
         #: The time range of the default events (also the fixtures' ``start_date``).
         self.default_start = anchor - timedelta(hours=48)
         self.default_end = anchor

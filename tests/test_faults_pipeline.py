@@ -425,7 +425,9 @@ def test_zero_event_window_succeeds_with_nothing_emitted(quiet: Sandbox, tmp_pat
     assert len(quiet.cordial.exports) == 1
     files = list(quiet.sftp.root.iterdir())
     assert files, "Cordial wrote no (empty) export file"
-    assert quiet.lytics.requests == []
+    # Nothing stored; only the target's check of the endpoint and token (an empty dry run).
+    assert [(r.body, r.query.get("dryrun")) for r in quiet.lytics.requests] == [(b"[]", "true")]
+    assert quiet.lytics.total() == 0
     assert bookmark_of(run.state) == "2024-05-03T00:00:00+00:00"
     run.assert_no_secrets(quiet.secrets())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gzip
 import io
 import json
 import os
@@ -271,7 +272,9 @@ def test_schema_fastjsonschema_cannot_compile_falls_back_to_jsonschema(lytics, c
 def test_requests_are_split_by_size(lytics):
     records = cordial_records(500)
     limit = 4_000
-    _, error = run_target(config_for(lytics, max_request_bytes=limit), activity_lines(records))
+    # One upload at a time: the stand-in then sees the bodies in the order they were built.
+    config = config_for(lytics, max_request_bytes=limit, max_concurrent_uploads=1)
+    _, error = run_target(config, activity_lines(records))
     assert error is None
     bodies = [r.body for r in lytics.requests]
     assert len(bodies) > 10
@@ -286,12 +289,49 @@ def test_requests_are_split_by_size(lytics):
 
 def test_batch_size_rows_drains_without_state(lytics):
     records = cordial_records(120)
-    states, error = run_target(
-        config_for(lytics, batch_size_rows=50), [*activity_lines(records, state_every=30)]
-    )
+    lines = [*activity_lines(records), state_message({"bookmarks": {"activity": {"upto": 120}}})]
+    states, error = run_target(config_for(lytics, batch_size_rows=50), lines)
     assert error is None
-    assert [len(orjson.loads(r.body)) for r in lytics.requests] == [50, 50, 20]
+    assert sorted(len(orjson.loads(r.body)) for r in lytics.requests) == [20, 50, 50]
     assert states == [{"bookmarks": {"activity": {"upto": 120}}}]
+
+
+def test_batch_messages_are_validated_mapped_and_uploaded(lytics, tmp_path):
+    # A singer-sdk tap with batch_config sends BATCH messages naming JSONL files of records.
+    records = cordial_records(90)
+    files = []
+    for part in range(3):
+        path = tmp_path / f"activity-{part}.jsonl.gz"
+        with gzip.open(path, "wb") as handle:
+            handle.writelines(orjson.dumps(r) + b"\n" for r in records[part * 30 : part * 30 + 30])
+        files.append(path.as_uri())
+    batch = {
+        "type": "BATCH",
+        "stream": "activity",
+        "encoding": {"format": "jsonl", "compression": "gzip"},
+        "manifest": files,
+    }
+    lines = [
+        schema_message("activity", ACTIVITY_SCHEMA, ["_id"]),
+        json.dumps(batch) + "\n",
+        state_message({"bookmarks": {"activity": {"upto": 90}}}),
+    ]
+    states, error = run_target(config_for(lytics), lines)
+    assert error is None
+    assert sorted(uploaded_ids(lytics)) == sorted(r["_id"] for r in records)
+    assert states[-1] == {"bookmarks": {"activity": {"upto": 90}}}
+
+    bad = {**records[0], "time": 12}  # not a string: the schema refuses it, nothing is sent
+    path = tmp_path / "bad.jsonl.gz"
+    with gzip.open(path, "wb") as handle:
+        handle.write(orjson.dumps(bad) + b"\n")
+    lytics.reset()
+    states, error = run_target(
+        config_for(lytics), [lines[0], json.dumps({**batch, "manifest": [path.as_uri()]}) + "\n"]
+    )
+    assert error is not None
+    assert "time" in str(error)
+    assert not uploaded_ids(lytics)
 
 
 def test_single_event_larger_than_limit_ends_the_run(lytics):
@@ -431,9 +471,8 @@ def test_state_never_covers_records_not_uploaded(lytics, monkeypatch):
         return original_upload(self, *args, **kwargs)
 
     monkeypatch.setattr(LyticsClient, "upload", failing_later)
-    states, error = run_target(
-        config_for(lytics, max_retries=2), activity_lines(records, state_every=5), EagerStateTarget
-    )
+    config = config_for(lytics, max_retries=2, max_concurrent_uploads=1)
+    states, error = run_target(config, activity_lines(records, state_every=5), EagerStateTarget)
     assert isinstance(error, LyticsError)
     accepted = set(uploaded_ids(lytics))
     assert len(accepted) == 24
@@ -454,21 +493,25 @@ def test_changed_state_is_checkpointed_after_its_records_are_accepted(lytics, mo
     """A STATE in mid-stream is written once Lytics accepted every record before it."""
     records = cordial_records(90)
     accepted_at_state: list[int] = []
-    original_write = TargetLytics._write_state_message
+    original_write = TargetLytics.write_state
 
     def recording_write(self, state):
         accepted_at_state.append(len(uploaded_ids(lytics)))
         original_write(self, state)
 
-    monkeypatch.setattr(TargetLytics, "_write_state_message", recording_write)
+    monkeypatch.setattr(TargetLytics, "write_state", recording_write)
     lines = activity_lines(records, state_every=30)
     lines.insert(32, state_message({"bookmarks": {"activity": {"upto": 30}}}))  # unchanged: no-op
     states, error = run_target(config_for(lytics), lines, CheckpointEveryStateTarget)
     assert error is None
-    # One STATE per change (30, 60, 90), each after its records were stored; singer-sdk writes
-    # the latest one again when the input ends.
-    assert [s["bookmarks"]["activity"]["upto"] for s in states] == [30, 60, 90, 90]
-    assert accepted_at_state == [30, 60, 90, 90]
+    # One STATE per change (30, 60, 90), each once its records were stored (later bodies may
+    # have been stored too); the end of the input does not repeat the last one.
+    upto = [s["bookmarks"]["activity"]["upto"] for s in states]
+    # A STATE whose records were accepted only with the next one's is dropped for the newer one.
+    assert upto == sorted(set(upto))
+    assert set(upto) <= {30, 60, 90}
+    assert upto[-1] == 90
+    assert all(accepted >= n for accepted, n in zip(accepted_at_state, upto, strict=True))
     assert len(uploaded_ids(lytics)) == 90
 
 
@@ -479,12 +522,24 @@ class HourlyCheckpointTarget(TargetLytics):
 
 
 def test_state_waits_for_the_checkpoint_interval_while_records_are_pending(lytics):
-    """Within the interval, STATEs that find records pending are written once, at the end."""
+    """A STATE sends the partial body only when none is in flight (or after the interval).
+
+    The first STATE finds the link idle and sends its 30 records; the next two find that body
+    still in flight (Lytics answers it slowly) and do not, so their records go out in one body
+    at the end of the input.
+    """
+    lytics.inject(COLLECT, Fault(delay_seconds=1.0))
     states, error = run_target(
         config_for(lytics), activity_lines(cordial_records(90), 30), HourlyCheckpointTarget
     )
     assert error is None
-    assert [s["bookmarks"]["activity"]["upto"] for s in states] == [90]
+    # Two bodies: 30 records, then the 60 held back. STATE 60 is never written on its own (its
+    # records share a body with those up to 90). Usually the slow request is the first body's, so
+    # both STATEs become ready at once and only the newer is written; on a busy machine the
+    # second body may reach Lytics first and take the delay, and then STATE 30 comes first.
+    upto = [s["bookmarks"]["activity"]["upto"] for s in states]
+    assert upto in ([90], [30, 90])
+    assert sorted(len(orjson.loads(r.body)) for r in lytics.requests) == [30, 60]
 
 
 def test_background_upload_failure_ends_the_run_without_state(lytics, monkeypatch):
@@ -500,22 +555,22 @@ def test_background_upload_failure_ends_the_run_without_state(lytics, monkeypatc
         return original_upload(self, *args, **kwargs)
 
     monkeypatch.setattr(LyticsClient, "upload", failing_later)
-    states, error = run_target(
-        config_for(lytics, max_request_bytes=3_000), activity_lines(records, state_every=20)
-    )
+    config = config_for(lytics, max_request_bytes=3_000, max_concurrent_uploads=1)
+    states, error = run_target(config, activity_lines(records, state_every=20))
     assert isinstance(error, LyticsError)
     assert "HTTP 400" in str(error)
-    assert states == []
     assert calls["n"] == 4  # nothing was sent after the failed request
     accepted = uploaded_ids(lytics)
     assert 0 < len(accepted) < len(records)
     assert accepted == [r["_id"] for r in records[: len(accepted)]]  # in order, a prefix
+    # STATEs only up to the accepted prefix.
+    assert all(s["bookmarks"]["activity"]["upto"] <= len(accepted) for s in states)
 
 
 def test_no_state_when_the_final_drain_fails(lytics):
     records = cordial_records(50)
-    # Default settings: one body at the end of input, STATE after it. The upload is refused.
-    lytics.inject(COLLECT, Fault(status=401))
+    # Every upload is refused (with bodies in flight at once, any of them may come first).
+    lytics.inject(COLLECT, *[Fault(status=401)] * 10)
     states, error = run_target(config_for(lytics), activity_lines(records, state_every=10))
     assert isinstance(error, LyticsError)
     assert states == []
@@ -525,7 +580,9 @@ def test_state_after_successful_upload(lytics):
     records = cordial_records(50)
     states, error = run_target(config_for(lytics), activity_lines(records, state_every=10))
     assert error is None
-    assert states == [{"bookmarks": {"activity": {"upto": 50}}}]
+    upto = [s["bookmarks"]["activity"]["upto"] for s in states]
+    assert upto[-1] == 50
+    assert upto == sorted(set(upto))  # each written once, in order
     assert len(uploaded_ids(lytics)) == 50
 
 

@@ -35,6 +35,7 @@ METHODS = {
     "_process_schema_message": (Target, _positional("message_dict")),
     "_process_record_message": (Target, _positional("message_dict")),
     "_process_state_message": (Target, _positional("message_dict")),
+    "_write_state_message": (Target, _positional("state")),
     "_validate_config": (Target, [*_positional(), ("raise_errors", KEYWORD, True)]),
     "_assert_line_requires": (Target, _positional("message_dict", "requires")),
     "_handle_max_record_age": (Target, _positional()),
@@ -43,7 +44,6 @@ METHODS = {
 }
 #: Private properties and instance attributes: (owner, what the value must be).
 TARGET_ATTRIBUTES = {
-    "_max_record_age_in_minutes": float,
     "_latest_state": type(None),
     "_sinks_active": dict,
 }
@@ -75,7 +75,6 @@ def test_private_method_exists_with_the_same_signature(name):
 
 
 def test_private_attributes_of_a_target_and_a_sink():
-    assert isinstance(Target.__dict__["_max_record_age_in_minutes"], property)
     target = TargetLytics(config={"api_token": "t"})
     for name, kind in TARGET_ATTRIBUTES.items():
         assert isinstance(getattr(target, name), kind), name

@@ -58,7 +58,7 @@ def test_text_settings_drive_a_real_run(lytics):
     ]
     with contextlib.redirect_stdout(io.StringIO()):
         target.listen(io.StringIO("\n".join(lines) + "\n"))
-    assert [len(orjson.loads(r.body)) for r in lytics.requests] == [50, 50, 20]
+    assert sorted(len(orjson.loads(r.body)) for r in lytics.requests) == [20, 50, 50]
 
 
 @pytest.mark.parametrize(

@@ -254,6 +254,13 @@ def config_problems(config: dict[str, Any]) -> list[str]:
             "No way for Cordial to write the export to SFTP: set `sftp_password` (sent as the "
             "destination password) or `cordial_saved_key` (a key in Cordial's Secrets Vault)."
         )
+    if config.get("batch_config"):
+        # singer-sdk's batch mode bypasses the windowed sync: no STATE per window, no
+        # checkpoints, no reconciliation, so a run could not resume or be trusted.
+        problems.append(
+            "`batch_config` is not supported: the tap's export windows, checkpoints and "
+            "count checks need RECORD messages. Remove `batch_config`."
+        )
     if has("sftp_private_key_passphrase") and not has("sftp_private_key"):
         problems.append("`sftp_private_key_passphrase` is set but `sftp_private_key` is not.")
     if has("sftp_private_key") and isinstance(config.get("sftp_private_key"), str):

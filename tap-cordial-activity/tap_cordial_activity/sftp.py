@@ -143,6 +143,13 @@ class SftpReader:
                 raise SftpError(
                     f"SSH handshake with {s.host}:{s.port} failed: {type(exc).__name__}: {exc}"
                 ) from exc
+            # paramiko's start_client returns without an error when its timeout passes first.
+            if transport.host_key is None:
+                raise SftpError(
+                    f"SSH handshake with {s.host}:{s.port} did not finish within "
+                    f"{s.timeout_seconds:g} s (the server accepted the connection but did not "
+                    "answer as an SSH server)"
+                )
             self._check_host_key(transport)
             self._authenticate(transport)
             try:

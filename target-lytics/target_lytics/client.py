@@ -1,29 +1,33 @@
 """LyticsClient: uploads JSON array bodies to ``POST {api_url}/collect/json/{stream}``.
 
-One ``requests.Session`` (keep-alive) per client. The API token goes only into the
-``Authorization`` header (the raw token, as Lytics expects), never into a URL or a log line.
-429, 5xx, timeouts and connection errors are retried with exponential backoff and full jitter,
-honouring ``Retry-After``; 400/401/403/413 and ``rejected_count`` > 0 end the run with a message
-that says what to do.
+One ``requests.Session`` (keep-alive) per client, shared by the upload threads. The API token goes
+only into the ``Authorization`` header (the raw token, as Lytics expects), never into a URL or a
+log line. 429, 5xx, timeouts and connection errors are retried with exponential backoff and full
+jitter, honouring ``Retry-After``; 400/401/403/413 and ``rejected_count`` > 0 end the run with a
+message that says what to do. Errors about reaching Lytics name the host and the ``api_url``
+setting. :class:`AdaptiveLimit` bounds the attempts in flight and halves that bound after a 429.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import email.utils
 import logging
 import random
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import orjson
 import requests
 import requests.adapters
 
 from target_lytics import __version__
-from target_lytics.errors import LyticsError
+from target_lytics.errors import LyticsError, RejectedEventsError
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +52,69 @@ class UploadResult:
     message_count: int
     rejected_count: int
     status: Any
+    #: Requests sent for this body (1 when it was not retried).
+    attempts: int = 1
+
+
+class AdaptiveLimit:
+    """How many attempts may be in flight at once: AIMD, like TCP's congestion window.
+
+    Starts at ``maximum``. A 429 halves the limit (at most once per :attr:`COOLDOWN_SECONDS`, so
+    the answers to requests already in flight count as one signal); after that many seconds
+    without a 429, each run of ``limit`` accepted requests raises it by one, up to ``maximum``.
+    """
+
+    #: 429s closer together than this lower the limit once.
+    COOLDOWN_SECONDS = 5.0
+
+    def __init__(self, maximum: int) -> None:
+        """Allow ``maximum`` attempts in flight."""
+        self.maximum = maximum
+        self.limit = maximum
+        self.in_flight = 0
+        self._successes = 0
+        self._throttled_at = -float("inf")
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one of the ``limit`` slots while one request is sent."""
+        with self._changed:
+            while self.in_flight >= self.limit:
+                self._changed.wait()
+            self.in_flight += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.in_flight -= 1
+                self._changed.notify_all()
+
+    def throttled(self) -> None:
+        """Lytics answered 429: halve the limit (not below 1)."""
+        with self._changed:
+            now = time.monotonic()
+            if now - self._throttled_at >= self.COOLDOWN_SECONDS:
+                self.limit = max(1, self.limit // 2)
+                logger.info(
+                    "Lytics is rate limiting: at most %d upload requests in flight for now",
+                    self.limit,
+                )
+            self._throttled_at = now
+            self._successes = 0
+
+    def succeeded(self) -> None:
+        """A request was accepted: after the cooldown, grow the limit by one per full round."""
+        with self._changed:
+            if self.limit >= self.maximum:
+                return
+            if time.monotonic() - self._throttled_at < self.COOLDOWN_SECONDS:
+                return
+            self._successes += 1
+            if self._successes >= self.limit:
+                self.limit += 1
+                self._successes = 0
+                self._changed.notify_all()
 
 
 @dataclass(frozen=True)
@@ -110,16 +177,18 @@ class LyticsClient:
         api_token: str,
         timeout_seconds: float,
         retry: RetryPolicy,
-        sleep: Callable[[float], None] = time.sleep,
+        pool_size: int = 32,
     ) -> None:
-        """Create a client with one keep-alive session."""
+        """Create a client with one keep-alive session of up to ``pool_size`` connections."""
         self.api_url = api_url.rstrip("/")
+        self.host = urlsplit(self.api_url).netloc or self.api_url
         self.timeout_seconds = timeout_seconds
         self.retry = retry
-        self._sleep = sleep
+        #: Set by :meth:`cancel`: backoff waits end at once and no new attempt starts.
+        self.cancelled = threading.Event()
         self.session = requests.Session()
-        # Each sink has at most one request in flight; keep that many connections alive.
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
+        # Keep a connection alive per request that may be in flight (every sink's uploads).
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         self.session.headers.update(
@@ -137,6 +206,15 @@ class LyticsClient:
         """Close the session's pooled connections."""
         self.session.close()
 
+    def cancel(self) -> None:
+        """Give up: uploads waiting to retry fail now instead of after their backoff."""
+        self.cancelled.set()
+
+    @property
+    def where(self) -> str:
+        """Where requests go, for error messages: the host and the ``api_url`` setting."""
+        return f"{self.host} (api_url setting: {self.api_url})"
+
     def collect_url(self, stream: str) -> str:
         """URL of the collect endpoint for a Lytics stream."""
         return f"{self.api_url}/collect/json/{quote(stream, safe='')}"
@@ -149,8 +227,13 @@ class LyticsClient:
         timestamp_field: str | None = None,
         dry_run: bool = False,
         event_count: int | None = None,
+        limit: AdaptiveLimit | None = None,
     ) -> UploadResult:
-        """POST one JSON array body; retry transient failures; raise :class:`LyticsError`."""
+        """POST one JSON array body; retry transient failures; raise :class:`LyticsError`.
+
+        Each attempt holds a slot of ``limit`` (if given) only while it is sent, so requests
+        waiting to retry leave room to the others; a 429 lowers the limit.
+        """
         params: dict[str, str] = {}
         if timestamp_field:
             params["timestamp_field"] = timestamp_field
@@ -158,48 +241,61 @@ class LyticsClient:
             params["dryrun"] = "true"
         url = self.collect_url(stream)
         what = f"upload of {event_count} events to Lytics stream '{stream}'"
+        slot = limit.slot if limit is not None else contextlib.nullcontext
         attempt = 0
         while True:
             attempt += 1
+            if self.cancelled.is_set():
+                raise LyticsError(f"{what} was cancelled: the run is ending after an error.")
             problem: str
             wait: float | None = None
             cause: Exception | None = None
             try:
-                response = self.session.post(
-                    url, params=params, data=body, timeout=self.timeout_seconds
-                )
+                with slot():
+                    response = self.session.post(
+                        url, params=params, data=body, timeout=self.timeout_seconds
+                    )
             except requests.Timeout as exc:
                 problem, cause = f"timed out after {self.timeout_seconds}s", exc
             except requests.ConnectionError as exc:
-                problem, cause = f"connection error ({type(exc).__name__})", exc
+                problem, cause = f"connection error ({_root_cause(exc)})", exc
             else:
                 status = response.status_code
                 if 200 <= status < 300:
-                    return self._accepted(response, stream, event_count)
+                    if limit is not None:
+                        limit.succeeded()
+                    result = self._accepted(response, stream, event_count)
+                    return dataclasses.replace(result, attempts=attempt)
                 message = _error_message(response)
                 if status in _FATAL_HINTS or status not in _RETRYABLE_STATUSES:
                     hint = _FATAL_HINTS.get(status, "unexpected response from Lytics")
                     detail = f" ({message})" if message else ""
-                    raise LyticsError(f"{what} failed with HTTP {status}{detail}: {hint}.")
+                    raise LyticsError(
+                        f"{what} failed with HTTP {status}{detail} from {self.where}: {hint}."
+                    )
+                if status == 429 and limit is not None:
+                    limit.throttled()
                 problem = f"HTTP {status}" + (f" ({message})" if message else "")
                 wait = parse_retry_after(response.headers.get("Retry-After"))
             if attempt > self.retry.max_retries:
                 raise LyticsError(
-                    f"{what} failed after {attempt} attempts, last: {problem}. Lytics may be "
-                    "unavailable or rate limiting; try again later or raise max_retries."
+                    f"{what} failed after {attempt} attempts, last: {problem} from "
+                    f"{self.where}. Check api_url and the network; Lytics may be unavailable "
+                    "or rate limiting: try again later or raise max_retries."
                 ) from cause
             delay = self.retry.backoff(attempt)
             if wait is not None:
                 delay = max(delay, min(wait, self.retry.max_retry_after_seconds))
             logger.warning(
-                "%s: %s; retry %d of %d in %.2fs",
+                "%s: %s from %s; retry %d of %d in %.2fs",
                 what,
                 problem,
+                self.host,
                 attempt,
                 self.retry.max_retries,
                 delay,
             )
-            self._sleep(delay)
+            self.cancelled.wait(delay)
 
     @staticmethod
     def _accepted(
@@ -217,13 +313,28 @@ class LyticsClient:
         count = _as_int(data.get("message_count"))
         status = payload.get("status") if isinstance(payload, dict) else None
         if rejected > 0:
-            raise LyticsError(
+            accepted = max((count or event_count or 0) - rejected, 0)
+            raise RejectedEventsError(
                 f"Lytics rejected {rejected} of {count or event_count} events sent to stream "
-                f"'{stream}' (accepted {max(count - rejected, 0)}); the rejected events would "
+                f"'{stream}' (accepted {accepted}); the rejected events would "
                 "be lost, so the run stops without advancing the state. Check the events' "
-                "fields and the stream's schema in Lytics."
+                "fields and the stream's schema in Lytics.",
+                accepted=accepted,
+                rejected=rejected,
             )
         return UploadResult(message_count=count, rejected_count=rejected, status=status)
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost cause's type and text, e.g. ``ConnectionRefusedError: [Errno 111] ...``."""
+    seen: set[int] = set()
+    while error.__cause__ is not None or error.__context__ is not None:
+        if id(error) in seen:
+            break
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    text = str(error).split(": ", 1)[-1] if isinstance(error, OSError) else str(error)
+    return f"{type(error).__name__}: {text}"[:200] if text else type(error).__name__
 
 
 def _as_int(value: Any) -> int:

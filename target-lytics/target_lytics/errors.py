@@ -15,6 +15,16 @@ class LyticsError(RuntimeError):
     """An upload failed in a way that must end the run (no later STATE is emitted)."""
 
 
+class RejectedEventsError(LyticsError):
+    """Lytics answered 2xx but refused some events of the body (``rejected_count`` > 0)."""
+
+    def __init__(self, message: str, *, accepted: int, rejected: int) -> None:
+        """Keep the counts Lytics reported, for the run's summary."""
+        super().__init__(message)
+        self.accepted = accepted
+        self.rejected = rejected
+
+
 class ValueConversionError(ValueError):
     """A value cannot be converted to what its schema promises."""
 

@@ -1,9 +1,10 @@
 """The one module that uses singer-sdk's private names; the rest of the package uses these wrappers.
 
 - :class:`HookedTarget` replaces ``Target._process_schema_message``,
-  ``_process_record_message`` and ``_process_state_message`` (target_base.py) and
+  ``_process_record_message``, ``_process_state_message`` and ``_write_state_message``
+  (target_base.py) and
   ``PluginBase._validate_config`` (plugin_base.py) with public hooks of its own, and wraps
-  ``_sinks_active``, ``_latest_state``, ``_max_record_age_in_minutes``, ``_handle_max_record_age``
+  ``_sinks_active``, ``_latest_state``, ``_handle_max_record_age``
   and ``_assert_line_requires`` in public methods.
 - :func:`record_validator`, :func:`remove_sdc_metadata` and :func:`check_key_properties` wrap the
   sink's ``_validator``, ``_remove_sdc_metadata_from_record`` and ``_singer_validate_message``
@@ -45,10 +46,10 @@ TARGET_PRIVATE_NAMES = (
     "_process_schema_message",
     "_process_record_message",
     "_process_state_message",
+    "_write_state_message",
     "_validate_config",
     "_assert_line_requires",
     "_handle_max_record_age",
-    "_max_record_age_in_minutes",
     "_latest_state",
     "_sinks_active",
 )
@@ -75,8 +76,12 @@ class HookedTarget(Target):
         """Process a RECORD without the SDK's record loop; False leaves it to the SDK."""
         return False
 
-    def state_changed(self) -> None:
+    def state_changed(self, state: dict) -> None:
         """Called after a STATE message that differs from the latest one was noted."""
+
+    def state_drained(self, state: dict) -> None:
+        """singer-sdk's drain asks to write ``state``; by default it is written at once."""
+        self.write_state(state)
 
     # -- wrappers of private state ---------------------------------------------------------------
 
@@ -88,14 +93,13 @@ class HookedTarget(Target):
         """Every sink now receiving records."""
         return list(self._sinks_active.values())
 
-    @property
-    def seconds_since_full_drain(self) -> float:
-        """Seconds since every sink was last drained."""
-        return self._max_record_age_in_minutes * 60
-
     def drain_if_records_too_old(self) -> None:
         """Drain every sink when records have waited longer than singer-sdk allows."""
         self._handle_max_record_age()
+
+    def write_state(self, state: dict) -> None:
+        """Write one STATE message to stdout, as singer-sdk does."""
+        super()._write_state_message(state)
 
     def require_fields(self, message_dict: dict, requires: set[str]) -> None:
         """Raise singer-sdk's error when a message lacks one of ``requires``."""
@@ -135,8 +139,13 @@ class HookedTarget(Target):
         """Note the STATE as singer-sdk does, then call :meth:`state_changed` if it changed."""
         previous = self._latest_state
         super()._process_state_message(message_dict)
-        if self._latest_state != previous:
-            self.state_changed()
+        if self._latest_state != previous and self._latest_state is not None:
+            self.state_changed(self._latest_state)
+
+    @override
+    def _write_state_message(self, state: dict) -> None:
+        """Hand the STATE singer-sdk's drain would write to :meth:`state_drained`."""
+        self.state_drained(state)
 
 
 def record_validator(sink: Sink) -> BaseJSONSchemaValidator | None:

@@ -19,6 +19,10 @@ from target_lytics.user_fields import ACTIVITY_FIELDS, FIELD_ENTRY_SCHEMA, WORKF
 #: Lytics' documented cap per request body.
 HARD_MAX_REQUEST_BYTES = 10_000_000
 
+#: Upper bound of ``max_concurrent_uploads``: beyond it a slow link is better served by larger
+#: bodies than by more connections.
+MAX_CONCURRENT_UPLOADS = 32
+
 #: The ``streams`` entries a user setting is merged over (by Singer stream name).
 DEFAULT_STREAMS: dict[str, dict[str, Any]] = {
     "activity": {
@@ -136,6 +140,24 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         minimum=0,
         description="Longest backoff between retries (Retry-After may ask for more).",
     ),
+    _number(
+        "max_concurrent_uploads",
+        whole=True,
+        default=4,
+        minimum=1,
+        maximum=MAX_CONCURRENT_UPLOADS,
+        description=(
+            "Request bodies of one stream in flight at once (memory: about that many bodies); "
+            "1 sends one at a time. Halved for a while after Lytics answers 429."
+        ),
+    ),
+    _number(
+        "progress_interval_seconds",
+        whole=False,
+        default=30,
+        exclusiveMinimum=0,
+        description="Seconds between progress lines while uploading.",
+    ),
     th.Property(
         "schema_workflow",
         th.StringType(allowed_values=list(WORKFLOWS)),
@@ -154,7 +176,7 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         whole=True,
         default=200_000,
         minimum=1,
-        description="Records between sink drains (a drain sends the partial body and waits).",
+        description="Records between sink drains (a drain sends the partial body).",
     ),
 ).to_dict()
 

@@ -2,18 +2,20 @@
 
 Each record is mapped then serialized once with orjson into the body being built. A body is
 ``[`` + events joined by ``,`` + ``]`` and is sent before adding an event would take it past
-``max_request_bytes``. A full body is uploaded by a background thread while the next one is built
-(one request in flight per sink), so memory stays at about two bodies per sink whatever
-``batch_size_rows`` is. Draining the sink sends what remains and waits for every upload; singer-sdk
-emits STATE only after every sink has drained, and a failed upload raises there, so STATE never
-covers events Lytics has not accepted.
+``max_request_bytes``. Full bodies go to the sink's :class:`~target_lytics.uploads.UploadPool`:
+up to ``max_concurrent_uploads`` in flight while the next one is built, so memory stays at about
+that many bodies plus one. A drain (singer-sdk's ``process_batch``) only sends the partial body;
+it does not wait. STATE waits for Lytics instead through the sink's
+:class:`~target_lytics.uploads.RecordLedger` (see :mod:`target_lytics.checkpoints`), and
+:meth:`LyticsSink.wait_for_uploads` waits at the end of the input, raising the first failure.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import time
 import typing as t
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import fastjsonschema
 import orjson
@@ -25,9 +27,10 @@ from target_lytics.errors import LyticsError
 from target_lytics.mapping import RecordMapper, StreamMapping, json_default
 from target_lytics.sdk_private import BaseJSONSchemaValidator, JSONSchemaValidator
 from target_lytics.settings import setting
+from target_lytics.uploads import Body, UploadPool
 
 if t.TYPE_CHECKING:
-    from target_lytics.client import LyticsClient
+    from target_lytics.client import AdaptiveLimit, LyticsClient
     from target_lytics.target import TargetLytics
 
 _OPEN = b"["
@@ -132,10 +135,21 @@ class LyticsSink(Sink):
         )
         self.dry_run = bool(setting(self.config, "dry_run"))
         self.body = BodyBuilder(target.max_request_bytes)
-        self.uploaded_events = 0
-        self.uploaded_requests = 0
-        self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lytics-upload")
-        self._in_flight: Future[None] | None = None
+        self.counts = target.progress.add_stream(stream_name, self.stream_mapping.lytics_stream)
+        self.ledger = target.checkpoints.new_ledger()
+        #: Number of the first record in the body being built (records count from 0).
+        self._body_first = 0
+        #: When a partial body was last sent (monotonic seconds).
+        self.flushed_at = time.monotonic()
+        self.uploads = UploadPool(
+            client=target.client,
+            size=target.max_concurrent_uploads,
+            upload=self._upload,
+            ledger=self.ledger,
+            counts=self.counts,
+            name=stream_name,
+            on_error=target.upload_failed,
+        )
 
     @property
     def client(self) -> LyticsClient:
@@ -174,63 +188,86 @@ class LyticsSink(Sink):
                 )
             self.send_body()
             self.body.add(event)
+        self.ledger.received += 1
+        self.counts.received = self.ledger.received
 
     @override
     def process_batch(self, context: dict) -> None:
-        """Send what is left and wait until Lytics accepted all of it.
+        """Send the partial body; do not wait (STATE waits for Lytics through the ledger).
 
-        The SDK writes STATE only after every sink returned from here.
+        A BATCH message (a tap with ``batch_config``) arrives here with its file's records in
+        ``context["records"]``: they are validated and uploaded like RECORD messages.
         """
-        if self.body.count:
-            self.send_body()
-        self.wait_for_uploads()
+        records = context.get("records")
+        if records:
+            validator = self.batch_validator
+            for record in records:
+                if validator is not None:
+                    validator.validate(record)
+                self.process_record(record, context)
+        self.send_body()
+
+    @functools.cached_property
+    def batch_validator(self) -> BaseJSONSchemaValidator | None:
+        """The validator of this stream's schema for BATCH records, compiled once."""
+        return self.get_validator()
+
+    def send_body(self) -> None:
+        """Hand the body being built (if any) to the upload pool; raise an earlier failure."""
+        if not self.body.count:
+            self.uploads.raise_error()
+            return
+        data, count = self.body.take()
+        body = Body(data, self._body_first, self._body_first + count)
+        self._body_first = body.end
+        self.flushed_at = time.monotonic()
+        self.uploads.submit(body)
 
     def wait_for_uploads(self) -> None:
-        """Wait for the upload in flight; re-raise its error (LyticsError) in this thread."""
-        future, self._in_flight = self._in_flight, None
-        if future is not None:
-            future.result()
+        """Send the partial body and wait until Lytics accepted everything; raise a failure."""
+        self.send_body()
+        self.uploads.wait()
+
+    @property
+    def uploads_in_flight(self) -> int:
+        """Bodies of this sink sent and not yet answered."""
+        return self.counts.in_flight
 
     @override
     def clean_up(self) -> None:
-        """Stop the upload thread (after the last drain, nothing is in flight) and report."""
-        self._uploader.shutdown(wait=True)
+        """Wait for the last uploads, stop the upload threads and report."""
+        self.wait_for_uploads()
+        self.uploads.close()
         self.logger.info(
             "Lytics accepted %d events in %d requests into stream '%s'%s",
-            self.uploaded_events,
-            self.uploaded_requests,
+            self.counts.accepted,
+            self.counts.requests,
             self.stream_mapping.lytics_stream,
             " (dry run: nothing stored)" if self.dry_run else "",
         )
         super().clean_up()
 
-    def send_body(self) -> None:
-        """Hand the current body to the upload thread, once the previous upload succeeded."""
-        body, count = self.body.take()
-        self.wait_for_uploads()
-        self._in_flight = self._uploader.submit(self._upload, body, count)
-
-    def _upload(self, body: bytes, count: int) -> None:
-        """Upload one body (upload thread); raises LyticsError when Lytics does not accept it."""
+    def _upload(self, body: Body, limit: AdaptiveLimit) -> tuple[int, int]:
+        """Upload one body (upload thread): (events accepted, requests sent); raise LyticsError."""
         result = self.client.upload(
             self.stream_mapping.lytics_stream,
-            body,
+            body.data,
             timestamp_field=self.stream_mapping.timestamp_field,
             dry_run=self.dry_run,
-            event_count=count,
+            event_count=body.count,
+            limit=limit,
         )
-        if result.message_count and result.message_count != count:
+        if result.message_count and result.message_count != body.count:
             self.logger.warning(
                 "Lytics reported %d events for a request of %d to stream '%s'",
                 result.message_count,
-                count,
+                body.count,
                 self.stream_mapping.lytics_stream,
             )
-        self.uploaded_events += count
-        self.uploaded_requests += 1
         self.logger.debug(
             "Uploaded %d events (%d bytes) to Lytics stream '%s'",
-            count,
-            len(body),
+            body.count,
+            len(body.data),
             self.stream_mapping.lytics_stream,
         )
+        return body.count, result.attempts

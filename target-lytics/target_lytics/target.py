@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 import typing as t
 
 import click
 from singer_sdk.contrib.msgspec import MsgSpecReader
 from typing_extensions import override
 
+from target_lytics.checkpoints import StateCheckpoints
 from target_lytics.client import LyticsClient, RetryPolicy
 from target_lytics.errors import LyticsError, user_errors_end_the_run
 from target_lytics.fastpath import FastRecordPath
 from target_lytics.mapping import StreamMapping
+from target_lytics.progress import UploadProgress
 from target_lytics.schema_publish import run_schema_command
 from target_lytics.sdk_private import HookedTarget, cli_config
 from target_lytics.settings import (
@@ -40,9 +43,9 @@ class TargetLytics(HookedTarget):
     #: Use the record fast path (see :mod:`target_lytics.fastpath`) when a stream qualifies.
     fast_path_enabled: t.ClassVar[bool] = True
 
-    #: A changed STATE is checkpointed (uploads finished, then STATE written) at most this often
-    #: while records are pending, so a tap that writes STATE after every record does not turn
-    #: each record into a request; with nothing pending it is written at once.
+    #: A changed STATE sends a stream's partial body when that stream has no upload in flight,
+    #: or when its last partial body went out at least this long ago: a tap that writes STATE
+    #: after every record does not turn each record into a request.
     STATE_CHECKPOINT_SECONDS = 1.0
 
     #: ``--test`` answers in seconds: at most this many retries and this request timeout.
@@ -58,10 +61,17 @@ class TargetLytics(HookedTarget):
         # arenas made peak RSS grow with the run's length once STATE is checkpointed often.
         self.max_parallelism = 1
         self.max_request_bytes = int(setting(self.config, "max_request_bytes"))
+        self.max_concurrent_uploads = int(setting(self.config, "max_concurrent_uploads"))
         self.streams_config = merged_streams(setting(self.config, "streams"))
         # Created up front: upload threads of several sinks share it.
         self.client = self._new_client()
         self.fast_path = FastRecordPath(self)
+        self.checkpoints = StateCheckpoints(self.write_state)
+        #: The tap sent a SCHEMA or a STATE (a quiet day), not just nothing.
+        self.tap_spoke = False
+        self.progress = UploadProgress(
+            self.logger, float(setting(self.config, "progress_interval_seconds"))
+        )
 
     def stream_mapping(self, stream_name: str) -> StreamMapping:
         """The resolved mapping of a Singer stream (pass-through when not configured)."""
@@ -74,6 +84,7 @@ class TargetLytics(HookedTarget):
             api_url=str(setting(config, "api_url")),
             api_token=str(config["api_token"]),
             timeout_seconds=float(setting(config, "request_timeout_seconds")),
+            pool_size=max(32, 4 * int(setting(config, "max_concurrent_uploads"))),
             retry=RetryPolicy(
                 max_retries=int(setting(config, "max_retries")),
                 base_delay_seconds=float(setting(config, "retry_initial_delay_seconds")),
@@ -98,6 +109,7 @@ class TargetLytics(HookedTarget):
     @override
     def stream_schema_registered(self, stream_name: str) -> None:
         """Decide whether the stream may take the record fast path."""
+        self.tap_spoke = True
         if self.fast_path_enabled:
             self.fast_path.stream_registered(stream_name)
 
@@ -107,16 +119,77 @@ class TargetLytics(HookedTarget):
         return self.fast_path.process(message_dict)
 
     @override
-    def state_changed(self) -> None:
-        """Checkpoint the tap's STATE once the records before it are accepted by Lytics.
+    def state_changed(self, state: dict) -> None:
+        """Checkpoint the tap's STATE once every record before it is accepted by Lytics.
 
         singer-sdk writes STATE only when the input ends (or records are 5 minutes old), so a run
         killed midway would leave no checkpoint and the next run would resend all it delivered.
-        Draining first keeps the rule that STATE never covers records Lytics has not accepted.
+        Nothing waits here: the STATE is written by whichever upload completes its records
+        (:mod:`~target_lytics.checkpoints`), while later bodies keep flowing.
         """
-        pending = any(sink.current_size for sink in self.active_sinks())
-        if not pending or self.seconds_since_full_drain >= self.STATE_CHECKPOINT_SECONDS:
-            self.drain_all()
+        self.tap_spoke = True
+        now = time.monotonic()
+        for sink in self.lytics_sinks():
+            if not sink.uploads_in_flight or now - sink.flushed_at >= self.STATE_CHECKPOINT_SECONDS:
+                sink.send_body()  # raises an earlier upload's failure
+            else:
+                sink.uploads.raise_error()
+        self.checkpoints.add(copy.deepcopy(state))
+
+    @override
+    def state_drained(self, state: dict) -> None:
+        """singer-sdk's drain sent every partial body: write ``state`` once Lytics accepted them."""
+        self.checkpoints.add(state)
+
+    def lytics_sinks(self) -> list[LyticsSink]:
+        """The sinks now receiving records."""
+        return [sink for sink in self.active_sinks() if isinstance(sink, LyticsSink)]
+
+    def upload_failed(self) -> None:
+        """An upload failed for good and the run ends: stop retries, log the counts reached."""
+        self.client.cancel()
+        self.progress.summary(failed=True, dry_run=bool(setting(self.config, "dry_run")))
+
+    @override
+    def process_endofpipe(self) -> None:
+        """Wait for every upload; with nothing uploaded, check the endpoint; then the last STATE.
+
+        The endpoint check needs a SCHEMA or STATE from the tap: a tap that failed before saying
+        anything (a wrong setting) ends the run anyway, and Lytics need not be asked then.
+
+        Then the summary and the reconciliation counts (after a failed upload they are logged
+        when the failure surfaces, see :meth:`upload_failed`).
+        """
+        for sink in self.lytics_sinks():
+            sink.wait_for_uploads()
+        if self.tap_spoke and self.progress.total().requests == 0:
+            self.check_endpoint()
+        super().process_endofpipe()
+        self.progress.summary(failed=False, dry_run=bool(setting(self.config, "dry_run")))
+
+    def check_endpoint(self) -> None:
+        """A run that uploaded nothing still checks api_url and api_token (empty dry run).
+
+        Raises:
+            LyticsError: Lytics refused the request or could not be reached.
+        """
+        sinks = self.lytics_sinks()
+        if sinks:
+            stream = sinks[0].stream_mapping.lytics_stream
+        else:
+            stream = self.stream_mapping(sorted(self.streams_config)[0]).lytics_stream
+        try:
+            self.client.upload(stream, b"[]", dry_run=True, event_count=0)
+        except LyticsError as exc:
+            raise LyticsError(
+                f"Nothing to upload, and the check of the Lytics endpoint failed: {exc}"
+            ) from exc
+        self.logger.info(
+            "Nothing to upload; Lytics accepted an empty dry-run request to stream '%s' at %s "
+            "(api_url and api_token work)",
+            stream,
+            self.client.host,
+        )
 
     # Command line -------------------------------------------------------------------------------
 
