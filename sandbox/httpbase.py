@@ -18,11 +18,12 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, ClassVar, Self
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
+
+from sandbox.service import LocalService
 
 #: Bodies are read in chunks of this size when they are drained rather than kept.
 _DRAIN_CHUNK = 1 << 20
@@ -274,7 +275,7 @@ class _Server(ThreadingHTTPServer):
                 conn.shutdown(socket.SHUT_RDWR)
 
 
-class HttpStandIn:
+class HttpStandIn(LocalService):
     """Base of the HTTP stand-ins: free port, serving thread, faults, JSON helpers.
 
     Subclasses implement :meth:`route` and :meth:`error`, and may set :attr:`max_body_bytes`
@@ -325,18 +326,6 @@ class HttpStandIn:
         if thread is not None:
             thread.join()
 
-    def __enter__(self) -> Self:
-        """Start on entering the ``with`` block."""
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop on leaving the ``with`` block."""
-        self.stop()
 
     @property
     def base_url(self) -> str:

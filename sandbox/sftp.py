@@ -21,11 +21,12 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from sandbox.service import LocalService
 
 #: Local user names are ``sbx-<owner pid>-<6 hex>``: unique per server, and the pid lets a later
 #: start remove users whose owning process is gone.
@@ -34,7 +35,7 @@ _USER_RE = re.compile(r"^sbx-(\d+)-[0-9a-f]{6}$")
 _INSTALL_HINT = "install it with 'apt-get install openssh-server' (Debian/Ubuntu)"
 
 
-class SftpServer:
+class SftpServer(LocalService):
     """What every sandbox SFTP server offers (see docs/design.md, "sandbox.sftp")."""
 
     kind: str = ""
@@ -61,18 +62,6 @@ class SftpServer:
         """Kill every live client session (the listener keeps running)."""
         raise NotImplementedError
 
-    def __enter__(self) -> Self:
-        """Start on entering the ``with`` block."""
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop on leaving the ``with`` block."""
-        self.stop()
 
     def __repr__(self) -> str:
         """No secrets in the representation."""

@@ -18,9 +18,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
+from sandbox.service import LocalService
 from sandbox.sftp import free_port
 
 PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
@@ -42,7 +42,7 @@ def _pg_bin_dir() -> Path:
     )
 
 
-class PostgresServer:
+class PostgresServer(LocalService):
     """A throwaway PostgreSQL cluster: password login for `user`, one database per caller."""
 
     host = "127.0.0.1"
@@ -100,18 +100,6 @@ class PostgresServer:
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(self.base, ignore_errors=True)
 
-    def __enter__(self) -> Self:
-        """Start."""
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop."""
-        self.stop()
 
     def connect(self, dbname: str = "postgres") -> Any:
         """A psycopg connection (autocommit) as `user`."""
@@ -138,7 +126,7 @@ class PostgresServer:
         return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{dbname}"
 
 
-class MotoS3Server:
+class MotoS3Server(LocalService):
     """moto's server mode: an S3 API on 127.0.0.1, as a separate process."""
 
     host = "127.0.0.1"
@@ -193,18 +181,6 @@ class MotoS3Server:
                 self.process.wait()
         self.log.unlink(missing_ok=True)
 
-    def __enter__(self) -> Self:
-        """Start."""
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop."""
-        self.stop()
 
     def client(self) -> Any:
         """A boto3 S3 client for this server."""
