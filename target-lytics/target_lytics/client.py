@@ -167,6 +167,22 @@ def _error_message(response: requests.Response) -> str:
     return "; ".join(parts)
 
 
+def lytics_session(api_token: str) -> requests.Session:
+    """A keep-alive session sending the token as Lytics wants it (raw ``Authorization``)."""
+    session = requests.Session()
+    session.headers.update(
+        {
+            "Authorization": api_token,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": f"target-lytics/{__version__}",
+        }
+    )
+    # Never pick up credentials from ~/.netrc or proxies' env by surprise; the header is ours.
+    session.trust_env = False
+    return session
+
+
 class LyticsClient:
     """Sends event batches to Lytics' collect API."""
 
@@ -186,21 +202,11 @@ class LyticsClient:
         self.retry = retry
         #: Set by :meth:`cancel`: backoff waits end at once and no new attempt starts.
         self.cancelled = threading.Event()
-        self.session = requests.Session()
+        self.session = lytics_session(api_token)
         # Keep a connection alive per request that may be in flight (every sink's uploads).
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
-        self.session.headers.update(
-            {
-                "Authorization": api_token,
-                "Content-Type": "application/json",
-                "Accept": "application/json",
-                "User-Agent": f"target-lytics/{__version__}",
-            }
-        )
-        # Never pick up credentials from ~/.netrc or proxies' env by surprise; the header is ours.
-        self.session.trust_env = False
 
     def close(self) -> None:
         """Close the session's pooled connections."""

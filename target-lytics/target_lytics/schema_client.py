@@ -17,8 +17,7 @@ from urllib.parse import quote
 
 import requests
 
-from target_lytics import __version__
-from target_lytics.client import RetryPolicy, parse_retry_after
+from target_lytics.client import RetryPolicy, lytics_session, parse_retry_after
 from target_lytics.errors import LyticsError
 
 logger = logging.getLogger(__name__)
@@ -79,16 +78,7 @@ class LyticsSchemaClient:
         self.timeout_seconds = timeout_seconds
         self.retry = retry
         self._sleep = sleep
-        self.session = requests.Session()
-        self.session.trust_env = False
-        self.session.headers.update(
-            {
-                "Authorization": api_token,
-                "Content-Type": "application/json",
-                "Accept": "application/json",
-                "User-Agent": f"target-lytics/{__version__}",
-            }
-        )
+        self.session = lytics_session(api_token)
 
     def close(self) -> None:
         """Close the session's pooled connections."""
