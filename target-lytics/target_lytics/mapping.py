@@ -304,6 +304,15 @@ class RecordMapper:
             )
         self._include_unmapped = include_unmapped_fields and mapping.fields is not None
 
+    def mapped_fields(self) -> tuple[tuple[str, str, Converter | None], ...] | None:
+        """``(source, destination, converter)`` of every field sent.
+
+        None when the fields sent depend on the record (pass-through, or unmapped fields included).
+        """
+        if self._pass_all or self._include_unmapped:
+            return None
+        return self._mapped
+
     def _converter(self, name: str) -> Converter | None:
         if name in self._by_schema:
             return self._by_schema[name]

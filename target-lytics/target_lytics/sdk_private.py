@@ -1,7 +1,7 @@
 """The one module that uses singer-sdk's private names; the rest of the package uses these wrappers.
 
 - :class:`HookedTarget` replaces ``Target._process_schema_message``,
-  ``_process_record_message``, ``_process_state_message`` and ``_write_state_message``
+  ``_process_state_message`` and ``_write_state_message``
   (target_base.py) and
   ``PluginBase._validate_config`` (plugin_base.py) with public hooks of its own, and wraps
   ``_sinks_active``, ``_latest_state``, ``_handle_max_record_age``
@@ -44,7 +44,6 @@ __all__ = [
 #: singer-sdk private names used here, checked by the test named in the module docstring.
 TARGET_PRIVATE_NAMES = (
     "_process_schema_message",
-    "_process_record_message",
     "_process_state_message",
     "_write_state_message",
     "_validate_config",
@@ -71,10 +70,6 @@ class HookedTarget(Target):
 
     def stream_schema_registered(self, stream_name: str) -> None:
         """Called after a SCHEMA message registered (or replaced) the stream's sink."""
-
-    def process_record_fast(self, message_dict: dict) -> bool:
-        """Process a RECORD without the SDK's record loop; False leaves it to the SDK."""
-        return False
 
     def state_changed(self, state: dict) -> None:
         """Called after a STATE message that differs from the latest one was noted."""
@@ -127,12 +122,6 @@ class HookedTarget(Target):
         """Register the schema, then call :meth:`stream_schema_registered`."""
         super()._process_schema_message(message_dict)
         self.stream_schema_registered(message_dict["stream"])
-
-    @override
-    def _process_record_message(self, message_dict: dict) -> None:
-        """Try :meth:`process_record_fast`, else singer-sdk's record loop."""
-        if not self.process_record_fast(message_dict):
-            super()._process_record_message(message_dict)
 
     @override
     def _process_state_message(self, message_dict: dict) -> None:

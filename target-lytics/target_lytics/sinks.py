@@ -27,6 +27,7 @@ from target_lytics.errors import LyticsError
 from target_lytics.mapping import RecordMapper, StreamMapping, json_default
 from target_lytics.sdk_private import BaseJSONSchemaValidator, JSONSchemaValidator
 from target_lytics.settings import setting
+from target_lytics.typed_records import TypedRecordEncoder
 from target_lytics.uploads import Body, UploadPool
 
 if t.TYPE_CHECKING:
@@ -133,6 +134,10 @@ class LyticsSink(Sink):
             include_unmapped_fields=bool(setting(self.config, "include_unmapped_fields")),
             logger=self.logger,
         )
+        #: Records of this stream decoded straight into events (None: the general way only).
+        self.typed_encoder = TypedRecordEncoder.for_stream(
+            self.schema, self.key_properties, self.mapper
+        )
         self.dry_run = bool(setting(self.config, "dry_run"))
         self.body = BodyBuilder(target.max_request_bytes)
         self.counts = target.progress.add_stream(stream_name, self.stream_mapping.lytics_stream)
@@ -178,7 +183,10 @@ class LyticsSink(Sink):
     @override
     def process_record(self, record: dict, context: dict) -> None:
         """Map, serialize and buffer one record (sending the body first when it is full)."""
-        event = orjson.dumps(self.mapper.map(record), default=json_default)
+        self.add_event(orjson.dumps(self.mapper.map(record), default=json_default))
+
+    def add_event(self, event: bytes) -> None:
+        """Buffer one serialized event (sending the body first when it is full)."""
         if not self.body.add(event):
             if self.body.count == 0:
                 raise LyticsError(

@@ -8,7 +8,6 @@ import time
 import typing as t
 
 import click
-from singer_sdk.contrib.msgspec import MsgSpecReader
 from typing_extensions import override
 
 from target_lytics.checkpoints import StateCheckpoints
@@ -17,6 +16,7 @@ from target_lytics.errors import LyticsError, user_errors_end_the_run
 from target_lytics.fastpath import FastRecordPath
 from target_lytics.mapping import StreamMapping
 from target_lytics.progress import UploadProgress
+from target_lytics.reader import SingerLineReader
 from target_lytics.schema_publish import run_schema_command
 from target_lytics.sdk_private import HookedTarget, cli_config
 from target_lytics.settings import (
@@ -35,8 +35,8 @@ class TargetLytics(HookedTarget):
 
     name = "target-lytics"
     default_sink_class = LyticsSink
-    # msgspec parses Singer lines several times faster than the default simplejson reader.
-    message_reader_class = MsgSpecReader
+    # Bytes in large chunks, records of qualifying streams in runs (see target_lytics.reader).
+    message_reader_class = SingerLineReader
     # A copy: singer-sdk adds its built-in settings to this dict.
     config_jsonschema = copy.deepcopy(CONFIG_SCHEMA)
 
@@ -66,6 +66,8 @@ class TargetLytics(HookedTarget):
         # Created up front: upload threads of several sinks share it.
         self.client = self._new_client()
         self.fast_path = FastRecordPath(self)
+        if self.fast_path_enabled and isinstance(self.message_reader, SingerLineReader):
+            self.message_reader.record_runs = self.fast_path
         self.checkpoints = StateCheckpoints(self.write_state)
         #: The tap sent a SCHEMA or a STATE (a quiet day), not just nothing.
         self.tap_spoke = False
@@ -112,11 +114,6 @@ class TargetLytics(HookedTarget):
         self.tap_spoke = True
         if self.fast_path_enabled:
             self.fast_path.stream_registered(stream_name)
-
-    @override
-    def process_record_fast(self, message_dict: dict) -> bool:
-        """Send the record through the fast path when its stream qualifies."""
-        return self.fast_path.process(message_dict)
 
     @override
     def state_changed(self, state: dict) -> None:
