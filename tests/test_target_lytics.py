@@ -452,12 +452,6 @@ def test_rejected_events_end_the_run(lytics, monkeypatch):
 # -- STATE only after acceptance ------------------------------------------------------------------
 
 
-class EagerStateTarget(TargetLytics):
-    """Drains (and so may emit STATE) after every record, like an old record would trigger."""
-
-    _MAX_RECORD_AGE_IN_MINUTES = -1.0
-
-
 def test_state_never_covers_records_not_uploaded(lytics, monkeypatch):
     records = cordial_records(60)
     original_upload = LyticsClient.upload
@@ -471,8 +465,9 @@ def test_state_never_covers_records_not_uploaded(lytics, monkeypatch):
         return original_upload(self, *args, **kwargs)
 
     monkeypatch.setattr(LyticsClient, "upload", failing_later)
-    config = config_for(lytics, max_retries=2, max_concurrent_uploads=1)
-    states, error = run_target(config, activity_lines(records, state_every=5), EagerStateTarget)
+    # One record per drain, so one upload per record.
+    config = config_for(lytics, max_retries=2, max_concurrent_uploads=1, batch_size_rows=1)
+    states, error = run_target(config, activity_lines(records, state_every=5))
     assert isinstance(error, LyticsError)
     accepted = set(uploaded_ids(lytics))
     assert len(accepted) == 24

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import target_lytics
 from singer_sdk.plugin_base import PluginBase, _ConfigInput
+from singer_sdk.singerlib.encoding import GenericSingerReader
 from singer_sdk.sinks import Sink
 from singer_sdk.sinks import core as sinks_core
 from singer_sdk.target_base import Target
@@ -33,11 +34,9 @@ def _positional(*names: str) -> list[tuple[str, object, object]]:
 #: Private methods: (defining class, [(parameter, kind, default), ...]) as sdk_private calls them.
 METHODS = {
     "_process_schema_message": (Target, _positional("message_dict")),
-    "_process_record_message": (Target, _positional("message_dict")),
     "_process_state_message": (Target, _positional("message_dict")),
     "_write_state_message": (Target, _positional("state")),
     "_validate_config": (Target, [*_positional(), ("raise_errors", KEYWORD, True)]),
-    "_assert_line_requires": (Target, _positional("message_dict", "requires")),
     "_handle_max_record_age": (Target, _positional()),
     "_remove_sdc_metadata_from_record": (Sink, _positional("record")),
     "_singer_validate_message": (Sink, _positional("record")),
@@ -124,7 +123,7 @@ def _private_sdk_names() -> set[str]:
     target = PlainTarget(config={})
     sink = target.add_sink("s", SCHEMA, [])
     names = set()
-    for source in (Target, Sink, PluginBase, target, sink):
+    for source in (Target, Sink, PluginBase, GenericSingerReader, target, sink):
         names |= {n for n in dir(source) if n.startswith("_") and not n.startswith("__")}
     assert {"_sinks_active", "_validator", "_latest_state"} <= names
     return names

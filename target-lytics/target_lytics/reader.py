@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 import msgspec
-from singer_sdk.singerlib.encoding.base import GenericSingerReader, SingerMessageType
+from singer_sdk.singerlib.encoding import GenericSingerReader, SingerMessageType
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 from typing_extensions import override
 
@@ -127,14 +127,13 @@ class SingerLineReader(GenericSingerReader[bytes]):
                         run = []
                     # A SCHEMA may change which streams come as runs.
                     run_stream = ""
-                self._current_message = line
                 message = self.deserialize_json(line)
                 self.assert_line_requires(message, requires={"type"})
                 message_type = message["type"]
-                if callback := callbacks.get(message_type):
-                    callback(message)
-                else:
-                    self._process_unknown_message(message)
+                callback = callbacks.get(message_type)
+                if callback is None:
+                    raise ValueError(f"Unknown message type '{message_type}' in message.")
+                callback(message)
                 stats[message_type] += 1
             if run and runs is not None:
                 # The end of what the pipe had: process before waiting for more input.

@@ -5,7 +5,7 @@
   (target_base.py) and
   ``PluginBase._validate_config`` (plugin_base.py) with public hooks of its own, and wraps
   ``_sinks_active``, ``_latest_state``, ``_handle_max_record_age``
-  and ``_assert_line_requires`` in public methods.
+  in public methods.
 - :func:`record_validator`, :func:`remove_sdc_metadata` and :func:`check_key_properties` wrap the
   sink's ``_validator``, ``_remove_sdc_metadata_from_record`` and ``_singer_validate_message``
   (sinks/core.py), which the record fast path calls in place of the SDK's record loop.
@@ -47,7 +47,6 @@ TARGET_PRIVATE_NAMES = (
     "_process_state_message",
     "_write_state_message",
     "_validate_config",
-    "_assert_line_requires",
     "_handle_max_record_age",
     "_latest_state",
     "_sinks_active",
@@ -95,10 +94,6 @@ class HookedTarget(Target):
     def write_state(self, state: dict) -> None:
         """Write one STATE message to stdout, as singer-sdk does."""
         super()._write_state_message(state)
-
-    def require_fields(self, message_dict: dict, requires: set[str]) -> None:
-        """Raise singer-sdk's error when a message lacks one of ``requires``."""
-        self._assert_line_requires(message_dict, requires=requires)
 
     # -- the private methods replaced -----------------------------------------------------------
 

@@ -106,7 +106,7 @@ class TypedRecordEncoder:
         self._astuple = msgspec.structs.astuple
         #: (position, nullable) of the properties kept as raw JSON objects.
         self._objects = tuple((o.index, o.nullable) for o in objects)
-        self._mapper = mapper
+        self.stream_name = mapper.stream_name
         out = msgspec.defstruct(
             "LyticsEvent",
             [(f"f{i}", Any, None) for i in range(len(out_fields))],
@@ -242,7 +242,7 @@ class TypedRecordEncoder:
                 converted = conv(value)
             except ValueConversionError as exc:
                 raise ValueConversionError(
-                    f"stream '{self._mapper.stream_name}', field '{source}': {exc}"
+                    f"stream '{self.stream_name}', field '{source}': {exc}"
                 ) from exc
             if converted.__class__ is dict or converted.__class__ is list:
                 converted = msgspec.Raw(orjson.dumps(converted, default=json_default))
