@@ -20,6 +20,17 @@ import orjson
 from sandbox.cordial_events import EventStore
 from sandbox.cordial_jobs import Job
 
+#: The gzip writer of levels 1 to 3: ISA-L's deflate, about 3.5x faster than zlib's level 1 and
+#: no larger (it has levels 0-3 only, and its 0 is not zlib's "stored"); zlib's for the other
+#: levels, or where the ``isal`` package is not installed.
+_FAST_GZIP: type[gzip.GzipFile] | None
+try:
+    from isal import igzip
+
+    _FAST_GZIP = igzip.IGzipFile
+except ImportError:  # pragma: no cover - isal has wheels for the usual platforms
+    _FAST_GZIP = None
+
 #: CSV column order: the documented fields first, then any other field seen, sorted.
 CSV_COLUMNS: tuple[str, ...] = (
     "_id",
@@ -140,27 +151,11 @@ def _cut_last_line(encoded: bytes) -> bytes:
 
 
 def _open_output(path: Path, compress: bool, level: int) -> io.BufferedIOBase:
-    return _GzipOut(path, level) if compress else path.open("wb")
-
-
-class _GzipOut(gzip.GzipFile):
-    """A GzipFile that owns (and closes) its underlying file."""
-
-    def __init__(self, path: Path, level: int) -> None:
-        self._raw = path.open("wb")
-        super().__init__(
-            filename=path.name.removesuffix(".gz"),
-            mode="wb",
-            compresslevel=level,
-            fileobj=self._raw,
-        )
-
-    def close(self) -> None:
-        """Finish the gzip stream, then close the file."""
-        try:
-            super().close()
-        finally:
-            self._raw.close()
+    """The file, or a gzip stream that owns it (its header names the file without ``.gz``)."""
+    if not compress:
+        return path.open("wb")
+    gzip_file = _FAST_GZIP if _FAST_GZIP is not None and 1 <= level <= 3 else gzip.GzipFile
+    return gzip_file(path, "wb", level)
 
 
 class _Encoder(Protocol):

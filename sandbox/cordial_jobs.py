@@ -54,7 +54,8 @@ class CordialOptions:
     write_delay_seconds: float = 0.0
     truncate_gzip: bool = False
     corrupt_line: int | None = None
-    #: gzip level of compressed exports: 1 keeps a million-event export to a few seconds.
+    #: gzip level of compressed exports: 1-3 are ISA-L's (where ``isal`` is installed), the
+    #: others zlib's (0 stores); 1 writes a million events in ~1.5 s of CPU (zlib's 1: ~4.5 s).
     gzip_level: int = 1
     #: savedKey names accepted when destinations are checked against an SFTP server.
     saved_keys: tuple[str, ...] = (DEFAULT_SAVED_KEY,)

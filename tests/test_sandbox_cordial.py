@@ -500,6 +500,28 @@ def test_gzip_and_split_files(
     assert sizes == [10, 10, 5]
 
 
+@pytest.mark.parametrize("level", [0, 1, 3, 6])
+def test_gzip_level_changes_the_compression_only(
+    api: requests.Session, cordial: CordialStandIn, sftp_server: SftpServer, level: int
+) -> None:
+    # Levels 1-3 are ISA-L's where it is installed, the others zlib's: one gzip member that
+    # names the file and holds the plain export's bytes either way.
+    cordial.add_events([ev(s, subject=f"subject {s % 7}") for s in range(300)])
+    cordial.options.gzip_level = level
+    run_export(api, cordial, sftp_server, name="plain")
+    run_export(api, cordial, sftp_server, name="packed", compress=True)
+    plain = (sftp_server.root / "plain.json").read_bytes()
+    packed = (sftp_server.root / "packed.json.gz").read_bytes()
+    assert packed[3] & 0x08  # FNAME flag, then the name
+    assert packed[10 : packed.index(b"\0", 10)] == b"packed.json"
+    inflater = zlib.decompressobj(wbits=31)
+    assert inflater.decompress(packed) == plain
+    assert inflater.eof
+    assert inflater.unused_data == b""
+    # zlib's level 0 stores (the file grows); every other level compresses.
+    assert (len(packed) > len(plain)) == (level == 0)
+
+
 def test_split_with_fewer_records_than_the_limit_still_numbers_the_file(
     api: requests.Session, cordial: CordialStandIn, sftp_server: SftpServer
 ) -> None:
