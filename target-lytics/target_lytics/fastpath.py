@@ -4,7 +4,11 @@ For a stream with no stream maps, no flattening and no record metadata, singer-s
 that changes nothing (record copy, identity transform, context, the date-time-to-object parsing the
 mapping does itself, ``preprocess_record``, debug hook) is skipped. Kept: line checks, removal of
 ``_sdc_*`` columns, validation, key-property check, tallies, the record counter, draining a full
-sink and the max-record-age drain. Checked against singer-sdk 0.54.9's
+sink and the max-record-age drain. Records come in runs from :mod:`target_lytics.reader`; a stream
+with a :class:`~target_lytics.typed_records.TypedRecordEncoder` has its records checked and mapped
+by it, the others (and records it refuses) take the checks above. Tallies and the record counter
+are added per run part (cut where the sink fills, so drains fall where the SDK's would), and the
+max-record-age check runs once per run. Checked against singer-sdk 0.54.9's
 ``Target._process_record_message``; tests/test_target_fastpath.py checks both paths upload the same
 events. One difference: an unparseable date-time in a field that is not sent fails the SDK path only
 (the fast path parses date-times only when it sends them).
