@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 
 import paramiko
+from paramiko.buffered_pipe import BufferedPipe
 from singer_sdk import Stream, Tap
 from singer_sdk.plugin_base import PluginBase, _ConfigInput
 from tap_cordial_activity import paramiko_private, sdk_private
@@ -90,3 +91,25 @@ def test_paramiko_request_layer_has_the_signatures_used():
     ]
     # Answers reach the object a request was sent for through this callback.
     assert "fileobj._async_response(t, msg, num)" in inspect.getsource(client._read_response)
+
+
+def test_paramiko_receive_buffer_can_take_a_bytearray():
+    """The channel receive buffer keeps its data, order and API when switched to a bytearray."""
+    pipe = BufferedPipe()
+    for name in paramiko_private.BUFFERED_PIPE_PRIVATE_NAMES:
+        assert hasattr(pipe, name), f"paramiko BufferedPipe.{name} is gone"
+    assert "del self._buffer[:nbytes]" in inspect.getsource(BufferedPipe.read)
+    pipe.feed(b"first ")
+
+    class FakeChannel:
+        in_buffer = pipe
+
+    paramiko_private.use_bytearray_receive_buffer(FakeChannel())  # type: ignore[arg-type]
+    assert type(pipe).__name__ == "_BytearrayPipe"
+    assert isinstance(pipe._buffer, bytearray)
+    pipe.feed(b"second")
+    assert pipe.read(3) == b"fir"
+    assert pipe.read_ready()
+    assert pipe.read(100) == b"st second"
+    pipe.close()
+    assert pipe.read(10) == b""

@@ -70,6 +70,10 @@ def test_reads_every_byte_once_in_order(sftp_server: SftpServer, length: int, re
     data = payload(length)
     path = put(sftp_server, f"exact-{length}.bin", data)
     with SftpReader(settings_for(sftp_server)) as reader:
+        channel = reader.sftp.get_channel()
+        assert channel is not None
+        # Read through the bytearray receive buffer (paramiko_private).
+        assert type(channel.in_buffer).__name__ == "_BytearrayPipe"
         remote = reader.open(path)
         assert remote.size == length
         assert read_all(remote, read_size) == data

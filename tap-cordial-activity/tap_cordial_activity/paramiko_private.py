@@ -6,6 +6,12 @@ and receives each answer through the ``_async_response(t, msg, num)`` callback t
 ``_read_response`` calls on the object a request was sent for. This is the pair paramiko's own
 ``SFTPFile.prefetch`` uses, without its one-thread-per-call.
 
+:func:`use_bytearray_receive_buffer` gives a channel's receive buffer (``BufferedPipe``, its
+``_lock``, ``_buffer``, ``_buffer_frombytes``, ``_buffer_tobytes``) a ``bytearray`` in place of
+an ``array.array``: each read takes bytes off the buffer's front, which moves everything behind
+them in an array (up to the 2 MB of answers in flight, twice per SFTP packet) and is O(1) in a
+bytearray.
+
 Pinned: paramiko >=3.4,<6 (the layer is the same from 3.4 to 5.1; see the tap's pyproject).
 tests/test_tap_private_names.py fails when one of these names or signatures changes.
 """
@@ -13,13 +19,41 @@ tests/test_tap_private_names.py fails when one of these names or signatures chan
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import paramiko
+from paramiko.buffered_pipe import BufferedPipe
 from paramiko.sftp import CMD_READ, int64
 
 #: The private names used here, checked by the test named in the module docstring.
 SFTP_CLIENT_PRIVATE_NAMES = ("_async_request", "_read_response", "_convert_status")
+BUFFERED_PIPE_PRIVATE_NAMES = ("_lock", "_buffer", "_buffer_frombytes", "_buffer_tobytes")
+
+
+class _BytearrayPipe(BufferedPipe):
+    """paramiko's BufferedPipe over a bytearray (see the module docstring)."""
+
+    _buffer: bytearray
+
+    def _buffer_frombytes(self, data: bytes) -> None:
+        self._buffer += data
+
+    def _buffer_tobytes(self, limit: int | None = None) -> bytes:
+        return bytes(self._buffer[:limit])
+
+
+def use_bytearray_receive_buffer(channel: paramiko.Channel) -> None:
+    """Switch the channel's receive buffer to a bytearray, keeping what it holds.
+
+    Done under the buffer's lock, in place, so that data the transport thread feeds meanwhile
+    is neither lost nor reordered.
+    """
+    if type(channel.in_buffer) is not BufferedPipe:
+        return  # not the class this was written against: leave it
+    pipe: Any = channel.in_buffer
+    with pipe._lock:
+        pipe._buffer = bytearray(pipe._buffer.tobytes())
+        pipe.__class__ = _BytearrayPipe
 
 
 class _RequestLayer(Protocol):

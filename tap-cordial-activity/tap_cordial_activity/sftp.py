@@ -21,6 +21,7 @@ import paramiko
 
 from tap_cordial_activity.errors import CONNECTION_ERRORS, HostKeyError, SftpError
 from tap_cordial_activity.keys import HostKey, fingerprint, load_private_key, parse_host_keys
+from tap_cordial_activity.paramiko_private import use_bytearray_receive_buffer
 from tap_cordial_activity.remote_file import RemoteFile
 from tap_cordial_activity.settings import DEFAULTS
 
@@ -159,6 +160,7 @@ class SftpReader:
                 channel = sftp.get_channel()
                 if channel is not None:
                     channel.settimeout(s.timeout_seconds)
+                    use_bytearray_receive_buffer(channel)
             except CONNECTION_ERRORS as exc:
                 raise SftpError(
                     f"starting SFTP on {s.host}:{s.port} failed: {type(exc).__name__}: {exc}"
