@@ -281,6 +281,18 @@ def test_target_jsonl_writes_the_same_events(meltano, sandbox, tmp_path):
     assert _bookmark(meltano.state("sandbox:tap-cordial-activity-to-target-jsonl"))
 
 
+def test_installed_plugins_carry_compiled_bytecode(meltano_project):
+    """`meltano install` (uv) compiles the plugins' dependencies: a plugin start imports .pyc files
+    instead of compiling singer-sdk and paramiko again (meltano.yml: UV_COMPILE_BYTECODE)."""
+    for kind, plugin, package in (
+        ("extractors", "tap-cordial-activity", "paramiko"),
+        ("loaders", "target-lytics", "singer_sdk"),
+    ):
+        venv = meltano_project / ".meltano" / kind / plugin / "venv"
+        compiled = list(venv.glob(f"lib/python3*/site-packages/{package}/__pycache__/*.pyc"))
+        assert compiled, f"{plugin}: no bytecode under {package} in {venv}"
+
+
 def test_schedule_list_shows_the_six_hour_schedule(meltano):
     listed = json.loads(meltano("schedule", "list", "--format=json").stdout)
     schedules = listed["schedules"]["job"]
