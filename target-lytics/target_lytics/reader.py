@@ -11,7 +11,6 @@ input order. Text input (``listen(io.StringIO(...))`` in tests) is read line by 
 
 from __future__ import annotations
 
-import decimal
 import io
 import itertools
 import logging
@@ -21,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 import msgspec
+from singer_sdk.contrib import msgspec as sdk_msgspec
 from singer_sdk.singerlib.encoding import GenericSingerReader, SingerMessageType
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 from typing_extensions import override
@@ -55,8 +55,8 @@ class _Envelope(msgspec.Struct):
 
 
 _ENVELOPE = msgspec.json.Decoder(_Envelope)
-#: singer-sdk's msgspec reader decodes this way (floats as Decimal, other values as text).
-_MESSAGE = msgspec.json.Decoder(dec_hook=lambda _type, obj: str(obj), float_hook=decimal.Decimal)
+#: The decoder of singer-sdk's msgspec reader (floats as Decimal).
+_MESSAGE = sdk_msgspec.decoder
 
 
 class SingerLineReader(GenericSingerReader[bytes]):

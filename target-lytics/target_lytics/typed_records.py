@@ -16,7 +16,6 @@ JSON text).
 
 from __future__ import annotations
 
-import decimal
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from types import GenericAlias
@@ -24,6 +23,7 @@ from typing import Any
 
 import msgspec
 import orjson
+from singer_sdk.contrib import msgspec as sdk_msgspec
 
 from target_lytics.errors import ValueConversionError
 from target_lytics.mapping import RecordMapper, json_default, to_bool
@@ -41,16 +41,8 @@ _OBJECT_OPEN = ord("{")
 _UNSET = msgspec.UNSET
 _NULL_OPEN = ord("n")
 
-#: Same decoding of JSON numbers as the Singer reader (floats as Decimal), for the general way.
-_RECORD_DECODER = msgspec.json.Decoder(float_hook=decimal.Decimal)
-
-
-class _ObjectField:
-    """A ``type: object`` property kept as raw JSON; its first byte tells object from null."""
-
-    def __init__(self, index: int, nullable: bool) -> None:
-        self.index = index
-        self.nullable = nullable
+#: singer-sdk's msgspec reader's decoder (floats as Decimal), for the general way.
+_RECORD_DECODER = sdk_msgspec.decoder
 
 
 def _types(prop: Mapping[str, Any]) -> list[str] | None:
@@ -97,7 +89,7 @@ class TypedRecordEncoder:
     def __init__(
         self,
         struct: type[msgspec.Struct],
-        objects: Sequence[_ObjectField],
+        objects: Sequence[tuple[int, bool]],
         mapper: RecordMapper,
         out_fields: Sequence[tuple[int, str, Callable[[Any], Any] | None, str]],
     ) -> None:
@@ -105,16 +97,15 @@ class TypedRecordEncoder:
         self._decode = msgspec.json.Decoder(struct).decode
         self._astuple = msgspec.structs.astuple
         #: (position, nullable) of the properties kept as raw JSON objects.
-        self._objects = tuple((o.index, o.nullable) for o in objects)
+        self._objects = tuple(objects)
         self.stream_name = mapper.stream_name
-        out = msgspec.defstruct(
+        self._event = msgspec.defstruct(
             "LyticsEvent",
             [(f"f{i}", Any, None) for i in range(len(out_fields))],
             rename={f"f{i}": field[1] for i, field in enumerate(out_fields)},
             omit_defaults=True,
             gc=False,
         )
-        self._event = out
         self._encode = msgspec.json.Encoder().encode
         self._indices = tuple(field[0] for field in out_fields)
         # The event's values out of the record's, in one C call (itemgetter of one gives a value).
@@ -153,53 +144,50 @@ class TypedRecordEncoder:
         required_names = {*required, *key_properties}
         if not required_names <= properties.keys():
             return None
+        # The general way drops ``_sdc_*`` columns before mapping: leave such mappings to it.
+        if not mapped or any(
+            source not in properties or source.startswith("_sdc_") for source, _, _ in mapped
+        ):
+            return None
+        # Required fields first: msgspec wants fields without defaults before the others.
+        ordered = sorted(properties, key=lambda name: name not in required_names)
+        position = {name: i for i, name in enumerate(ordered)}
         fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
-        objects: list[_ObjectField] = []
-        index_of: dict[str, int] = {}
-        for index, (name, prop) in enumerate(properties.items()):
-            found = _property_type(prop)
+        #: (position, nullable) of the properties kept as raw JSON objects.
+        objects: list[tuple[int, bool]] = []
+        for name in ordered:
+            found = _property_type(properties[name])
             if found is None:
                 return None
             kind, raw_object = found
             if raw_object:
-                objects.append(_ObjectField(index, "null" in (_types(prop) or ())))
+                objects.append((position[name], "null" in (_types(properties[name]) or ())))
             if name in required_names:
-                fields.append((f"f{index}", kind))
+                fields.append((f"f{position[name]}", kind))
             else:
-                fields.append((f"f{index}", kind | msgspec.UnsetType, msgspec.UNSET))
-            index_of[name] = index
-        # The general way drops ``_sdc_*`` columns before mapping: leave such mappings to it.
-        if not mapped or any(
-            source not in index_of or source.startswith("_sdc_") for source, _, _ in mapped
-        ):
-            return None
-        # Required fields first: msgspec wants fields without defaults before the others.
-        fields.sort(key=lambda f: len(f) == 3)
+                fields.append((f"f{position[name]}", kind | msgspec.UnsetType, msgspec.UNSET))
         try:
             struct = msgspec.defstruct(
                 "SingerRecord",
                 fields,
-                rename={f"f{i}": name for name, i in index_of.items()},
+                rename={f"f{i}": name for name, i in position.items()},
                 forbid_unknown_fields=True,
                 gc=False,
             )
         except (TypeError, ValueError):
             return None
-        order = {spec[0]: position for position, spec in enumerate(fields)}
-        objects = [_ObjectField(order[f"f{o.index}"], o.nullable) for o in objects]
-        object_positions = {o.index for o in objects}
+        object_positions = {index for index, _ in objects}
         out_fields = []
         for source, target, conv in mapped:
-            position = order[f"f{index_of[source]}"]
             types = set(_types(properties[source]) or ())
-            if position in object_positions:
+            if position[source] in object_positions:
                 if conv is None:
                     return None  # a raw object must go through the nested check
             elif conv is to_bool and types <= {"boolean", "null"}:
                 conv = None  # the type check already made it a boolean
             elif "array" in types:
                 conv = None  # an array of scalars holds no object: the nested check passes it
-            out_fields.append((position, target, conv, source))
+            out_fields.append((position[source], target, conv, source))
         return cls(struct, objects, mapper, out_fields)
 
     def encode(self, raw: bytes | memoryview | msgspec.Raw) -> bytes | None:
@@ -227,7 +215,7 @@ class TypedRecordEncoder:
         event = list(self._pick(values))
         for position, conv, source in self._converted:
             value = event[position]
-            if value is None or value is msgspec.UNSET:
+            if value is None or value is _UNSET:
                 continue
             if value.__class__ is msgspec.Raw:
                 if nested is None or self._indices[position] not in nested:
