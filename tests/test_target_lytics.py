@@ -430,15 +430,26 @@ def test_fatal_statuses_end_the_run(lytics, status, advice):
     assert lytics.pending_faults() == 1  # one request made: not retried
 
 
-def test_rejected_events_end_the_run(lytics, monkeypatch):
-    """If an event Lytics cannot parse ever got through, the run stops with the counts."""
+#: A stream whose `p` field may hold an array of objects, which Lytics refuses.
+ORDERS_SCHEMA = {
+    "type": "object",
+    "properties": {"id": {"type": "integer"}, "p": {"type": "object"}},
+}
+
+
+def let_arrays_of_objects_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Send arrays of objects as they are, as if the mapping's JSON-text safeguard missed one."""
     monkeypatch.setattr(
         "target_lytics.mapping.NestedValueHandler.converter",
         lambda self, name: lambda value: value,
     )
-    schema = {"type": "object", "properties": {"id": {"type": "integer"}, "p": {"type": "object"}}}
+
+
+def test_rejected_events_end_the_run(lytics, monkeypatch):
+    """If an event Lytics cannot parse ever got through, the run stops with the counts."""
+    let_arrays_of_objects_through(monkeypatch)
     lines = [
-        schema_message("orders", schema),
+        schema_message("orders", ORDERS_SCHEMA),
         record_message("orders", {"id": 1, "p": {"items": [{"a": 1}]}}),
         record_message("orders", {"id": 2}),
         state_message({"s": 1}),

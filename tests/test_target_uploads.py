@@ -17,10 +17,12 @@ from target_lytics.errors import LyticsError
 from target_lytics.target import TargetLytics
 from test_target_lytics import (
     COLLECT,
+    ORDERS_SCHEMA,
     _cli,
     activity_lines,
     config_for,
     cordial_records,
+    let_arrays_of_objects_through,
     record_message,
     run_target,
     schema_message,
@@ -354,13 +356,9 @@ def test_summary_and_metric_counts_in_a_normal_run(lytics, caplog):
 
 def test_summary_and_metric_counts_after_a_lytics_rejection(lytics, monkeypatch, caplog):
     caplog.set_level(logging.INFO)
-    monkeypatch.setattr(
-        "target_lytics.mapping.NestedValueHandler.converter",
-        lambda self, name: lambda value: value,
-    )
-    schema = {"type": "object", "properties": {"id": {"type": "integer"}, "p": {"type": "object"}}}
+    let_arrays_of_objects_through(monkeypatch)
     lines = [
-        schema_message("orders", schema),
+        schema_message("orders", ORDERS_SCHEMA),
         record_message("orders", {"id": 1, "p": {"items": [{"a": 1}]}}),
         record_message("orders", {"id": 2}),
         record_message("orders", {"id": 3}),
