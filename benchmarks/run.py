@@ -6,7 +6,8 @@ JSON Lines, Lytics stand-in) and measures, for our plugins and the stock ones on
 
 (a) the tap alone, from the export job's creation to the last RECORD read from its stdout;
 (b) the target alone, from its start (stdin: the tap's saved output) to the last accepted upload;
-(c) ``meltano run`` of the pair, from the command's start to its exit;
+(c) ``meltano run`` of the pair, from the command's start to its exit (ours twice: RECORD
+    messages, and with the tap's ``batch_config``: BATCH files);
 (slow-link, only when asked: ``--only slow-link``) our target on a slow link to Lytics, with its
 defaults and with one upload at a time, against the local link (see benchmarks/slow_link.py).
 
@@ -31,7 +32,14 @@ import orjson
 
 from benchmarks import measure, profiling, slow_link
 from benchmarks.meltano_project import STOCK_TAP, STOCK_TARGET, TAP, TARGET, MeltanoProject
-from benchmarks.report import STOCK_NO_PREFETCH, Result, machine_line, ratio_goal, render
+from benchmarks.report import (
+    OURS_BATCH,
+    STOCK_NO_PREFETCH,
+    Result,
+    machine_line,
+    ratio_goal,
+    render,
+)
 from benchmarks.services import Dataset, Sandbox
 from sandbox.events import generate_events
 
@@ -218,12 +226,17 @@ class Bench:
     # -- (c) meltano run --------------------------------------------------------------------
     def pipeline(self, impl: str, project: MeltanoProject) -> Result:
         """``meltano run`` from its start to its exit; RSS of tap and target apart."""
-        if impl == "ours":
+        if impl in ("ours", OURS_BATCH):
             tap, target = TAP, TARGET
+            tap_config = self.sb.tap_config(stock=False)
+            if impl == OURS_BATCH:
+                tap_config["batch_config"] = {
+                    "encoding": {"format": "jsonl", "compression": "none"},
+                    "storage": {"root": (self.work / "batches").as_uri()},
+                }
             settings = {
                 **self.sb.meltano_env(
-                    "TAP_CORDIAL_ACTIVITY",
-                    _meltano_settings(project, TAP, self.sb.tap_config(stock=False)),
+                    "TAP_CORDIAL_ACTIVITY", _meltano_settings(project, TAP, tap_config)
                 ),
                 **self.sb.meltano_env(
                     "TARGET_LYTICS", _meltano_settings(project, TARGET, self.sb.target_config())
@@ -363,7 +376,7 @@ def run_size(
             for impl in impls:
                 results.append(bench.target(impl))
         if "pipeline" in args.only and project is not None:
-            for impl in impls:
+            for impl in [impls[0], OURS_BATCH, *impls[1:]]:
                 results.append(bench.pipeline(impl, project))
         if "slow-link" in args.only and main:
             if not bench.tap_output.exists():

@@ -113,3 +113,24 @@ def test_paramiko_receive_buffer_can_take_a_bytearray():
     assert pipe.read(100) == b"st second"
     pipe.close()
     assert pipe.read(10) == b""
+
+
+def test_batch_config_is_parsed_and_the_sdk_batch_sync_stays_off(tmp_path):
+    # singer-sdk's sync runs its own batch sync when get_batch_config returns a config.
+    assert "batch_config = self.get_batch_config(self.config)" in inspect.getsource(Stream.sync)
+    raw = {"encoding": {"format": "jsonl", "compression": "gzip"},
+           "storage": {"root": tmp_path.as_uri(), "prefix": "p-"}, "batch_size": 3}
+    stream = TapCordialActivity(config={**CONFIG, "batch_config": raw}).streams["activity"]
+    assert stream.get_batch_config(stream.config) is None
+    parsed = stream.windowed_batch_config()
+    assert isinstance(parsed, sdk_private.BatchConfig)
+    assert (parsed.batch_size, parsed.encoding.compression) == (3, "gzip")
+    assert parsed.storage.prefix == "p-"
+    with parsed.storage.open("p-x.jsonl", "wb") as file:
+        file.write(b"{}\n")
+    assert (tmp_path / "p-x.jsonl").read_bytes() == b"{}\n"
+    assert parsed.storage.get_url("p-x.jsonl") == (tmp_path / "p-x.jsonl").as_uri()
+    # Without batch_size the SDK's default applies.
+    del raw["batch_size"]
+    stream = TapCordialActivity(config={**CONFIG, "batch_config": raw}).streams["activity"]
+    assert stream.windowed_batch_config().batch_size == 10_000

@@ -3,7 +3,9 @@
 - :class:`WindowedStream` replaces ``Stream._sync_records`` (streams/core.py), so that the
   bookmark moves once per finished export window and RECORD lines can bypass the SDK when nothing
   transforms them; it wraps ``_write_record_message``, ``_write_state_message``, ``_abort_sync``,
-  ``_tap`` and ``state_manager.is_flushed`` in public methods of its own.
+  ``_tap`` and ``state_manager.is_flushed`` in public methods of its own. It turns off the SDK's own
+  batch sync (which would bypass the windows) and parses ``batch_config`` into the SDK's
+  ``BatchConfig`` (``singer_sdk.helpers._batch``) for :mod:`tap_cordial_activity.batch_files`.
 - :class:`SettingsCheckingTap` replaces ``PluginBase._validate_config`` (plugin_base.py) so that
   every settings problem is listed at once with no secret echoed, validating ``_config`` itself
   (the SDK's validator fills in defaults there); :func:`cli_config` reads ``_ConfigInput``.
@@ -16,12 +18,13 @@ paths give the same messages. Re-check this module when upgrading singer-sdk.
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import click
 from singer_sdk import Stream, Tap
 from singer_sdk.exceptions import ConfigValidationError, MaxRecordsLimitException
+from singer_sdk.helpers._batch import BatchConfig
 from singer_sdk.plugin_base import JSONSchemaValidator, _ConfigInput
 from typing_extensions import override
 
@@ -33,6 +36,8 @@ STREAM_PRIVATE_NAMES = (
     "_sync_records", "_write_record_message", "_write_state_message", "_abort_sync",
 )
 PLUGIN_PRIVATE_NAMES = ("_validate_config",)
+
+__all__ = ["BatchConfig", "SettingsCheckingTap", "WindowedStream", "cli_config"]
 
 
 class WindowedStream(Stream):
@@ -51,6 +56,15 @@ class WindowedStream(Stream):
     ) -> Generator[dict, Any, Any]:
         """Hand the sync to :meth:`sync_all` (the stream has no partitions)."""
         yield from self.sync_all(write_messages=write_messages)
+
+    @override
+    def get_batch_config(self, config: Mapping) -> None:
+        """None: singer-sdk's batch sync is off; :meth:`sync_all` writes BATCH files itself."""
+        return None
+
+    def windowed_batch_config(self) -> BatchConfig | None:
+        """The ``batch_config`` setting as singer-sdk parses it; None when it is not set."""
+        return super().get_batch_config(self.config)
 
     @property
     def owning_tap(self) -> Tap:

@@ -254,13 +254,9 @@ def config_problems(config: dict[str, Any]) -> list[str]:
             "No way for Cordial to write the export to SFTP: set `sftp_password` (sent as the "
             "destination password) or `cordial_saved_key` (a key in Cordial's Secrets Vault)."
         )
-    if config.get("batch_config"):
-        # singer-sdk's batch mode bypasses the windowed sync: no STATE per window, no
-        # checkpoints, no reconciliation, so a run could not resume or be trusted.
-        problems.append(
-            "`batch_config` is not supported: the tap's export windows, checkpoints and "
-            "count checks need RECORD messages. Remove `batch_config`."
-        )
+    batch_config = config.get("batch_config")
+    if isinstance(batch_config, dict) and batch_config:
+        problems.extend(_batch_config_problems(batch_config))
     if has("sftp_private_key_passphrase") and not has("sftp_private_key"):
         problems.append("`sftp_private_key_passphrase` is set but `sftp_private_key` is not.")
     if has("sftp_private_key") and isinstance(config.get("sftp_private_key"), str):
@@ -319,4 +315,25 @@ def config_problems(config: dict[str, Any]) -> list[str]:
                  "short_export_wait_seconds"):
         if name in numbers and numbers[name] < 0:
             problems.append(f"`{name}` must not be negative (got {numbers[name]}).")
+    return problems
+
+
+def _batch_config_problems(batch_config: dict[str, Any]) -> list[str]:
+    """What the tap's BATCH files (JSON Lines, see batch_files.py) cannot honour."""
+    problems = []
+    encoding = batch_config.get("encoding") or {}
+    if encoding.get("format") != "jsonl":
+        problems.append(
+            "`batch_config.encoding.format` must be `jsonl` (the tap writes JSON Lines batch "
+            f"files), not {encoding.get('format')!r}."
+        )
+    storage = batch_config.get("storage") or {}
+    if not storage.get("root"):
+        problems.append(
+            "`batch_config.storage.root` is required: the folder or URL the batch files go to "
+            "(e.g. file:///var/tmp/cordial-batches), which the target must be able to read."
+        )
+    size = batch_config.get("batch_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+        problems.append(f"`batch_config.batch_size` must be a whole number above 0, not {size!r}.")
     return problems

@@ -13,6 +13,7 @@ from singer_sdk import metrics
 from singer_sdk.mapper import SameRecordTransform
 from typing_extensions import override
 
+from tap_cordial_activity.batch_files import BatchFileWriter
 from tap_cordial_activity.errors import USER_ERRORS, ExportCountError, ExportDataError
 from tap_cordial_activity.export import ExportRunner
 from tap_cordial_activity.pipeline import ExportPipeline
@@ -190,17 +191,42 @@ class ActivityStream(WindowedStream):
         if self.stream_state.pop("progress", None) is not None:
             self.write_state_now()
 
+    def batch_writer(self) -> BatchFileWriter | None:
+        """The BATCH file writer when ``batch_config`` is set and records go out unchanged.
+
+        BATCH files hold records as read: with a stream map, flattening or deselected
+        properties, records go out as RECORD messages instead (a warning says so).
+        """
+        batch_config = self.windowed_batch_config()
+        if batch_config is None:
+            return None
+        if not self.fast_path_applies():
+            self.logger.warning(
+                "`batch_config` is ignored: stream maps, flattening or deselected properties "
+                "change the records, so they go out as RECORD messages"
+            )
+            return None
+        tap_name = self.owning_tap.name
+        return BatchFileWriter(batch_config, tap_name, self.name)
+
     @override
     def sync_all(self, *, write_messages: bool) -> Iterator[dict[str, Any]]:
         """Sync every window: records, then a STATE message with the window's end."""
         fast = write_messages and self.fast_path_applies()
-        if write_messages:
+        batches = self.batch_writer() if write_messages else None
+        if batches is not None:
+            self.logger.info(
+                "Record output: BATCH files (jsonl%s) in %s",
+                ", gzip" if batches.gzip else "", batches.storage.root,
+            )
+        elif write_messages:
             self.logger.info("Record output: %s", "orjson fast path" if fast else "singer-sdk")
         limit = self.ABORT_AT_RECORD_COUNT
         counter = self.get_record_counter()
+        batch_counter = self.get_batch_counter()
         runner = self.export_runner()
         total = 0
-        with counter, self.get_sync_timer():
+        with counter, batch_counter, self.get_sync_timer():
             try:
                 # Log in (and verify the host key) before asking Cordial for anything, so a bad
                 # SFTP setting fails without leaving export jobs behind.
@@ -217,7 +243,12 @@ class ActivityStream(WindowedStream):
                     for window in pipeline.windows():
                         records = runner.window_records(window)
                         try:
-                            if fast:
+                            if batches is not None:
+                                total = self._write_batches(
+                                    window, records, (counter, batch_counter), total, limit,
+                                    batches,
+                                )
+                            elif fast:
                                 total = self._write_fast(window, records, counter, total, limit)
                             else:
                                 for record in records:
@@ -297,6 +328,59 @@ class ActivityStream(WindowedStream):
         counter.increment(len(batch))
         self._flush(out, batch)
         return total
+
+    def _write_batches(
+        self,
+        window: Window,
+        records: Iterator[dict[str, Any] | None],
+        counters: tuple[Any, Any],
+        total: int,
+        limit: int | None,
+        batches: BatchFileWriter,
+    ) -> int:
+        """Write records into BATCH files, each named by a BATCH message before the next STATE.
+
+        ``counters`` are the record and the batch counters. Returns the running total.
+        """
+        dumps = orjson.dumps
+        newline = orjson.OPT_APPEND_NEWLINE
+        out = sys.stdout.buffer
+        lines: list[bytes] = []
+        take = min(_WRITE_BATCH, batches.room)
+        for record in records:
+            if record is None:
+                # The checkpoint covers every record read so far: their file goes out first.
+                self._send_batch(batches, lines, counters, out)
+                self._checkpoint(window)
+                take = min(_WRITE_BATCH, batches.room)
+                continue
+            if limit is not None and total >= limit:
+                self._send_batch(batches, lines, counters, out)
+                self.abort_at_limit(limit)
+            lines.append(dumps(record, option=newline))
+            total += 1
+            if len(lines) >= take:
+                counters[0].increment(len(lines))
+                batches.add(lines)
+                if batches.pending >= batches.batch_size:
+                    self._send_batch(batches, lines, counters, out)
+                take = min(_WRITE_BATCH, batches.room)
+        self._send_batch(batches, lines, counters, out)
+        return total
+
+    def _send_batch(
+        self, batches: BatchFileWriter, lines: list[bytes], counters: tuple[Any, Any], out: Any
+    ) -> None:
+        """Write the records collected so far as one file and its BATCH message."""
+        counters[0].increment(len(lines))
+        batches.add(lines)
+        message = batches.write_file()
+        if message is not None:
+            out.write(message)
+            out.flush()
+            # As in the SDK's batch writer: records went out, so STATE is due again.
+            self.mark_state_pending()
+            counters[1].increment()
 
     @staticmethod
     def _flush(out: Any, batch: list[bytes]) -> None:
