@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import target_lytics
+from singer_sdk.helpers import _batch as sdk_batch
 from singer_sdk.plugin_base import PluginBase, _ConfigInput
 from singer_sdk.singerlib.encoding import GenericSingerReader
 from singer_sdk.sinks import Sink
@@ -21,6 +22,7 @@ from singer_sdk.target_base import Target
 from target_lytics import sdk_private
 from target_lytics.sinks import FastJSONSchemaValidator, LyticsSink
 from target_lytics.target import TargetLytics
+from upath import UPath
 
 POSITIONAL = inspect.Parameter.POSITIONAL_OR_KEYWORD
 KEYWORD = inspect.Parameter.KEYWORD_ONLY
@@ -47,6 +49,8 @@ TARGET_ATTRIBUTES = {
     "_sinks_active": dict,
 }
 SINK_ATTRIBUTES = {"_validator": FastJSONSchemaValidator}
+#: Private properties of a BATCH file storage (singer_sdk.helpers._batch.StorageTarget).
+STORAGE_ATTRIBUTES = {"_root_path": UPath}
 
 SCHEMA = {"type": "object", "properties": {"id": {"type": "integer"}}}
 
@@ -63,6 +67,7 @@ def test_the_pinned_version_is_installed():
 def test_the_fence_lists_exactly_the_names_checked_here():
     checked = set(METHODS) | set(TARGET_ATTRIBUTES) | set(SINK_ATTRIBUTES)
     assert set(sdk_private.TARGET_PRIVATE_NAMES) | set(sdk_private.SINK_PRIVATE_NAMES) == checked
+    assert set(sdk_private.STORAGE_PRIVATE_NAMES) == set(STORAGE_ATTRIBUTES)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -98,6 +103,25 @@ def test_private_imports():
     config = _ConfigInput.from_cli_args("ENV")
     assert config.config == {}
     assert config.parse_env is True
+
+
+def test_batch_file_storage(tmp_path):
+    # What target_lytics.batch_files does with a BATCH message's file URL.
+    for name in ("BaseBatchFileEncoding", "StorageTarget"):
+        assert getattr(sdk_batch, name) is getattr(sdk_private, name)
+    encoding = sdk_private.BaseBatchFileEncoding.from_dict({"format": "jsonl", "compression": None})
+    assert (encoding.format, encoding.compression) == ("jsonl", None)
+    path = tmp_path / "activity-1.jsonl"
+    path.write_bytes(b"{}\n")
+    head, tail = sdk_private.StorageTarget.split_url(path.as_uri())
+    assert tail == "activity-1.jsonl"
+    storage = sdk_private.StorageTarget.from_url(head)
+    for name, kind in STORAGE_ATTRIBUTES.items():
+        assert isinstance(getattr(storage, name), kind), name
+    with storage.open(tail, mode="rb") as file:
+        assert file.read() == b"{}\n"
+    sdk_private.delete_batch_file(storage, tail)
+    assert not path.exists()
 
 
 class PlainSink(Sink):

@@ -29,12 +29,17 @@ class ValueConversionError(ValueError):
     """A value cannot be converted to what its schema promises."""
 
 
+class BatchFileError(ValueError):
+    """A BATCH file cannot be read, or one of its records fails; names the file and line."""
+
+
 #: Errors whose message says what is wrong and what to do (the HTTP status and the fix, or the
 #: stream and field): the CLI prints them alone instead of under a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (
     LyticsError,
     InvalidRecord,
     ValueConversionError,
+    BatchFileError,
     ConfigValidationError,
 )
 

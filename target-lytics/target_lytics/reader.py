@@ -99,7 +99,7 @@ class SingerLineReader(GenericSingerReader[bytes]):
         run: list[msgspec.Raw] = []
         run_stream = ""
         decode_envelope = _ENVELOPE.decode
-        for lines in _line_batches(file_input or self.default_input):
+        for lines in line_batches(file_input or self.default_input):
             for line in lines:
                 if runs is not None:
                     try:
@@ -144,8 +144,11 @@ class SingerLineReader(GenericSingerReader[bytes]):
         return stats
 
 
-def _line_batches(source: t.IO[bytes] | t.IO[str]) -> Iterator[t.Iterable[bytes]]:
-    """The input's lines (with their newline), a chunk's worth at a time."""
+def line_batches(source: t.IO[bytes] | t.IO[str]) -> Iterator[t.Iterable[bytes]]:
+    """The input's lines (with their newline), a chunk's worth at a time.
+
+    Also reads BATCH files (:mod:`target_lytics.batch_files`).
+    """
     if isinstance(source, io.TextIOBase):
         lines = iter(source)
         while batch := [text.encode() for text in itertools.islice(lines, MAX_RUN)]:

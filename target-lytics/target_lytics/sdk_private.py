@@ -11,6 +11,9 @@
   (sinks/core.py), which the record fast path calls in place of the SDK's record loop.
 - ``BaseJSONSchemaValidator`` and ``JSONSchemaValidator`` come from ``singer_sdk.sinks.core``,
   which does not export them; :func:`cli_config` reads ``plugin_base._ConfigInput``.
+- ``BaseBatchFileEncoding`` and ``StorageTarget`` (BATCH files' encoding and storage) come from
+  the private ``singer_sdk.helpers._batch``; :func:`delete_batch_file` removes a file through the
+  storage's ``_root_path`` (the path its ``open`` reads).
 
 Pinned: singer-sdk ==0.54.9 (target-lytics/pyproject.toml). tests/test_target_private_names.py
 fails when one of these names disappears or changes signature, or when another module of the
@@ -24,6 +27,7 @@ from typing import Any
 
 import click
 from singer_sdk.exceptions import ConfigValidationError
+from singer_sdk.helpers._batch import BaseBatchFileEncoding, StorageTarget
 from singer_sdk.plugin_base import JSONSchemaValidator as ConfigValidator
 from singer_sdk.plugin_base import _ConfigInput
 from singer_sdk.sinks import Sink
@@ -32,11 +36,14 @@ from singer_sdk.target_base import Target
 from typing_extensions import override
 
 __all__ = [
+    "BaseBatchFileEncoding",
     "BaseJSONSchemaValidator",
     "HookedTarget",
     "JSONSchemaValidator",
+    "StorageTarget",
     "check_key_properties",
     "cli_config",
+    "delete_batch_file",
     "record_validator",
     "remove_sdc_metadata",
 ]
@@ -52,6 +59,7 @@ TARGET_PRIVATE_NAMES = (
     "_sinks_active",
 )
 SINK_PRIVATE_NAMES = ("_validator", "_remove_sdc_metadata_from_record", "_singer_validate_message")
+STORAGE_PRIVATE_NAMES = ("_root_path",)
 
 
 class HookedTarget(Target):
@@ -145,6 +153,11 @@ def remove_sdc_metadata(sink: Sink, record: dict) -> None:
 def check_key_properties(sink: Sink, record: dict) -> None:
     """Raise singer-sdk's error when ``record`` lacks one of the stream's key properties."""
     sink._singer_validate_message(record)
+
+
+def delete_batch_file(storage: StorageTarget, filename: str) -> None:
+    """Delete ``filename`` of ``storage`` through the storage's filesystem (fsspec)."""
+    (storage._root_path / filename).unlink()
 
 
 def cli_config(ctx: click.Context) -> tuple[Any, bool]:

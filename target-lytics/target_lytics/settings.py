@@ -168,6 +168,18 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
             "fields and mappings then publishes, `patch` uses one schema patch and applies it."
         ),
     ),
+    th.Property(
+        "delete_batch_files",
+        th.BooleanType,
+        default=True,
+        description=(
+            "Delete each BATCH file (a tap's batch_config) once its records are read and handed "
+            "to the uploads. The files are intermediate: a failed run resumes from the tap's "
+            "STATE, not from the file (a failed upload stops the run before STATE moves past the "
+            "file's records, and the next run exports them again). A file whose record fails is "
+            "kept."
+        ),
+    ),
     # singer-sdk's own setting, declared here for its default: bodies are bounded by bytes and
     # sent as they fill, so a drain only flushes a partial body and waits for it; the SDK's
     # 10,000 rows would mean ~3 MB requests and a wait every 10,000 records.

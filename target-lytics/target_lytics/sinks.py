@@ -23,6 +23,7 @@ from singer_sdk.exceptions import InvalidJSONSchema, InvalidRecord
 from singer_sdk.sinks import Sink
 from typing_extensions import override
 
+from target_lytics.batch_files import process_jsonl_files
 from target_lytics.errors import LyticsError
 from target_lytics.mapping import RecordMapper, StreamMapping, json_default
 from target_lytics.sdk_private import BaseJSONSchemaValidator, JSONSchemaValidator
@@ -32,6 +33,7 @@ from target_lytics.uploads import Body, UploadPool
 
 if t.TYPE_CHECKING:
     from target_lytics.client import AdaptiveLimit, LyticsClient
+    from target_lytics.sdk_private import BaseBatchFileEncoding
     from target_lytics.target import TargetLytics
 
 _OPEN = b"["
@@ -139,6 +141,7 @@ class LyticsSink(Sink):
             self.schema, self.key_properties, self.mapper
         )
         self.dry_run = bool(setting(self.config, "dry_run"))
+        self.delete_batch_files = bool(setting(self.config, "delete_batch_files"))
         self.body = BodyBuilder(target.max_request_bytes)
         self.counts = target.progress.add_stream(stream_name, self.stream_mapping.lytics_stream)
         self.ledger = target.checkpoints.new_ledger()
@@ -200,11 +203,24 @@ class LyticsSink(Sink):
         self.counts.received = self.ledger.received
 
     @override
+    def process_batch_files(self, encoding: BaseBatchFileEncoding, files: t.Sequence[str]) -> None:
+        """Stream JSON Lines files line by line (:mod:`target_lytics.batch_files`).
+
+        Other formats (parquet) take singer-sdk's way: a whole file's records to
+        :meth:`process_batch`.
+        """
+        if encoding.format != "jsonl":
+            super().process_batch_files(encoding, files)
+            return
+        process_jsonl_files(self, encoding.compression, files, delete=self.delete_batch_files)
+
+    @override
     def process_batch(self, context: dict) -> None:
         """Send the partial body; do not wait (STATE waits for Lytics through the ledger).
 
-        A BATCH message (a tap with ``batch_config``) arrives here with its file's records in
-        ``context["records"]``: they are validated and uploaded like RECORD messages.
+        singer-sdk's BATCH path for formats other than JSON Lines (parquet) arrives here with a
+        file's records in ``context["records"]``: they are validated and uploaded like RECORD
+        messages.
         """
         records = context.get("records")
         if records:
