@@ -77,7 +77,11 @@ def activity_lines(records: list[dict], state_every: int | None = None) -> list[
 
 
 def config_for(lytics: LyticsStandIn, **overrides: Any) -> dict[str, Any]:
-    config = {"api_token": lytics.token, "api_url": lytics.url, **FAST_RETRIES}
+    # Every STATE as soon as it is ready, so tests can follow each one (the default is 1 s apart).
+    config = {
+        "api_token": lytics.token, "api_url": lytics.url, "min_state_interval_seconds": 0,
+        **FAST_RETRIES,
+    }
     config.update(overrides)
     return config
 
@@ -487,6 +491,21 @@ def test_state_never_covers_records_not_uploaded(lytics, monkeypatch):
     assert last == 20
     # Every record the last STATE covers was accepted by Lytics.
     assert {r["_id"] for r in records[:last]} <= accepted
+
+
+def test_states_within_the_interval_are_coalesced_and_the_last_is_written(lytics):
+    records = cordial_records(200)
+    lines = activity_lines(records, state_every=5)
+    config = config_for(lytics, batch_size_rows=1, max_concurrent_uploads=1)
+    every, error = run_target(config, lines, CheckpointEveryStateTarget)
+    assert error is None
+    config["min_state_interval_seconds"] = 60
+    coalesced, error = run_target(config, lines, CheckpointEveryStateTarget)
+    assert error is None
+    assert len(every) == 40
+    # The first one at once, then nothing for 60 s but the last, written when the input ended.
+    assert coalesced == [every[0], every[-1]]
+    assert sorted(uploaded_ids(lytics)) == sorted([r["_id"] for r in records] * 2)
 
 
 class CheckpointEveryStateTarget(TargetLytics):

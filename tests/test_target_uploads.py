@@ -230,6 +230,31 @@ def test_state_checkpoints_wait_for_out_of_order_bodies():
     assert written == [{"n": 30}]  # not written twice
 
 
+def test_state_checkpoints_keep_the_interval_and_flush_the_held_one():
+    written: list[dict] = []
+    checkpoints = StateCheckpoints(written.append, min_interval_seconds=0.3)
+    ledger = checkpoints.new_ledger()
+    for n in (10, 20, 30):
+        ledger.received = n
+        checkpoints.add({"n": n})
+        ledger.body_accepted(n - 10, n)
+    # The first is written at once; the next two came within the interval: only the newest waits.
+    assert written == [{"n": 10}]
+    time.sleep(0.8)
+    assert written == [{"n": 10}, {"n": 30}]  # written by the timer, about 0.3 s after the first
+    ledger.received = 40
+    checkpoints.add({"n": 40})
+    ledger.body_accepted(30, 40)
+    ledger.received = 50
+    checkpoints.add({"n": 50})
+    ledger.body_accepted(40, 50)
+    assert written[-1] == {"n": 40}  # the interval had passed: at once; 50 waits
+    checkpoints.flush()  # the input ended: no waiting
+    assert written == [{"n": 10}, {"n": 30}, {"n": 40}, {"n": 50}]
+    time.sleep(0.4)
+    assert len(written) == 4  # the cancelled timer wrote nothing more
+
+
 # -- errors that say where, and the quiet-day check ----------------------------------------------
 
 

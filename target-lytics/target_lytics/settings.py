@@ -152,6 +152,18 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         ),
     ),
     _number(
+        "min_state_interval_seconds",
+        whole=False,
+        default=1,
+        minimum=0,
+        description=(
+            "Shortest time between two STATE messages the target writes; a STATE ready sooner "
+            "waits, and a newer one replaces it (0 writes each as soon as Lytics accepted its "
+            "records). Meltano stores every STATE it reads (about 13 ms of CPU each); a killed "
+            "run loses at most this much progress."
+        ),
+    ),
+    _number(
         "progress_interval_seconds",
         whole=False,
         default=30,

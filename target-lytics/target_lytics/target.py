@@ -68,7 +68,9 @@ class TargetLytics(HookedTarget):
         self.fast_path = FastRecordPath(self)
         if self.fast_path_enabled and isinstance(self.message_reader, SingerLineReader):
             self.message_reader.record_runs = self.fast_path
-        self.checkpoints = StateCheckpoints(self.write_state)
+        self.checkpoints = StateCheckpoints(
+            self.write_state, float(setting(self.config, "min_state_interval_seconds"))
+        )
         #: The tap sent a SCHEMA or a STATE (a quiet day), not just nothing.
         self.tap_spoke = False
         self.progress = UploadProgress(
@@ -162,6 +164,7 @@ class TargetLytics(HookedTarget):
         if self.tap_spoke and self.progress.total().requests == 0:
             self.check_endpoint()
         super().process_endofpipe()
+        self.checkpoints.flush()
         self.progress.summary(failed=False, dry_run=bool(setting(self.config, "dry_run")))
 
     def check_endpoint(self) -> None:
