@@ -140,3 +140,16 @@ def test_no_secret_value_is_written_in_meltano_yml():
             for plugin in plugins:
                 leaked = secret_names & set(plugin.get("config", {}))
                 assert not leaked, f"{environment['name']}/{plugin['name']} sets {leaked}"
+
+
+def test_the_catalog_meltano_uses_is_what_the_tap_discovers():
+    plugin = meltano_yml_plugin("extractors", "tap-cordial-activity")
+    exe = BIN / plugin["executable"]
+    discovered = subprocess.run(
+        [str(exe), "--discover"], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    pinned = json.loads((ROOT / plugin["catalog"]).read_text(encoding="utf-8"))
+    assert pinned == json.loads(discovered), (
+        "the tap's schema changed: run `tap-cordial-activity --discover > "
+        f"{plugin['catalog']}`"
+    )
