@@ -15,8 +15,10 @@ from target_lytics.errors import BatchFileError, LyticsError
 from target_lytics.sinks import FastJSONSchemaValidator
 from target_lytics.target import TargetLytics
 from target_lytics.typed_records import TypedRecordEncoder
+from test_target_fastpath import RAW_SCHEMA as FASTPATH_RAW_SCHEMA
 from test_target_lytics import (
     COLLECT,
+    CheckpointEveryStateTarget,
     config_for,
     cordial_records,
     record_message,
@@ -32,15 +34,8 @@ from sandbox.lytics import LyticsStandIn
 
 #: A stream with no `fields` mapping: no typed encoder, every record decoded, validated, mapped.
 RAW_SCHEMA = {
-    "type": "object",
-    "properties": {
-        **ACTIVITY_SCHEMA["properties"],
-        "first": {"type": ["boolean", "integer", "null"]},
-        "time": {"type": "string", "format": "date-time"},
-        "message_sent": {"type": ["string", "null"], "format": "date-time"},
-        "ratio": {"type": ["number", "null"]},
-    },
-    "additionalProperties": True,
+    **FASTPATH_RAW_SCHEMA,
+    "properties": {**FASTPATH_RAW_SCHEMA["properties"], "ratio": {"type": ["number", "null"]}},
 }
 STREAMS: dict[str, tuple[dict, list[str]]] = {
     "activity": (ACTIVITY_SCHEMA, ["_id"]),
@@ -227,10 +222,18 @@ def test_other_formats_and_compressions(lytics, tmp_path):
     assert path.exists()
 
 
-class CheckpointEveryStateTarget(TargetLytics):
-    """Checkpoints every changed STATE at once."""
-
-    STATE_CHECKPOINT_SECONDS = 0.0
+def batch_lines(
+    root: Path, records: list[dict], part: int, compression: str, per_file: int
+) -> list[str]:
+    """SCHEMA, then per ``part`` records: their files' BATCH message and a STATE ``upto``."""
+    lines = [schema_message("activity", ACTIVITY_SCHEMA, ["_id"])]
+    for start in range(0, len(records), part):
+        directory = root / str(start)
+        directory.mkdir()
+        paths = write_files(directory, records[start : start + part], compression, per_file)
+        state = state_message({"upto": start + part})
+        lines += [batch_message("activity", compression, paths), state]
+    return lines
 
 
 def test_state_after_a_batch_waits_for_its_events(lytics, tmp_path, monkeypatch):
@@ -243,12 +246,7 @@ def test_state_after_a_batch_waits_for_its_events(lytics, tmp_path, monkeypatch)
         original_write(self, state)
 
     monkeypatch.setattr(TargetLytics, "write_state", recording_write)
-    lines = [schema_message("activity", ACTIVITY_SCHEMA, ["_id"])]
-    for part in range(4):
-        directory = tmp_path / str(part)
-        directory.mkdir()
-        paths = write_files(directory, records[part * 30 : part * 30 + 30], "gzip", per_file=15)
-        lines += [batch_message("activity", "gzip", paths), state_message({"upto": part * 30 + 30})]
+    lines = batch_lines(tmp_path, records, 30, "gzip", per_file=15)
     states, error = run_target(
         config_for(lytics, max_request_bytes=3_000), lines, CheckpointEveryStateTarget
     )
@@ -271,12 +269,7 @@ def test_state_after_a_batch_is_not_written_when_its_upload_fails(lytics, tmp_pa
         return original_upload(self, *args, **kwargs)
 
     monkeypatch.setattr(LyticsClient, "upload", failing_later)
-    lines = [schema_message("activity", ACTIVITY_SCHEMA, ["_id"])]
-    for part in range(3):
-        directory = tmp_path / str(part)
-        directory.mkdir()
-        paths = write_files(directory, records[part * 20 : part * 20 + 20], "none", per_file=20)
-        lines += [batch_message("activity", "none", paths), state_message({"upto": part * 20 + 20})]
+    lines = batch_lines(tmp_path, records, 20, "none", per_file=20)
     config = config_for(lytics, max_retries=2, max_concurrent_uploads=1)
     states, error = run_target(config, lines, CheckpointEveryStateTarget)
     assert isinstance(error, LyticsError)
