@@ -93,7 +93,8 @@ class Bench:
         """Run a measurement ``--repeat`` (or ``--stock-repeat``) times; keep the fastest run, and
         the largest peak RSS of all runs."""
         runs: list[Result] = []
-        for attempt in range(self.args.repeat if impl == "ours" else self.args.stock_repeat):
+        ours = impl in ("ours", OURS_BATCH)
+        for attempt in range(self.args.repeat if ours else self.args.stock_repeat):
             result = once(attempt)
             _log(
                 f"{name} #{attempt + 1}: {result.records:,} records in {result.seconds:.2f} s "
