@@ -159,3 +159,18 @@ def test_batch_config_problem_stops_the_run_before_any_export(sandbox, tmp_path)
     assert "`batch_config.encoding.format` must be `jsonl`" in run.stderr
     assert "`batch_config.storage.root` is required" in run.stderr
     assert not sandbox.cordial.exports
+
+
+def test_an_unwritable_storage_root_ends_the_run_naming_it(sandbox, tmp_path):
+    root = tmp_path / "not-a-folder"
+    root.write_text("a file where the batch folder should be")
+    config = sandbox.tap_config(
+        end_date=sandbox.cordial.default_end.isoformat(), batch_config=_batch_config(root)
+    )
+    run = run_tap(tmp_path, config)
+    assert run.returncode != 0
+    assert f"under `batch_config.storage.root` {root.as_uri()}" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not any(m["type"] == "BATCH" for m in run.messages)
+    # No STATE moved past the records the file would have held.
+    assert all("replication_key_value" not in s["bookmarks"]["activity"] for s in run.states)

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from tap_cordial_activity.errors import BatchStorageError
+
 if TYPE_CHECKING:
     from tap_cordial_activity.sdk_private import BatchConfig
 
@@ -83,8 +85,15 @@ class BatchFileWriter:
             chunks = [gzip_lib.compress(b"".join(chunks), compresslevel=1)]
         self.files += 1
         filename = f"{self._name}-{self.files}{self._suffix}"
-        with self.storage.open(filename, "wb") as file:
-            file.writelines(chunks)
+        try:
+            with self.storage.open(filename, "wb") as file:
+                file.writelines(chunks)
+        except OSError as exc:
+            raise BatchStorageError(
+                f"Cannot write BATCH file {filename!r} under `batch_config.storage.root` "
+                f"{self.storage.root}: {exc}. Point the root at a folder this process may write "
+                "(and the target may read)."
+            ) from exc
         self._chunks.clear()
         self.pending = 0
         manifest = orjson.dumps([self.storage.get_url(filename)])

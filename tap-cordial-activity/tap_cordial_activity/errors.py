@@ -55,10 +55,14 @@ class ExportCountError(Exception):
     """A window's files hold fewer records than Cordial reports for its export job."""
 
 
+class BatchStorageError(Exception):
+    """A BATCH file cannot be written to ``batch_config.storage``; names the file."""
+
+
 #: Errors whose message names the setting, file and line, or HTTP status and what to do: the CLI
 #: prints them alone instead of under a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (
-    CordialError, SftpError, ExportDataError, ExportCountError
+    CordialError, SftpError, ExportDataError, ExportCountError, BatchStorageError
 )
 
 
