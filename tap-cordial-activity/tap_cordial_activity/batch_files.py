@@ -48,7 +48,6 @@ class BatchFileWriter:
         self.storage = batch_config.storage
         self.batch_size = batch_config.batch_size
         self.gzip = batch_config.encoding.compression == GZIP
-        self.stream_name = stream_name
         self._name = f"{self.storage.prefix or ''}{tap_name}--{stream_name}-{uuid.uuid4()}"
         self._suffix = ".jsonl.gz" if self.gzip else ".jsonl"
         self._head = orjson.dumps(
