@@ -13,7 +13,6 @@ from tap_cordial_activity.streams import SCHEMA as ACTIVITY_SCHEMA
 from target_lytics.client import LyticsClient
 from target_lytics.errors import BatchFileError, LyticsError
 from target_lytics.sinks import FastJSONSchemaValidator
-from target_lytics.target import TargetLytics
 from target_lytics.typed_records import TypedRecordEncoder
 from test_target_fastpath import RAW_SCHEMA as FASTPATH_RAW_SCHEMA
 from test_target_lytics import (
@@ -21,6 +20,7 @@ from test_target_lytics import (
     CheckpointEveryStateTarget,
     config_for,
     cordial_records,
+    record_accepted_at_each_state,
     record_message,
     run_target,
     schema_message,
@@ -238,14 +238,7 @@ def batch_lines(
 
 def test_state_after_a_batch_waits_for_its_events(lytics, tmp_path, monkeypatch):
     records = cordial_records(120)
-    written_with: list[int] = []
-    original_write = TargetLytics.write_state
-
-    def recording_write(self, state):
-        written_with.append(len(uploaded_ids(lytics)))
-        original_write(self, state)
-
-    monkeypatch.setattr(TargetLytics, "write_state", recording_write)
+    written_with = record_accepted_at_each_state(monkeypatch, lytics)
     lines = batch_lines(tmp_path, records, 30, "gzip", per_file=15)
     states, error = run_target(
         config_for(lytics, max_request_bytes=3_000), lines, CheckpointEveryStateTarget

@@ -514,17 +514,25 @@ class CheckpointEveryStateTarget(TargetLytics):
     STATE_CHECKPOINT_SECONDS = 0.0
 
 
-def test_changed_state_is_checkpointed_after_its_records_are_accepted(lytics, monkeypatch):
-    """A STATE in mid-stream is written once Lytics accepted every record before it."""
-    records = cordial_records(90)
-    accepted_at_state: list[int] = []
+def record_accepted_at_each_state(
+    monkeypatch: pytest.MonkeyPatch, lytics: LyticsStandIn
+) -> list[int]:
+    """A list that gets, as each STATE is written, how many events Lytics had stored by then."""
+    accepted: list[int] = []
     original_write = TargetLytics.write_state
 
-    def recording_write(self, state):
-        accepted_at_state.append(len(uploaded_ids(lytics)))
+    def recording_write(self: TargetLytics, state: dict) -> None:
+        accepted.append(len(uploaded_ids(lytics)))
         original_write(self, state)
 
     monkeypatch.setattr(TargetLytics, "write_state", recording_write)
+    return accepted
+
+
+def test_changed_state_is_checkpointed_after_its_records_are_accepted(lytics, monkeypatch):
+    """A STATE in mid-stream is written once Lytics accepted every record before it."""
+    records = cordial_records(90)
+    accepted_at_state = record_accepted_at_each_state(monkeypatch, lytics)
     lines = activity_lines(records, state_every=30)
     lines.insert(32, state_message({"bookmarks": {"activity": {"upto": 30}}}))  # unchanged: no-op
     states, error = run_target(config_for(lytics), lines, CheckpointEveryStateTarget)
