@@ -25,9 +25,11 @@ from typing import Any
 import pytest
 from test_faults_settings import PASSPHRASE, _encrypted
 from test_meltano_project import meltano_yml_plugin
+from test_target_lytics import COLLECT
 
 from sandbox.cordial import DEFAULT_SAVED_KEY
 from sandbox.events import RESERVED_ACTIONS
+from sandbox.httpbase import Fault
 
 pytestmark = pytest.mark.meltano
 
@@ -515,9 +517,14 @@ def test_without_environment_a_command_gets_production_settings(meltano):
     assert default["retry_initial_delay_seconds"] == 1
 
 
-def test_batch_config_delivers_through_batch_files(meltano, sandbox, tmp_path):
+@pytest.mark.parametrize("lytics_delay", [0.0, 0.2], ids=["instant-lytics", "lytics-200ms"])
+def test_batch_config_delivers_through_batch_files(meltano, sandbox, tmp_path, lytics_delay):
     # With batch_config the tap writes BATCH files; the target reads, uploads and deletes them.
+    # With Lytics answering in 200 ms the files wait in the folder and STATE waits for Lytics.
     expected = _exported(sandbox.cordial.events)
+    if lytics_delay:
+        sandbox.lytics.inject(COLLECT, *[Fault(delay_seconds=lytics_delay)] * 1000)
+        meltano.env["TARGET_LYTICS_MAX_REQUEST_BYTES"] = "20000"  # many requests, not one
     batches = tmp_path / "batches"
     batch_config = {
         "encoding": {"format": "jsonl", "compression": "gzip"},
@@ -535,3 +542,5 @@ def test_batch_config_delivers_through_batch_files(meltano, sandbox, tmp_path):
     assert dt.datetime.fromisoformat(bookmark) >= latest
     assert batches.is_dir()
     assert not list(batches.iterdir()), "the target deletes the files it read"
+    if lytics_delay:
+        assert len(sandbox.lytics.requests) > 5
