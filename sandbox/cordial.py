@@ -195,8 +195,12 @@ class CordialStandIn(HttpStandIn):
             headers = self._requests.take(self.options.rate_limit_per_second, 1.0)
             if not self._authorized(request.header("Authorization")):
                 return self.error(401, "")
-            if path == "/v2/health" and method == "GET":
+            if path == "/v2/health" and method == "GET" and self.options.health_route:
                 return Response.json(200, {"status": "ok"}, headers)
+            if path == "/v2/jobs" and method == "GET":
+                response = self._list_jobs(request)
+                response.headers.update(headers)
+                return response
             if path == "/v2/contactactivityexport" and method == "POST":
                 opts = self.options
                 limits = self._creates.take(opts.create_rate_limit, opts.create_rate_window_seconds)
@@ -227,26 +231,58 @@ class CordialStandIn(HttpStandIn):
         with self._lock:
             job = self.jobs.get(job_id)
             if job is None:
-                raise ApiError(404, "RECORD_NOT_FOUND", f"Job {job_id} not found")
+                raise ApiError(404, "RECORD_NOT_FOUND", f"record not found: job {job_id}")
             self._scheduler.refresh()
             job.advance()
             return Response.json(200, job.to_json())
 
+    def _list_jobs(self, request: Request) -> Response:
+        """``GET /v2/jobs`` as the v2 definitions shape it: an array of ``JobJ_2``, newest first,
+        filtered by ``jobName`` and ``status``, paged by ``page`` (from 1) and ``per_page``; a
+        paging value that is not a positive integer is 422 (``JobsFilterError``)."""
+        query = request.query
+        paging: dict[str, int] = {}
+        for name, default in (("page", 1), ("per_page", 25)):
+            raw = query.get(name, str(default))
+            if not raw.isdigit() or int(raw) < 1:
+                raise ApiError(422, "GENERIC_ERROR_KEY", f"Parameter {name} is incorrect")
+            paging[name] = int(raw)
+        with self._lock:
+            self._scheduler.refresh()
+            jobs = [job.to_json() for job in reversed(self.jobs.values())]
+        if not jobs and self.options.empty_jobs_list_404:
+            # getjobs lists a 404 RecordNotFound answer: an account without jobs may give it.
+            raise ApiError(404, "RECORD_NOT_FOUND", "record not found")
+        jobs = [
+            job for job in jobs
+            if query.get("jobName", job["jobName"]) == job["jobName"]
+            and query.get("status", job["status"]) == job["status"]
+        ]
+        first = (paging["page"] - 1) * paging["per_page"]
+        return Response.json(200, jobs[first : first + paging["per_page"]])
+
     def _create_export(self, request: Request, headers: dict[str, str]) -> Response:
         content_type = request.header("Content-Type").split(";", 1)[0].strip().lower()
         if content_type != "application/json":
-            raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type must be application/json")
+            # The definitions' message also names form bodies; the stand-in reads JSON only.
+            raise ApiError(
+                415, "UNSUPPORTED_MEDIA_TYPE",
+                "Unsupported Media Type: Content-Type header must be application/json or "
+                "application/x-www-form-urlencoded.",
+            )
         try:
             body = orjson.loads(request.body)
         except orjson.JSONDecodeError as exc:
             raise ApiError(400, "INVALID_JSON", f"Request body is not valid JSON: {exc}") from exc
         if not isinstance(body, dict):
             raise ApiError(400, "INVALID_JSON", "Request body must be a JSON object")
-        start, end, actions = validate_export(body)
+        start, end, actions, from_array = validate_export(body)
         job_id = secrets.token_hex(12)
         options = dataclasses.replace(self.options)
         selected = self._store.select(
-            start.timestamp(), end.timestamp(), actions, recorded_by=time.time()
+            start.timestamp(), end.timestamp(), actions, recorded_by=time.time(),
+            # ``custom`` is documented for selected_action_name; inside the array either reading.
+            custom_wildcard=not from_array or options.custom_in_action_names == "wildcard",
         )
         job = Job(
             id=job_id,
@@ -293,7 +329,7 @@ class CordialStandIn(HttpStandIn):
             if folder is None:
                 job.error = (
                     f"Export failed: destination path {job.request['destination']['path']!r} "
-                    "does not exist on the SFTP server"
+                    "does not exist on the SFTP server (or is outside the served folder)"
                 )
                 return
             job.files = write_export(job, self._store, selected, folder)
@@ -328,12 +364,21 @@ class CordialStandIn(HttpStandIn):
         return None
 
     def _local_folder(self, path: str) -> Path | None:
+        """The served folder (or an existing folder below it) that ``path`` names, else None.
+
+        Resolved before the check, so ``..`` and symbolic links cannot lead outside the
+        served folder: the stand-in writes nowhere else.
+        """
         path = path.rstrip("/") or "/"
         if path == self.sftp_path:
             folder = self.sftp_root
         elif path.startswith(self.sftp_path.rstrip("/") + "/"):
             folder = self.sftp_root / path[len(self.sftp_path.rstrip("/")) + 1 :]
         else:
+            return None
+        root = self.sftp_root.resolve()
+        folder = folder.resolve()
+        if not folder.is_relative_to(root):
             return None
         return folder if folder.is_dir() else None
 

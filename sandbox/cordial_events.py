@@ -144,20 +144,25 @@ class EventStore(Sequence[dict[str, Any]]):
         end: float,
         actions: frozenset[str] | None,
         recorded_by: float | None = None,
+        *,
+        custom_wildcard: bool = True,
     ) -> list[int]:
         """Indices (in time order) of events with ``start <= time <= end`` and a selected action.
 
         ``actions`` None selects every action; ``"custom"`` in it selects every non-reserved
-        action. Events without a usable time are added to every export (tests feed bad records so).
-        With ``recorded_by`` (epoch seconds), events recorded later than that are left out.
+        action with ``custom_wildcard``, else only events named ``custom``. Events without a
+        usable time are added to every export (tests feed bad records so). With ``recorded_by``
+        (epoch seconds), events recorded later than that are left out.
         """
-        indices = self._select(start, end, actions)
+        indices = self._select(start, end, actions, custom_wildcard)
         if recorded_by is None or not self._recorded:
             return indices
         late = self._recorded
         return [i for i in indices if late.get(i, -math.inf) <= recorded_by]
 
-    def _select(self, start: float, end: float, actions: frozenset[str] | None) -> list[int]:
+    def _select(
+        self, start: float, end: float, actions: frozenset[str] | None, custom_wildcard: bool
+    ) -> list[int]:
         with self._lock:
             times = self._times
             if self._sorted:
@@ -170,7 +175,7 @@ class EventStore(Sequence[dict[str, Any]]):
             indices.extend(self._untimed)
             if actions is None:
                 return indices
-            custom = "custom" in actions
+            custom = custom_wildcard and "custom" in actions
             wanted = {
                 code
                 for name, code in self._action_codes.items()

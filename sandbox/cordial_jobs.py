@@ -34,6 +34,11 @@ _NON_NEGATIVE = frozenset(
         "grow_after_done_seconds",
     }
 )
+#: Options that take one of a few words: where the published definitions leave room.
+_CHOICES: dict[str, tuple[Any, ...]] = {
+    "custom_in_action_names": ("wildcard", "literal"),
+    "file_name_key": ("fileName", "filename", "both"),
+}
 
 
 @dataclass
@@ -50,6 +55,25 @@ class CordialOptions:
     never_finish: bool = False
     json_array: bool = False
     omit_file_name: bool = False
+    #: What ``custom`` inside ``selected_action_names`` means (the definitions document it only
+    #: for ``selected_action_name``): "wildcard" = every custom event, "literal" = an event named
+    #: ``custom`` (so it selects no custom event unless one has that name).
+    custom_in_action_names: str = "wildcard"
+    #: Which ``JobMetadataJ`` key names the first file (the definition has both): "fileName",
+    #: "filename" or "both".
+    file_name_key: str = "fileName"
+    #: The metadata names the file by its path (``destination.path`` + "/" + name), not bare.
+    file_name_path: bool = False
+    #: The metadata names the file without the ``.gz`` that ``compress`` appended.
+    file_name_without_gz: bool = False
+    #: The metadata names this file instead (one that is not written), when set.
+    metadata_file_name: str | None = None
+    #: ``GET /v2/health`` exists (no ``/health`` is in the published v2 definitions: False answers
+    #: it 404 like any unknown route).
+    health_route: bool = True
+    #: ``GET /v2/jobs`` on an account without jobs answers 404 ``RECORD_NOT_FOUND`` (the
+    #: definitions list that answer for it) instead of ``[]``.
+    empty_jobs_list_404: bool = False
     rate_limit_per_second: float | None = None
     write_delay_seconds: float = 0.0
     truncate_gzip: bool = False
@@ -84,6 +108,8 @@ class CordialOptions:
                 raise KeyError(key)
             if key in _NON_NEGATIVE and value is not None and not _non_negative_number(value):
                 raise ValueError(f"option {key} must be a number >= 0, not {value!r}")
+            if key in _CHOICES and value not in _CHOICES[key]:
+                raise ValueError(f"option {key} must be one of {_CHOICES[key]}, not {value!r}")
             setattr(self, key, tuple(value) if key == "saved_keys" else value)
 
 
@@ -174,15 +200,19 @@ class Job:
             "limitRecordsPerFile": int(req.get("limitRecordsPerFile") or 0),
         }
         if self.status == "Done" and self.files and not self.options.omit_file_name:
-            metadata["fileName"] = self.files[0]
+            metadata.update(dict.fromkeys(self._file_name_keys(), self._metadata_file_name()))
         result: dict[str, Any] = {}
         if self.status == "Done":
             result = {"totalRecords": self.total_items}
         elif self.status == "Failed":
             result = {"totalRecords": 0, "message": self.error}
+        # JobJ_2 (cordial-v2 definitions, GET /v2/jobs/{id}): status, jobName, totalItems,
+        # completedItems, times, result (ResultJ_2), metadata (JobMetadataJ). ``_id`` and ``type``
+        # are not in JobJ_2; kept as the fields a real job record is likely to carry too.
         return {
             "_id": self.id,
             "type": "contactactivityexport",
+            "jobName": "ExportEvents",
             "status": self.status,
             "totalItems": self.total_items,
             "completedItems": self.progress(),
@@ -193,6 +223,21 @@ class Job:
             "result": result,
             "metadata": metadata,
         }
+
+
+    def _file_name_keys(self) -> tuple[str, ...]:
+        key = self.options.file_name_key
+        return ("fileName", "filename") if key == "both" else (key,)
+
+    def _metadata_file_name(self) -> str:
+        """The first file's name as the options make the metadata give it."""
+        opts = self.options
+        name = opts.metadata_file_name or self.files[0]
+        if opts.file_name_without_gz:
+            name = name.removesuffix(".gz")
+        if opts.file_name_path:
+            name = f"{str(self.request['destination']['path']).rstrip('/')}/{name}"
+        return name
 
 
 class JobScheduler:

@@ -76,8 +76,15 @@ class RateWindow:
 
 
 
-def validate_export(body: dict[str, Any]) -> tuple[datetime, datetime, frozenset[str] | None]:
-    """Check an export request as Cordial does; returns (start, end, selected actions)."""
+def validate_export(
+    body: dict[str, Any],
+) -> tuple[datetime, datetime, frozenset[str] | None, bool]:
+    """Check an export request as Cordial does; returns (start, end, selected actions, whether
+    they came from ``selected_action_names``).
+
+    Follows ``SourceCAE_2`` and the 400/406/415 answers of ``POST /v2/contactactivityexport`` in
+    Cordial's v2 definitions (messages as the definitions list them where they list one).
+    """
     for name in _REQUIRED:
         if body.get(name) in (None, ""):
             raise ApiError(
@@ -96,7 +103,8 @@ def validate_export(body: dict[str, Any]) -> tuple[datetime, datetime, frozenset
     destination = body["destination"]
     if not isinstance(destination, dict):
         raise ApiError(400, "INVALID_DESTINATION", "The destination field must be an object.")
-    if destination.get("type", "sftp") != "sftp":
+    # DestinationObject documents "SFTP" (v2) and the enum value "sftp" (v1): either case.
+    if str(destination.get("type", "sftp")).lower() != "sftp":
         raise ApiError(400, "INVALID_DESTINATION", "The destination.type must be sftp.")
     for name in ("server", "username", "path"):
         if not destination.get(name):
@@ -120,19 +128,21 @@ def validate_export(body: dict[str, Any]) -> tuple[datetime, datetime, frozenset
         raise ApiError(
             406,
             "INVALID_EXPORT_CONFIGURATION",
-            "Field 'selected_timeframe_end' must not be before 'selected_timeframe_start'",
+            "'selected_timeframe_end' cannot be in past in comparison with "
+            "'selected_timeframe_start'",
         )
     single, several = body.get("selected_action_name"), body.get("selected_action_names")
     if single is not None and several is not None:
         raise ApiError(
             406,
             "INVALID_EXPORT_CONFIGURATION",
-            "Fields 'selected_action_name' and 'selected_action_names' cannot be used together",
+            "Please use only one from existing filters 'selected_action_name' OR "
+            "'selected_action_names'",
         )
     if several is not None:
         if not isinstance(several, list) or not all(isinstance(a, str) for a in several):
             raise ApiError(
-                406, "INVALID_EXPORT_CONFIGURATION", "Field 'selected_action_names' must be a list"
+                406, "INVALID_EXPORT_CONFIGURATION", "Incorrect format for 'selected_action_names'"
             )
         actions: frozenset[str] | None = frozenset(several)
     elif single is not None:
@@ -146,5 +156,5 @@ def validate_export(body: dict[str, Any]) -> tuple[datetime, datetime, frozenset
             "INVALID_EXPORT_CONFIGURATION",
             "Field 'limitRecordsPerFile' must be an integer >= 0",
         )
-    return start, end, actions
+    return start, end, actions, several is not None
 

@@ -198,14 +198,14 @@ def test_missing_required_field_is_406(
     [
         (
             {"selected_action_name": "open", "selected_action_names": ["click"]},
-            "cannot be used together",
+            "Please use only one from existing filters",
         ),
         (
             {
                 "selected_timeframe_start": "2020-06-01T10:00:00Z",
                 "selected_timeframe_end": "2020-06-01T09:59:59Z",
             },
-            "must not be before",
+            "cannot be in past in comparison with",
         ),
         ({"name": "bad name_with_underscore"}, "letters, digits and dashes"),
         ({"exportType": "xml"}, "exportType"),
