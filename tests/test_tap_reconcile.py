@@ -161,7 +161,8 @@ def test_summary_and_metric_lines_carry_the_counts(sbx, tmp_path):
     assert (f"done (job {job_id}): Cordial reported 42, read 42, emitted 42, skipped 0 outside "
             "the window and 0 already delivered") in summary(first)[0]
     assert metrics(first) == {"cordial_reported": 42, "read": 42, "emitted": 42,
-                              "skipped_outside": 0, "skipped_delivered": 0}
+                              "skipped_outside": 0, "skipped_delivered": 0,
+                              "skipped_action": 0}
 
     second = run_tap(tmp_path, config_of(sbx, end_date=iso(edge + timedelta(hours=1))),
                      state=first.states[-1])
@@ -169,7 +170,8 @@ def test_summary_and_metric_lines_carry_the_counts(sbx, tmp_path):
     assert ("Cordial reported 3, read 3, emitted 1, skipped 0 outside the window and 2 already "
             "delivered") in summary(second)[0]
     assert metrics(second) == {"cordial_reported": 3, "read": 3, "emitted": 1,
-                               "skipped_outside": 0, "skipped_delivered": 2}
+                               "skipped_outside": 0, "skipped_delivered": 2,
+                               "skipped_action": 0}
     tags = [json.loads(line.split("METRIC: ", 1)[1])["tags"]
             for line in second.stderr.splitlines() if '"count": "emitted"' in line
             or '"count":"emitted"' in line]

@@ -13,6 +13,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from tap_cordial_activity.client import CordialClient, reported_count
@@ -31,6 +32,51 @@ from tap_cordial_activity.timeutil import to_cordial, to_rfc3339
 from tap_cordial_activity.windows import Window
 
 _SPLIT_INDEX = re.compile(r"-(\d+)\.")
+
+#: Cordial's reserved (non-custom) actions; any other action name is a custom event.
+RESERVED_ACTIONS = frozenset(
+    {"message-sent", "open", "click", "optout", "bounce", "complaint", "pageview",
+     "message-stopped"}
+)
+
+
+@dataclass(frozen=True)
+class ActionSelection:
+    """Which actions the export asks Cordial for, and which records the tap keeps.
+
+    ``SourceCAE_2.selected_action_names`` (Cordial v2 definitions) is "an array of message or
+    custom events"; ``custom`` is documented only for the single ``selected_action_name``.
+    Whether ``custom`` inside the array means every custom event is unconfirmed, so it is never
+    sent there: with ``custom`` selected and no ``custom_actions``, the export goes without an
+    action filter (``sent`` None) and the tap keeps the selected records itself.
+    """
+
+    #: Selected action names (``custom`` left out; ``custom_actions`` in).
+    names: frozenset[str]
+    #: Every custom event is selected.
+    every_custom: bool
+    #: ``selected_action_names`` to send, or None: no action filter.
+    sent: list[str] | None
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ActionSelection:
+        """From ``actions`` and ``custom_actions``."""
+        actions = [str(a) for a in setting(config, "actions") or []]
+        custom_names = [str(a) for a in config.get("custom_actions") or []]
+        every_custom = "custom" in actions and not custom_names
+        named = [a for a in actions if a != "custom"]
+        named += [a for a in custom_names if a not in named]
+        return cls(frozenset(named), every_custom, None if every_custom else named)
+
+    def skips(self, action: Any) -> bool:
+        """Whether a record of ``action`` was not selected."""
+        if self.every_custom:
+            return action in RESERVED_ACTIONS and action not in self.names
+        return action not in self.names
+
+    def unselected_reserved(self) -> list[str]:
+        """Reserved actions that an unfiltered export carries and the tap leaves out."""
+        return sorted(RESERVED_ACTIONS - self.names)
 
 
 def export_name(now: datetime.datetime | None = None) -> str:
@@ -66,15 +112,34 @@ def export_body(config: Mapping[str, Any], name: str, window: Window) -> dict[st
         "destination": destination,
         "selected_timeframe_start": to_cordial(window.start),
         "selected_timeframe_end": to_cordial(window.end),
-        "selected_action_names": list(setting(config, "actions") or []),
         "compress": bool(setting(config, "compress")),
     }
+    sent = ActionSelection.from_config(config).sent
+    if sent is not None:
+        body["selected_action_names"] = sent
     if export_format == "csv":
         body["showHeader"] = True
     limit = integer(config, "limit_records_per_file")
     if limit:
         body["limitRecordsPerFile"] = limit
     return body
+
+
+def metadata_file_name(job: Mapping[str, Any]) -> str:
+    """The bare file name a job's metadata gives (``fileName`` or ``filename``), or ""."""
+    metadata = job.get("metadata")
+    if not isinstance(metadata, Mapping):
+        return ""
+    for key in ("fileName", "filename"):
+        value = metadata.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip().rsplit("/", 1)[-1]
+    return ""
+
+
+def job_label(job: Mapping[str, Any]) -> str:
+    """The job's id as messages name it."""
+    return str(job.get("_id") or job.get("jobId") or "?")
 
 
 class ExportRunner:
@@ -105,11 +170,21 @@ class ExportRunner:
         self.progress_interval = number(config, "progress_interval_seconds")
         self.short_wait = number(config, "short_export_wait_seconds")
         self.count_mismatch = str(setting(config, "count_mismatch"))
+        self.actions = ActionSelection.from_config(config)
+        if self.actions.sent is None:
+            logger.info(
+                "`actions` selects `custom` (every custom event): exports are requested without "
+                "an action filter, so they also carry %s; the tap leaves those out and counts "
+                "them as skipped. Name your custom events in `custom_actions` to have Cordial "
+                "export only the selected ones.",
+                ", ".join(self.actions.unselected_reserved()) or "no other action",
+            )
         #: Export jobs this runner created.
         self.jobs_created = 0
         #: Size of each export file at its last listing.
         self.sizes: dict[str, int] = {}
         self._warned_fields: set[str] = set()
+        self._warned_names: set[tuple[str, str]] = set()
 
     def _listing(self) -> set[str]:
         """The folder's file names, noting their sizes."""
@@ -118,20 +193,33 @@ class ExportRunner:
         return {e.filename for e in entries}
 
     def export_files(self, name: str, job: Mapping[str, Any]) -> list[str]:
-        """The job's file names: those beginning with the export name, plus ``fileName``."""
+        """The job's file names: those beginning with the export name, plus the one it names.
+
+        ``JobMetadataJ`` (Cordial v2 definitions, ``GET /v2/jobs/{id}``) has both ``fileName``
+        and ``filename``; either may be a bare name or a path, and may lack the ``.gz`` that
+        ``compress`` adds. A named file that is not listed is a warning when files of the
+        export are listed (they are read), and fails only when none is.
+        """
         listed = self._listing()
         files = {f for f in listed if f.startswith(name)}
-        metadata = job.get("metadata")
-        given = str(metadata.get("fileName") or "") if isinstance(metadata, dict) else ""
-        given = given.strip()
+        given = metadata_file_name(job)
         if given:
-            given = given.rsplit("/", 1)[-1]
-            if given not in listed:
+            found = next((c for c in (given, f"{given}.gz") if c in listed), None)
+            if found is not None:
+                files.add(found)
+            elif files:
+                if (name, given) not in self._warned_names:
+                    self._warned_names.add((name, given))
+                    self.logger.warning(
+                        "Cordial job %s names the file %r, which is not in SFTP folder %r; "
+                        "reading the export's files found by its name instead: %s",
+                        job_label(job), given, self.folder, ", ".join(sorted(files)),
+                    )
+            else:
                 raise SftpError(
-                    f"Cordial job {job.get('_id') or job.get('jobId')} names the file {given!r}, "
-                    f"but it is not in SFTP folder {self.folder!r}"
+                    f"Cordial job {job_label(job)} names the file {given!r}, but neither it nor "
+                    f"any file beginning with {name!r} is in SFTP folder {self.folder!r}"
                 )
-            files.add(given)
         return sorted(files, key=lambda f: file_order(name, f))
 
     def resume_files(self, progress: Mapping[str, Any]) -> list[str] | None:
@@ -295,7 +383,7 @@ class ExportRunner:
         folder = self.folder.rstrip("/")
         export_format = setting(self.config, "export_format")
         start, end, skip_ids = window.start, window.end, window.skip_ids
-        known, warned = KNOWN_FIELDS, self._warned_fields
+        known, warned, skips = KNOWN_FIELDS, self._warned_fields, self.actions.skips
         every, read = self.checkpoint_records, 0
         last_file = files[-1]
         progress = ReadProgress(
@@ -314,6 +402,10 @@ class ExportRunner:
                             progress.maybe_log(read)
                         if moment < start or moment > end:
                             window.outside += read > replay
+                            continue
+                        if skips(record.get("action")):
+                            if read > replay:
+                                window.skipped_actions[str(record.get("action"))] += 1
                             continue
                         if moment == start and record["_id"] in skip_ids:
                             window.duplicates += read > replay

@@ -52,7 +52,15 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
     ),
     th.Property(
         "actions", th.ArrayType(th.StringType), default=DEFAULT_ACTIONS,
-        description="Cordial action names to export; `custom` means every custom action.",
+        description="Cordial action names to export; `custom` means every custom event (the "
+        "export is then requested without an action filter and the tap keeps the selected ones, "
+        "unless `custom_actions` names them).",
+    ),
+    th.Property(
+        "custom_actions", th.ArrayType(th.StringType), default=[],
+        description="Names of your custom events. When set they are sent to Cordial by name "
+        "(instead of `custom`) and stand for `custom` in `actions`; other custom events are "
+        "not exported.",
     ),
     th.Property(
         "export_format", th.StringType, default="json", allowed_values=["json", "csv"],

@@ -167,15 +167,19 @@ class ActivityStream(WindowedStream):
         """The window's reconciliation line, and the same counts as METRIC ``record_count``."""
         delivered = window.duplicates + window.replayed
         reported = "no count" if window.reported is None else str(window.reported)
+        skipped = window.skipped_actions
         self.logger.info(
             "Window %s .. %s done (job %s): Cordial reported %s, read %d, emitted %d, skipped "
-            "%d outside the window and %d already delivered", to_rfc3339(window.start),
-            to_rfc3339(window.end), window.job_id or "-", reported, window.read, window.emitted,
-            window.outside, delivered,
+            "%d outside the window and %d already delivered; skipped %d of actions not "
+            "selected%s", to_rfc3339(window.start), to_rfc3339(window.end), window.job_id or "-",
+            reported, window.read, window.emitted, window.outside, delivered,
+            skipped.total(),
+            f" ({', '.join(f'{a} {n}' for a, n in sorted(skipped.items()))})" if skipped else "",
         )
         counts = {
             "cordial_reported": window.reported, "read": window.read, "emitted": window.emitted,
             "skipped_outside": window.outside, "skipped_delivered": delivered,
+            "skipped_action": skipped.total(),
         }
         for count, value in counts.items():
             if value is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -28,6 +29,8 @@ class Window:
     emitted: int = 0
     outside: int = 0
     duplicates: int = 0
+    #: Records of actions that were not selected, by action (left out by the tap).
+    skipped_actions: Counter[str] = field(default_factory=Counter)
     #: The interrupted run's ``progress`` in this window, when this run resumes it.
     resume: dict[str, Any] | None = None
     #: The export being read, for ``progress``.
