@@ -182,8 +182,53 @@ class CordialClient:
             raise CordialError(message, status=status, job_id=job_id)
 
     def health(self) -> Any:
-        """``GET /health``: a cheap check of the URL, the key and its IP allow-list."""
+        """``GET /health``: a cheap check of the URL, the key and its IP allow-list.
+
+        Not in Cordial's published v2 definitions (an account may answer 404): see
+        :meth:`check_access`.
+        """
         return self.request("GET", "health", what="checking /health")
+
+    def list_one_job(self) -> Any:
+        """``GET /jobs?page=1&per_page=1``: read-only, one job at most.
+
+        ``getjobs`` in Cordial's v2 definitions: an array of ``JobJ_2``, paged by ``page`` and
+        ``per_page``.
+        """
+        return self.request("GET", "jobs?page=1&per_page=1", what="listing one job")
+
+    def check_access(self) -> str:
+        """Check the URL, the key and its allow-list without creating anything.
+
+        Returns the call that answered.
+        ``/health`` first; when it answers 404 (no such route) or 403 (the key may not call
+        it), the documented ``GET /jobs`` limited to one job, a call the tap's key needs
+        anyway for polling. A 401 (wrong key) fails at once.
+        """
+        try:
+            self.health()
+        except CordialError as exc:
+            if exc.status not in {403, 404}:
+                raise
+            self.logger.info(
+                "Cordial /health answered HTTP %d (it is not in Cordial's published API); "
+                "checking with GET /jobs (one job) instead", exc.status,
+            )
+            try:
+                answer = self.list_one_job()
+            except CordialError as listing:
+                # getjobs answers 404 RecordNotFound where there is no job: the key got through.
+                if listing.status != 404 or "(RECORD_NOT_FOUND)" not in str(listing):
+                    raise
+                answer = []
+            if not isinstance(answer, list):
+                raise CordialError(
+                    f"Cordial answered GET {self.api_url}/jobs with {str(answer)[:200]!r} "
+                    "instead of a list of jobs: is `api_url` Cordial's API "
+                    "(e.g. https://api.cordial.io/v2)?"
+                ) from exc
+            return "/jobs"
+        return "/health"
 
     def create_export(self, body: dict[str, Any], new_name: Callable[[], str]) -> str:
         """``POST /contactactivityexport``; return the job id.
@@ -286,11 +331,16 @@ def job_timeout_error(job_id: str, job: Mapping[str, Any], timeout_seconds: floa
 
 
 def job_result_message(job: Mapping[str, Any]) -> str:
-    """What Cordial said about a failed job (its ``result``), as text."""
+    """What Cordial said about a failed job (its ``result``), as text.
+
+    ``ResultJ_2`` (v2 definitions) types ``result.error`` as a count of records, not a message:
+    only text (or a list of messages) is taken as what Cordial said.
+    """
     result = job.get("result")
     if isinstance(result, Mapping):
         for key in ("message", "error", "errors", "reason"):
-            if result.get(key):
-                return str(result[key])
+            value = result.get(key)
+            if value and isinstance(value, str | list):
+                return str(value)
         return str(dict(result)) if result else "no result message"
     return str(result) if result else "no result message"

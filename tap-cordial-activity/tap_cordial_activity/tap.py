@@ -120,7 +120,9 @@ class TapCordialActivity(SettingsCheckingTap):
             super().invoke(**options)
 
     def check_connection(self) -> bool:
-        """Cordial ``/health``, then SFTP login (host key verified) and a listing of ``sftp_path``.
+        """Cordial access (:meth:`CordialClient.check_access`), then SFTP login and listing.
+
+        The SFTP host key is verified and ``sftp_path`` listed.
 
         Never creates an export job. Short timeouts and at most :data:`CHECK_RETRIES` retry per
         host; the first failure raises, naming the host that failed.
@@ -133,7 +135,7 @@ class TapCordialActivity(SettingsCheckingTap):
         client.timeout_seconds = min(client.timeout_seconds, CHECK_TIMEOUT_SECONDS)
         api_host = urlsplit(client.api_url).netloc
         try:
-            client.health()
+            checked = client.check_access()
         except CordialError as exc:
             raise CordialError(
                 f"Connection check failed at the Cordial API host {api_host}: {exc}",
@@ -141,7 +143,7 @@ class TapCordialActivity(SettingsCheckingTap):
             ) from exc
         finally:
             client.close()
-        self.logger.info("Cordial API %s: /health OK", client.api_url)
+        self.logger.info("Cordial API %s: %s OK", client.api_url, checked)
         reader = self.sftp_reader()
         reader.settings = replace(
             reader.settings,
