@@ -233,7 +233,10 @@ def test_a_meltano_project_elsewhere_runs_the_plugins_from_the_wheels(
         definition["pip_url"] = str(_wheel(dist, name))
         ref = home / f"{name}.yml"
         ref.write_text(yaml.safe_dump(definition, sort_keys=False), encoding="utf-8")
-        meltano("add", f"--plugin-type={plugin_type}", name, "--from-ref", str(ref))
+        meltano("add", "--no-install", f"--plugin-type={plugin_type}", name, "--from-ref", str(ref))
+    # One install of both: Meltano installs them side by side.
+    meltano("install")
+    for plugin_type, name in PLUGINS:
         _assert_installed_from_the_wheel(meltano.path, plugin_type, name)
     assert str(ROOT) not in (meltano.path / "meltano.yml").read_text(encoding="utf-8")
 
