@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv with both plugins (editable), the sandbox and the dev tools, and puts .venv/bin first
-# on PATH; re-installs only when a pyproject.toml changed. Sourced by scripts/test.sh,
+# Creates .venv with both plugins (editable), the sandbox and the dev tools, at the versions pinned
+# in constraints-dev.txt (refresh it with scripts/lock.sh), and puts .venv/bin first on PATH;
+# re-installs only when a pyproject.toml or the lock changed. Sourced by scripts/test.sh,
 # scripts/demo.sh and scripts/bench.sh, or by hand (`source scripts/bootstrap.sh`): it leaves the
 # caller's shell options as they were (no `set -e` in an interactive shell) and returns non-zero
 # when a step fails.
@@ -15,10 +16,11 @@ _bootstrap_venv() {
   fi
   stamp="$root/.venv/.installed"
   want="$(cat "$root/pyproject.toml" "$root/tap-cordial-activity/pyproject.toml" \
-    "$root/target-lytics/pyproject.toml" | sha256sum | cut -d' ' -f1)" || return
+    "$root/target-lytics/pyproject.toml" "$root/constraints-dev.txt" | sha256sum | cut -d' ' -f1)" \
+    || return
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     "$root/.venv/bin/python" -m pip install -q --upgrade pip 2>/dev/null || return
-    "$root/.venv/bin/python" -m pip install -q \
+    "$root/.venv/bin/python" -m pip install -q -c "$root/constraints-dev.txt" \
       -e "$root/tap-cordial-activity" -e "$root/target-lytics" -e "$root[dev]" \
       2> >(grep -v "is ignored: it is neither a file nor a directory" >&2) || return
     echo "$want" >"$stamp"

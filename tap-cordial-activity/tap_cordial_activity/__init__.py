@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+# The one version source is pyproject.toml's `version` (the installed package's metadata).
 try:
     __version__ = version("tap-cordial-activity")
 except PackageNotFoundError:  # running from a source tree that is not installed
