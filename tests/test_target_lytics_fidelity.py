@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import requests
-from target_lytics.client import lytics_session
+from target_lytics.client import describe_answer, lytics_session
 from test_target_lytics import activity_lines, cordial_records
 
 from sandbox.httpbase import Fault
@@ -304,3 +304,15 @@ def test_the_session_never_sends_basic_auth_from_a_url(lytics):
     response = session.post(url, data=b"[]", params={"dryrun": "true"}, timeout=10)
     assert response.status_code == 200, response.text
     assert response.request.headers["Authorization"] == lytics.token
+
+
+def test_a_redirect_is_described_without_user_password_or_query():
+    response = requests.Response()
+    response.status_code = 302
+    response.headers["Location"] = "https://someone:pw-x@app.lytics.com/login?session=abc"
+    response._content = b""
+    described = describe_answer(response)
+    assert (
+        described
+        == "HTTP 302, content type none, redirect to https://app.lytics.com/login, empty body"
+    )

@@ -222,7 +222,8 @@ def describe_answer(response: requests.Response, secret: str = "") -> str:
     location = response.headers.get("Location")
     if location:
         target = urlsplit(location)
-        parts.append(f"redirect to {urlunsplit((*target[:2], target.path, '', ''))}")
+        host = target.netloc.rsplit("@", 1)[-1]  # no user or password, no query: may hold secrets
+        parts.append(f"redirect to {urlunsplit((target.scheme, host, target.path, '', ''))}")
     head = response.content[:200].decode("utf-8", "replace")
     parts.append(f"body {redact(head, secret)!r}" if head.strip() else "empty body")
     return ", ".join(parts)
