@@ -419,6 +419,9 @@ class LyticsStandIn(HttpStandIn):
         data_out: dict[str, Any] = {
             "message_count": counted,
             "rejected_count": len(rejected),
+            # DataUploadModel of openapi/lytics-data-upload-api-openapi.yml also lists these.
+            "content-type": request.header("Content-Type") or "application/json",
+            "droperrors": False,
             "dryrun": record.dryrun,
             "stream": record.stream,
         }

@@ -115,7 +115,14 @@ def test_object_and_array_bodies_get_the_envelope(
     assert single.json() == {
         "status": 200,
         "message": "success",
-        "data": {"message_count": 1, "rejected_count": 0, "dryrun": False, "stream": "s1"},
+        "data": {
+            "message_count": 1,
+            "rejected_count": 0,
+            "content-type": "application/json",
+            "droperrors": False,
+            "dryrun": False,
+            "stream": "s1",
+        },
     }
     many = post(http, lytics, "s1", [{"n": 1}, {"n": 2}, {"n": 3}])
     assert many.json()["data"]["message_count"] == 3
@@ -218,6 +225,8 @@ def test_a_single_object_body_can_be_rejected(
     assert response.json()["data"] == {
         "message_count": 1,
         "rejected_count": 1,
+        "content-type": "application/json",
+        "droperrors": False,
         "dryrun": False,
         "stream": "s",
     }

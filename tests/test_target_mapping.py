@@ -370,6 +370,12 @@ def test_success_envelope_with_string_status_and_counts():
     assert result.status == "success"
 
 
+def test_counts_typed_number_may_come_as_whole_floats():
+    # The published DataUploadModel types message_count as "number".
+    result = _accepted({"status": 200, "data": {"message_count": 3.0, "rejected_count": 0.0}}, 3)
+    assert (result.message_count, result.rejected_count) == (3, 0)
+
+
 def test_rejected_count_as_text_still_ends_the_run():
     with pytest.raises(LyticsError, match="rejected 2 of 5 events"):
         _accepted({"status": "200", "data": {"message_count": 5, "rejected_count": "2"}}, 5)

@@ -518,11 +518,16 @@ def _root_cause(error: BaseException) -> str:
 
 
 def _is_count(value: Any) -> bool:
-    """A count as Lytics writes it: a whole number >= 0 (or a numeric string)."""
+    """A count as Lytics writes it: a whole number >= 0, or a numeric string.
+
+    The definitions type it ``number``, so ``2.0`` is one too.
+    """
     if isinstance(value, bool):
         return False
     if isinstance(value, int):
         return value >= 0
+    if isinstance(value, float):
+        return value.is_integer() and value >= 0
     return isinstance(value, str) and value.strip().isdigit()
 
 
