@@ -3,8 +3,17 @@
 Faithful to ../shared/reference/lytics-api.md: the raw token in ``Authorization`` (401
 otherwise), a JSON object or array body, ``dryrun`` (validate, store nothing), ``timestamp_field``
 recorded, 413 above 10,000,000 bytes, events holding an array of objects refused and counted in
-``rejected_count``, answers in Lytics' envelope ``{"status", "message", "data"}`` and errors as
+``rejected_count``, answers in Lytics' envelope ``{"status", "message", "data"}``. Errors come in
+the published ``models.ApiErrorResponse`` shape ``{"errors": [{"code", "level", "message",
+"timestamp"}], "request_id", "status"}`` (``openapi/lytics-schema-api-openapi.yml`` in
+``api-evangelist/lytics``), or with ``error_shape="message"`` in the older documented shape
 ``{"status", "message", "request_id"}``.
+
+``wrong_answer`` makes the stand-in answer every API call as something that is not Lytics would
+(a wrong ``api_url``): ``html_login`` (200, an HTML login page), ``empty`` (200, no body),
+``status_in_body`` (200, JSON ``{"status": 400, ...}``), ``redirect`` (302 to a login page),
+``text_plain`` (200, ``text/plain``), or, on collect only, ``short_count`` (the success envelope
+with a ``message_count`` one short of the events sent, and one event fewer stored).
 
 The schema calls (``/v2/schema/...``, the ``enable_schema_patches`` account setting) are served by
 :mod:`sandbox.lytics_schema`; once a schema is published, ``GET /api/entity/user/{field}/{value}``
@@ -24,6 +33,7 @@ import threading
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -52,7 +62,26 @@ OPTION_NAMES = frozenset(
         "setting_refusal",
         "latency_seconds",
         "upload_bytes_per_second",
+        "error_shape",
+        "id_ranks",
+        "wrong_answer",
     }
+)
+#: ``error_shape`` values: the published envelope, or the older top-level ``message``.
+ERROR_SHAPES = ("errors", "message")
+#: ``wrong_answer`` values (None: answer as Lytics).
+WRONG_ANSWERS = ("html_login", "empty", "status_in_body", "redirect", "text_plain", "short_count")
+#: Lytics error codes (``lioerrors.ApiV2ErrorOut.code``) the stand-in gives per status.
+_ERROR_CODES = {
+    400: "BADREQ-001",
+    401: "UNAUTHORIZED-017",
+    403: "FORBIDDEN-026",
+    404: "NOTFOUND-003",
+    500: "INTERNAL-019",
+}
+_LOGIN_PAGE = (
+    b"<!doctype html><html><head><title>Sign in - Lytics</title></head>"
+    b"<body><form action='/login' method='post'><input name='email'></form></body></html>"
 )
 # An array whose first element is an object. A body without it beyond the outer array cannot hold
 # an event with an array of objects, so the exact per-event check is skipped for most bodies.
@@ -170,12 +199,17 @@ class LyticsStandIn(HttpStandIn):
         schema_patches: bool = False,
         latency_seconds: float = 0.0,
         upload_bytes_per_second: float | None = None,
+        error_shape: str = "errors",
+        wrong_answer: str | None = None,
     ) -> None:
         """``count_only`` keeps per-stream counts only (no events, no request bodies);
         ``schema_patches`` is the account setting ``enable_schema_patches``;
         ``latency_seconds`` is added to every API request and ``upload_bytes_per_second`` paces
-        the reading of request bodies (a slow link)."""
+        the reading of request bodies (a slow link); ``error_shape`` and ``wrong_answer``: see
+        the module's docstring."""
         super().__init__()
+        self.error_shape = "errors"
+        self.wrong_answer: str | None = None
         self.token = token
         self.count_only = count_only
         self.latency_seconds = float(latency_seconds)
@@ -191,6 +225,7 @@ class LyticsStandIn(HttpStandIn):
         self.rejected: dict[str, int] = {}
         self._chunks: dict[str, list[_Chunk]] = {}
         self._lock = threading.Lock()
+        self.set_options(error_shape=error_shape, wrong_answer=wrong_answer)
 
     @property
     def url(self) -> str:
@@ -221,9 +256,34 @@ class LyticsStandIn(HttpStandIn):
 
     # -- HTTP -------------------------------------------------------------------------------
     def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-        """Lytics' error shape, with a request id."""
-        payload = {"status": status, "message": message, "request_id": _request_id()}
+        """Lytics' error shape (see ``error_shape``), with a request id."""
+        payload: dict[str, Any]
+        if self.error_shape == "message":
+            payload = {"status": status, "message": message, "request_id": _request_id()}
+        else:
+            error = {
+                "code": _ERROR_CODES.get(status, "UNKNOWN-000"),
+                "level": "error",
+                "message": message,
+                "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            }
+            payload = {"errors": [error], "request_id": _request_id(), "status": status}
         return Response.json(status, payload, headers)
+
+    def _wrong(self, request: Request) -> Response | None:
+        """What a server that is not Lytics answers (``wrong_answer``), or None."""
+        kind = self.wrong_answer
+        if kind == "html_login":
+            return Response(200, _LOGIN_PAGE, content_type="text/html; charset=utf-8")
+        if kind == "empty":
+            return Response(200, b"", content_type="application/json")
+        if kind == "status_in_body":
+            return Response.json(200, {"status": 400, "message": "bad request"})
+        if kind == "redirect":
+            return Response(302, b"", {"Location": f"{self.url}/login?next=/app"}, "text/html")
+        if kind == "text_plain":
+            return Response(200, b"OK", content_type="text/plain")
+        return None
 
     def _authorized(self, request: Request) -> bool:
         token = request.header("Authorization")
@@ -232,6 +292,9 @@ class LyticsStandIn(HttpStandIn):
     def route(self, request: Request) -> Response:
         """Answer one API request."""
         path = request.path
+        wrong = self._wrong(request)
+        if wrong is not None:
+            return wrong
         if path.startswith((SCHEMA_PREFIX, PATCH_PREFIX)) or path == SETTING_PATH:
             return self._schema_call(request)
         if path.startswith(_ENTITY_PREFIX):
@@ -332,9 +395,17 @@ class LyticsStandIn(HttpStandIn):
         if isinstance(items, str):
             return self.error(400, f"invalid JSON body: {items}")
         rejected = _rejected_positions(request.body, items)
-        record.message_count = len(items)
+        counted = len(items)
+        if self.wrong_answer == "short_count" and items:
+            # The last event goes missing: counted nowhere, stored nowhere.
+            counted -= 1
+            rejected = frozenset(p for p in rejected if p < counted)
+            stored_out = rejected | {counted}
+        else:
+            stored_out = rejected
+        record.message_count = counted
         record.rejected_count = len(rejected)
-        accepted = len(items) - len(rejected)
+        accepted = counted - len(rejected)
         if not record.dryrun:
             with self._lock:
                 stream = record.stream
@@ -342,12 +413,15 @@ class LyticsStandIn(HttpStandIn):
                 if rejected:
                     self.rejected[stream] = self.rejected.get(stream, 0) + len(rejected)
                 if not self.count_only and accepted:
-                    chunk = _Chunk(request.body, rejected, record.timestamp_field)
+                    chunk = _Chunk(request.body, stored_out, record.timestamp_field)
                     self._chunks.setdefault(stream, []).append(chunk)
                     self._events_generation += 1
         data_out: dict[str, Any] = {
-            "message_count": len(items),
+            "message_count": counted,
             "rejected_count": len(rejected),
+            # DataUploadModel of openapi/lytics-data-upload-api-openapi.yml also lists these.
+            "content-type": request.header("Content-Type") or "application/json",
+            "droperrors": False,
             "dryrun": record.dryrun,
             "stream": record.stream,
         }
@@ -393,6 +467,9 @@ class LyticsStandIn(HttpStandIn):
             "setting_refusal": self.schema.setting_refusal,
             "latency_seconds": self.latency_seconds,
             "upload_bytes_per_second": self.upload_bytes_per_second,
+            "error_shape": self.error_shape,
+            "id_ranks": self.schema.id_ranks,
+            "wrong_answer": self.wrong_answer,
         }
 
     def set_options(self, **values: Any) -> dict[str, Any]:
@@ -417,6 +494,21 @@ class LyticsStandIn(HttpStandIn):
             if rate is not None and float(rate) <= 0:
                 raise ValueError("upload_bytes_per_second must be > 0 (or null: unlimited)")
             self.upload_bytes_per_second = None if rate is None else float(rate)
+        if "error_shape" in values:
+            if values["error_shape"] not in ERROR_SHAPES:
+                raise ValueError(f"error_shape must be one of {', '.join(ERROR_SHAPES)}")
+            self.error_shape = values["error_shape"]
+        if "wrong_answer" in values:
+            if values["wrong_answer"] not in (None, *WRONG_ANSWERS):
+                raise ValueError(f"wrong_answer must be null or one of {', '.join(WRONG_ANSWERS)}")
+            self.wrong_answer = values["wrong_answer"]
+        if "id_ranks" in values:
+            ranks = values["id_ranks"]
+            if ranks is not None and not (
+                isinstance(ranks, list) and all(isinstance(r, str) for r in ranks)
+            ):
+                raise ValueError("id_ranks must be a list of field names or null (no ranking)")
+            self.schema.id_ranks = None if ranks is None else list(ranks)
         return self.options()
 
     def admin_route(self, path: str, method: str, request: Request) -> Response | None:

@@ -8,6 +8,14 @@ direct writes and publishes; they take changes through a patch, applied (and so 
 
 Every answer is ``(status, data)`` for success or ``(status, message)`` for an error; the HTTP
 layer (:mod:`sandbox.lytics`) wraps them in Lytics' envelope.
+
+Shapes follow Lytics' published v2 Schema API (``openapi/lytics-schema-api-openapi.yml`` in
+``api-evangelist/lytics``): ``compare`` answers a ``models.VersionDiff`` (``diff`` of
+``v2schemadiff.SchemaChange`` items, ``from`` and ``to`` ``models.SchemaResponse``), ``publish``
+the new live ``models.SchemaResponse``, ``rank`` a ``models.RankList``; fields and mappings carry
+``edit_status``. Where the definitions leave room: ``compare`` without a draft compares the live
+version with the one before it (the defaults "latest" and "previous"); ``id_ranks`` None answers
+404 at ``rank`` (an account without a ranking).
 """
 
 from __future__ import annotations
@@ -72,6 +80,36 @@ class SchemaRefused(Exception):  # noqa: N818 - carries an answer, as the API wo
 
 def _new_id() -> str:
     return secrets.token_hex(12)
+
+
+def _with_status(item: dict[str, Any], live: dict[str, Any] | None) -> dict[str, Any]:
+    """A draft field or mapping as listed: with ``edit_status`` (``published`` or ``draft``)."""
+    out = copy.deepcopy(item)
+    out["edit_status"] = "published" if live == item else "draft"
+    return out
+
+
+def _changes(
+    subject: str, before: list[dict[str, Any]], after: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """``v2schemadiff.SchemaChange`` items between two versions' fields or mappings (by id)."""
+    old = {str(item["id"]): item for item in before}
+    new = {str(item["id"]): item for item in after}
+    out: list[dict[str, Any]] = []
+    for key in sorted(set(old) | set(new)):
+        if key not in old:
+            out.append({"id": key, "subject": subject, "verb": "created", "diff": []})
+        elif key not in new:
+            out.append({"id": key, "subject": subject, "verb": "removed", "diff": []})
+        elif old[key] != new[key]:
+            props = sorted(set(old[key]) | set(new[key]))
+            diff = [
+                {"property": p, "from_val": old[key].get(p), "to_val": new[key].get(p)}
+                for p in props
+                if old[key].get(p) != new[key].get(p)
+            ]
+            out.append({"id": key, "subject": subject, "verb": "modified", "diff": diff})
+    return out
 
 
 @dataclass
@@ -184,6 +222,10 @@ class SchemaStore:
         self.patches: dict[str, Patch] = {}
         #: Every write to the schema: ``(method, path)`` of field/mapping/publish/patch calls.
         self.writes: list[tuple[str, str]] = []
+        #: Published versions (``models.SchemaResponse``), oldest first.
+        self.versions: list[dict[str, Any]] = []
+        #: The identifier ranking served at ``GET .../rank`` (None: 404, no ranking).
+        self.id_ranks: list[str] | None = []
 
     @property
     def version(self) -> int:
@@ -203,6 +245,7 @@ class SchemaStore:
                 store.clear()
             self.publishes.clear()
             self.writes.clear()
+            self.versions.clear()
 
     def published(self) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
         """A copy of the published fields and mappings."""
@@ -237,19 +280,30 @@ class SchemaStore:
         parts = [p for p in rest.split("/") if p]
         kind = parts[0] if parts else ""
         item = parts[1] if len(parts) == 2 else None
-        if len(parts) > 2 or kind not in ("field", "mapping", "compare", "publish"):
+        if len(parts) > 2 or kind not in ("field", "mapping", "compare", "publish", "rank"):
             raise SchemaRefused(404, f"not found: {SCHEMA_PREFIX}{rest}")
+        if kind == "rank":
+            if method != "GET" or item is not None:
+                # The ranking is a human decision: this stand-in serves it read-only.
+                raise SchemaRefused(405, f"method not allowed: {method}")
+            if self.id_ranks is None:
+                raise SchemaRefused(404, "rank list not found for table user")
+            return 200, {"fields": list(self.id_ranks), "edit_status": "published"}
         if method == "GET":
             if kind == "compare" and item is None:
                 return 200, self._compare()
-            store = self.draft_fields if kind == "field" else self.draft_mappings
             if kind == "publish":
                 raise SchemaRefused(405, "method not allowed: GET")
+            draft, live = (
+                (self.draft_fields, self.published_fields)
+                if kind == "field"
+                else (self.draft_mappings, self.published_mappings)
+            )
             if item is None:
-                return 200, [copy.deepcopy(v) for _, v in sorted(store.items())]
-            if item not in store:
+                return 200, [_with_status(v, live.get(k)) for k, v in sorted(draft.items())]
+            if item not in draft:
                 raise SchemaRefused(404, f"{kind} {item!r} not found")
-            return 200, copy.deepcopy(store[item])
+            return 200, _with_status(draft[item], live.get(item))
         if method != "POST" or kind == "compare":
             raise SchemaRefused(405, f"method not allowed: {method}")
         if self.schema_patches:
@@ -262,9 +316,9 @@ class SchemaStore:
             if item is not None and item not in self.draft_fields:
                 raise SchemaRefused(404, f"field {item!r} not found")
             self.draft_fields[definition["id"]] = definition
-            return 200, copy.deepcopy(definition)
-        mapping = check_mapping(body)
-        return 200, self._write_mapping(mapping, item, self.draft_fields)
+            return 200, _with_status(definition, self.published_fields.get(definition["id"]))
+        mapping = _new = self._write_mapping(check_mapping(body), item, self.draft_fields)
+        return 200, _with_status(_new, self.published_mappings.get(mapping["id"]))
 
     def _write_mapping(
         self, mapping: dict[str, Any], item: str | None, fields: dict[str, Any]
@@ -283,33 +337,74 @@ class SchemaStore:
         self.draft_mappings[mapping["id"]] = mapping
         return copy.deepcopy(mapping)
 
-    def _compare(self) -> dict[str, Any]:
-        def diff(draft: dict[str, Any], published: dict[str, Any]) -> dict[str, list[Any]]:
-            return {
-                "added": [copy.deepcopy(v) for k, v in sorted(draft.items()) if k not in published],
-                "changed": [
-                    copy.deepcopy(v)
-                    for k, v in sorted(draft.items())
-                    if k in published and published[k] != v
-                ],
-                "removed": sorted(k for k in published if k not in draft),
-            }
+    def draft_pending(self) -> bool:
+        """True when the draft differs from the live version."""
+        return (self.draft_fields, self.draft_mappings) != (
+            self.published_fields,
+            self.published_mappings,
+        )
 
-        fields = diff(self.draft_fields, self.published_fields)
-        mappings = diff(self.draft_mappings, self.published_mappings)
-        pending = any(fields[k] or mappings[k] for k in ("added", "changed", "removed"))
+    def _compare(self) -> dict[str, Any]:
+        """A ``models.VersionDiff``: the draft against the live version, else the live version
+        against the one before it (``version_id`` latest, ``compare_id`` previous)."""
+        if self.draft_pending():
+            to = self._version("draft", self.draft_fields, self.draft_mappings, self.version + 1)
+            before = self.versions[-1] if self.versions else self._empty_version()
+        elif self.versions:
+            to = self.versions[-1]
+            before = self.versions[-2] if len(self.versions) > 1 else self._empty_version()
+        else:
+            to = before = self._empty_version()
+        changes = _changes("field", before["fields"], to["fields"])
+        changes += _changes("mapping", before["mappings"], to["mappings"])
+        return {"diff": changes, "from": copy.deepcopy(before), "to": copy.deepcopy(to)}
+
+    def _empty_version(self) -> dict[str, Any]:
+        return self._version("live", {}, {}, 0, version_id="")
+
+    def _version(
+        self,
+        status: str,
+        fields: dict[str, dict[str, Any]],
+        mappings: dict[str, dict[str, Any]],
+        number: int,
+        *,
+        version_id: str | None = None,
+        tag: str = "",
+        description: str = "",
+    ) -> dict[str, Any]:
+        """A ``models.SchemaResponse`` of table user."""
         return {
-            "version": self.version,
-            "pending": pending,
-            "fields": fields,
-            "mappings": mappings,
+            "id": _new_id() if version_id is None else version_id,
+            "table": "user",
+            "status": status,
+            "version_number": number,
+            "parent_id": self.versions[-1]["id"] if self.versions else "",
+            "tag": tag,
+            "description": description,
+            "fields": [copy.deepcopy(v) for _, v in sorted(fields.items())],
+            "mappings": [copy.deepcopy(v) for _, v in sorted(mappings.items())],
+            "ranks": {"id_ranks": {"fields": list(self.id_ranks or [])}, "id_config": []},
+            "is_patch": False,
         }
 
     def _publish(self, tag: str, description: str) -> dict[str, Any]:
+        """Make the draft live; answers the new live ``models.SchemaResponse``."""
         self.published_fields = copy.deepcopy(self.draft_fields)
         self.published_mappings = copy.deepcopy(self.draft_mappings)
         self.publishes.append({"tag": tag, "description": description, "version": self.version + 1})
-        return dict(self.publishes[-1])
+        for older in self.versions:
+            older["status"] = "archived"
+        live = self._version(
+            "live",
+            self.published_fields,
+            self.published_mappings,
+            self.version,
+            tag=tag,
+            description=description,
+        )
+        self.versions.append(live)
+        return copy.deepcopy(live)
 
     # -- patches ---------------------------------------------------------------------------------
     def _patch_call(self, method: str, rest: str, body: Any) -> Answer:

@@ -93,6 +93,11 @@ TROUBLESHOOTING_PHRASES = {
         "more than",
         "Lytics accepts at most",
         "Record Message Validation Error",
+        "Lytics' success envelope",
+        "missing or rejected",
+        "holds a control character",
+        "holds a user name or password",
+        "its draft holds changes that are not",
     ),
 }
 

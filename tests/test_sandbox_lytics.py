@@ -31,13 +31,68 @@ def post(
     )
 
 
-def assert_error_shape(response: requests.Response, status: int) -> None:
+def assert_error_shape(response: requests.Response, status: int) -> str:
+    """The published ``models.ApiErrorResponse`` (the default ``error_shape``); its message."""
     assert response.status_code == status
     payload = response.json()
-    assert set(payload) == {"status", "message", "request_id"}
+    assert set(payload) == {"errors", "status", "request_id"}
     assert payload["status"] == status
-    assert payload["message"]
+    (error,) = payload["errors"]
+    assert error["message"]
+    assert error["code"].count("-") == 1
     assert len(payload["request_id"]) == 16
+    return str(error["message"])
+
+
+def test_error_shape_option_gives_the_older_top_level_message(lytics: LyticsStandIn) -> None:
+    url = f"{lytics.url}/collect/json/s"
+    published = requests.post(url, json=[{"a": 1}], timeout=30).json()
+    assert published["errors"][0]["code"] == "UNAUTHORIZED-017"
+    lytics.set_options(error_shape="message")
+    older = requests.post(url, json=[{"a": 1}], timeout=30).json()
+    assert set(older) == {"status", "message", "request_id"}
+    assert "token" in older["message"]
+    with pytest.raises(ValueError, match="error_shape"):
+        lytics.set_options(error_shape="xml")
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "content_type", "head"),
+    [
+        ("html_login", 200, "text/html", b"<!doctype html>"),
+        ("empty", 200, "application/json", b""),
+        ("status_in_body", 200, "application/json", b'{"status":400'),
+        ("redirect", 302, "text/html", b""),
+        ("text_plain", 200, "text/plain", b"OK"),
+    ],
+)
+def test_wrong_answer_option_answers_as_a_server_that_is_not_lytics(
+    http: requests.Session,
+    lytics: LyticsStandIn,
+    kind: str,
+    status: int,
+    content_type: str,
+    head: bytes,
+) -> None:
+    lytics.set_options(wrong_answer=kind)
+    for response in (
+        http.post(f"{lytics.url}/collect/json/s", json=[{"a": 1}], allow_redirects=False),
+        http.get(f"{lytics.url}/v2/schema/user/field", timeout=30, allow_redirects=False),
+    ):
+        assert response.status_code == status
+        assert response.headers["Content-Type"].startswith(content_type)
+        assert response.content.startswith(head)
+    assert lytics.total() == 0
+
+
+def test_short_count_option_counts_and_stores_one_event_fewer(
+    http: requests.Session, lytics: LyticsStandIn
+) -> None:
+    lytics.set_options(wrong_answer="short_count")
+    answer = post(http, lytics, "s", [{"a": 1}, {"a": 2}, {"a": 3}]).json()
+    assert answer["data"]["message_count"] == 2
+    assert answer["data"]["rejected_count"] == 0
+    assert [e["a"] for e in lytics.events["s"]] == [1, 2]
 
 
 def test_auth_requires_the_raw_token(lytics: LyticsStandIn) -> None:
@@ -60,7 +115,14 @@ def test_object_and_array_bodies_get_the_envelope(
     assert single.json() == {
         "status": 200,
         "message": "success",
-        "data": {"message_count": 1, "rejected_count": 0, "dryrun": False, "stream": "s1"},
+        "data": {
+            "message_count": 1,
+            "rejected_count": 0,
+            "content-type": "application/json",
+            "droperrors": False,
+            "dryrun": False,
+            "stream": "s1",
+        },
     }
     many = post(http, lytics, "s1", [{"n": 1}, {"n": 2}, {"n": 3}])
     assert many.json()["data"]["message_count"] == 3
@@ -128,7 +190,7 @@ def test_body_over_ten_million_bytes_is_413(http: requests.Session, lytics: Lyti
     assert exactly.status_code == 200
     over = http.post(f"{lytics.url}/collect/json/big", data=body_of(MAX_BODY_BYTES + 1), timeout=30)
     assert_error_shape(over, 413)
-    assert str(MAX_BODY_BYTES) in over.json()["message"]
+    assert str(MAX_BODY_BYTES) in over.json()["errors"][0]["message"]
     assert lytics.counts == {"big": 1}
     # The connection stays usable after a drained 413.
     assert post(http, lytics, "big", {"a": 1}).status_code == 200
@@ -163,6 +225,8 @@ def test_a_single_object_body_can_be_rejected(
     assert response.json()["data"] == {
         "message_count": 1,
         "rejected_count": 1,
+        "content-type": "application/json",
+        "droperrors": False,
         "dryrun": False,
         "stream": "s",
     }

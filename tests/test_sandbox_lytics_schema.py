@@ -62,11 +62,14 @@ def ok(response: requests.Response) -> Any:
 
 
 def refused(response: requests.Response, status: int, text: str) -> None:
+    """An error in the published ``models.ApiErrorResponse`` shape (the stand-in's default)."""
     assert response.status_code == status, response.text
     payload = response.json()
-    assert set(payload) == {"status", "message", "request_id"}
+    assert set(payload) == {"errors", "status", "request_id"}
     assert payload["status"] == status
-    assert text in payload["message"]
+    (error,) = payload["errors"]
+    assert set(error) == {"code", "level", "message", "timestamp"}
+    assert text in error["message"]
     assert len(payload["request_id"]) == 16
 
 
@@ -112,14 +115,30 @@ def test_fields_and_mappings_are_drafts_until_published(http, lytics):
     )
     assert ok(call(http, lytics, "GET", "/v2/schema/user/mapping")) == [mapping]
     compare = ok(call(http, lytics, "GET", "/v2/schema/user/compare"))
-    assert compare["pending"] is True
-    assert [f["id"] for f in compare["fields"]["added"]] == ["cr_contact_id"]
+    # A models.VersionDiff: the draft against the live version (none yet).
+    assert compare["to"]["status"] == "draft"
+    assert [(c["subject"], c["verb"], c["id"]) for c in compare["diff"]] == [
+        ("field", "created", "cr_contact_id"),
+        ("mapping", "created", mapping["id"]),
+    ]
+    assert [m["field"] for m in compare["to"]["mappings"]] == ["cr_contact_id"]
     assert lytics.schema.version == 0
     published = ok(
         call(http, lytics, "POST", "/v2/schema/user/publish", {"tag": "a-b", "description": "d"})
     )
-    assert published["version"] == 1
-    assert ok(call(http, lytics, "GET", "/v2/schema/user/compare"))["pending"] is False
+    # A models.SchemaResponse of the new live version.
+    assert (published["status"], published["version_number"], published["tag"]) == (
+        "live",
+        1,
+        "a-b",
+    )
+    assert [f["id"] for f in published["fields"]] == ["cr_contact_id"]
+    after = ok(call(http, lytics, "GET", "/v2/schema/user/compare"))
+    # No draft: compare shows the live version against the one before it.
+    assert after["to"]["status"] == "live"
+    assert ok(call(http, lytics, "GET", "/v2/schema/user/field/cr_contact_id"))["edit_status"] == (
+        "published"
+    )
 
 
 @pytest.mark.parametrize(

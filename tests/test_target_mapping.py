@@ -11,7 +11,7 @@ import pytest
 import requests
 from singer_sdk.exceptions import ConfigValidationError
 from tap_cordial_activity.records import normalize
-from target_lytics.client import LyticsClient, RetryPolicy, parse_retry_after
+from target_lytics.client import LyticsClient, RetryPolicy, UploadResult, parse_retry_after
 from target_lytics.errors import LyticsError, ValueConversionError
 from target_lytics.mapping import (
     RecordMapper,
@@ -346,25 +346,36 @@ def test_string_shortcut_matches_datetime_path(text):
 def _response(payload: dict) -> requests.Response:
     response = requests.Response()
     response.status_code = 200
+    response.headers["Content-Type"] = "application/json"
     response._content = orjson.dumps(payload)
     return response
 
 
-def test_success_envelope_with_string_status_and_counts():
-    result = LyticsClient._accepted(
-        _response({"status": "success", "data": {"message_count": "3", "rejected_count": "0"}}),
-        "s",
-        3,
+def _accepted(payload: dict, count: int) -> UploadResult:
+    client = LyticsClient(
+        api_url="https://api.lytics.io",
+        api_token="t",
+        timeout_seconds=1,
+        retry=RetryPolicy(max_retries=0, base_delay_seconds=0, max_delay_seconds=0),
     )
+    url = client.collect_url("s")
+    return client._accepted(_response(payload), url, "s", count, f"upload of {count} events")
+
+
+def test_success_envelope_with_string_status_and_counts():
+    counts = {"message_count": "3", "rejected_count": "0"}
+    result = _accepted({"status": "success", "data": counts}, 3)
     assert result.message_count == 3
     assert result.rejected_count == 0
     assert result.status == "success"
 
 
+def test_counts_typed_number_may_come_as_whole_floats():
+    # The published DataUploadModel types message_count as "number".
+    result = _accepted({"status": 200, "data": {"message_count": 3.0, "rejected_count": 0.0}}, 3)
+    assert (result.message_count, result.rejected_count) == (3, 0)
+
+
 def test_rejected_count_as_text_still_ends_the_run():
     with pytest.raises(LyticsError, match="rejected 2 of 5 events"):
-        LyticsClient._accepted(
-            _response({"status": "200", "data": {"message_count": 5, "rejected_count": "2"}}),
-            "s",
-            5,
-        )
+        _accepted({"status": "200", "data": {"message_count": 5, "rejected_count": "2"}}, 5)

@@ -239,7 +239,8 @@ def test_a_refused_schema_call_ends_the_run_with_lytics_message(lytics, tmp_path
     assert (
         "reading the user fields failed with HTTP 403: the token may not do this" in result.stderr
     )
-    assert re.search(r"Lytics: injected fault: HTTP 403 \(request_id=[0-9a-f]{16}\)", result.stderr)
+    said = r"Lytics: injected fault: HTTP 403 \[FORBIDDEN-026\] \(request_id=[0-9a-f]{16}\)"
+    assert re.search(said, result.stderr)
     assert "Traceback" not in result.stderr
     assert lytics.token not in result.stderr + result.stdout
 

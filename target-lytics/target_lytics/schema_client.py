@@ -2,9 +2,14 @@
 
 Same conventions as :class:`target_lytics.client.LyticsClient`: the raw token in the
 ``Authorization`` header only, 429/5xx/timeouts/connection errors retried with full-jitter backoff
-honouring ``Retry-After``. Every answer is Lytics' envelope ``{"data", "status", "message",
-"request_id"}``; a refusal raises :class:`SchemaApiError`, whose message ends with Lytics' own
-message and the ``request_id``.
+honouring ``Retry-After``, redirects not followed. Calls and shapes follow Lytics' published v2
+Schema API (``openapi/lytics-schema-api-openapi.yml`` in ``api-evangelist/lytics``): a success is
+``models.ApiResponse`` (``application/json``, ``{"data", "status", "request_id"}``) whose ``data``
+has the shape the call expects (a list of ``models.Field`` / ``models.Mapping``, a
+``models.VersionDiff``, a ``models.RankList``, a ``models.SchemaResponse``); anything else (an HTML
+page, an empty body, ``{"status": 400}`` in a 200) raises :class:`SchemaApiError` naming the URL
+and what came back. A refusal (``models.ApiErrorResponse``, or the older top-level ``message``)
+raises :class:`SchemaApiError`, whose message ends with Lytics' own words and the ``request_id``.
 """
 
 from __future__ import annotations
@@ -17,7 +22,17 @@ from urllib.parse import quote
 
 import requests
 
-from target_lytics.client import RetryPolicy, lytics_session, parse_retry_after
+from target_lytics.client import (
+    RetryPolicy,
+    describe_answer,
+    json_envelope,
+    lytics_error_text,
+    lytics_session,
+    parse_retry_after,
+    redact,
+    success_status,
+    url_userinfo_problem,
+)
 from target_lytics.errors import LyticsError
 
 logger = logging.getLogger(__name__)
@@ -46,7 +61,7 @@ class SchemaApiError(LyticsError):
         self.status = status
 
 
-def _envelope(response: requests.Response) -> dict[str, Any]:
+def _error_payload(response: requests.Response) -> dict[str, Any]:
     try:
         payload = response.json()
     except ValueError:
@@ -55,10 +70,10 @@ def _envelope(response: requests.Response) -> dict[str, Any]:
 
 
 def lytics_said(payload: dict[str, Any]) -> str:
-    """``Lytics: <message> (request_id=<id>)``, the tail of every schema error."""
-    message = str(payload.get("message") or "no message")
+    """``Lytics: <message> [code] (request_id=<id>)``, the tail of every schema error."""
+    text = lytics_error_text(payload) or "no message"
     request_id = payload.get("request_id")
-    return f"Lytics: {message}" + (f" (request_id={request_id})" if request_id else "")
+    return f"Lytics: {text}" + (f" (request_id={request_id})" if request_id else "")
 
 
 class LyticsSchemaClient:
@@ -74,11 +89,16 @@ class LyticsSchemaClient:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """Create a client with its own keep-alive session."""
+        problem = url_userinfo_problem(api_url)
+        if problem is not None:
+            raise SchemaApiError(f"`api_url` {problem}.")
         self.api_url = api_url.rstrip("/")
         self.timeout_seconds = timeout_seconds
         self.retry = retry
         self._sleep = sleep
         self.session = lytics_session(api_token)
+        #: Only to keep it out of quoted answers.
+        self._secret = api_token.strip()
 
     def close(self) -> None:
         """Close the session's pooled connections."""
@@ -87,18 +107,34 @@ class LyticsSchemaClient:
     # -- reads -------------------------------------------------------------------------------
     def fields(self) -> dict[str, dict[str, Any]]:
         """The account's user fields by id (published or in the draft)."""
-        data = self.call("GET", f"{SCHEMA}/field", what="reading the user fields") or []
+        data = self.call("GET", f"{SCHEMA}/field", what="reading the user fields", expect=list)
         return {str(f["id"]): f for f in data if isinstance(f, dict) and "id" in f}
 
     def mappings(self) -> list[dict[str, Any]]:
         """The account's user-field mappings."""
-        data = self.call("GET", f"{SCHEMA}/mapping", what="reading the user-field mappings")
-        return [m for m in data or [] if isinstance(m, dict)]
+        what = "reading the user-field mappings"
+        data = self.call("GET", f"{SCHEMA}/mapping", what=what, expect=list)
+        return [m for m in data if isinstance(m, dict)]
 
     def compare(self) -> dict[str, Any]:
-        """The unpublished draft (what a publish would change)."""
-        data = self.call("GET", f"{SCHEMA}/compare", what="reading the unpublished draft")
-        return data if isinstance(data, dict) else {}
+        """The ``models.VersionDiff`` of the latest version against the previous one.
+
+        When a draft exists, that is the draft against the live version.
+        """
+        return dict(
+            self.call("GET", f"{SCHEMA}/compare", what="reading the unpublished draft", expect=dict)
+        )
+
+    def rank(self) -> list[str] | None:
+        """The identifier ranking (``models.RankList.fields``); None when Lytics has none (404)."""
+        try:
+            data = self.call("GET", f"{SCHEMA}/rank", what="reading the identifier ranking")
+        except SchemaApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        fields = data.get("fields") if isinstance(data, dict) else None
+        return [str(f) for f in fields] if isinstance(fields, list) else []
 
     def schema_patches_enabled(self) -> bool:
         """The account setting ``enable_schema_patches`` (SchemaApiError when refused)."""
@@ -110,23 +146,25 @@ class LyticsSchemaClient:
     def create_field(self, body: dict[str, Any], patch_id: str | None = None) -> None:
         """Create (upsert) a user field, directly or inside a patch."""
         path = f"{PATCH}/{quote(patch_id)}/field" if patch_id else f"{SCHEMA}/field"
-        self.call("POST", path, body, what=f"creating user field '{body['id']}'")
+        self.call("POST", path, body, what=f"creating user field '{body['id']}'", expect=dict)
 
     def create_mapping(self, body: dict[str, Any], patch_id: str | None = None) -> None:
         """Create a mapping from a stream key to a field, directly or inside a patch."""
         path = f"{PATCH}/{quote(patch_id)}/mapping" if patch_id else f"{SCHEMA}/mapping"
         what = f"creating the mapping of '{body['field']}' from stream '{body['stream']}'"
-        self.call("POST", path, body, what=what)
+        self.call("POST", path, body, what=what, expect=dict)
 
     def publish(self, tag: str, description: str) -> None:
         """Publish the draft."""
         body = {"tag": tag, "description": description}
-        self.call("POST", f"{SCHEMA}/publish", body, what=f"publishing the schema as '{tag}'")
+        # Answers the new live models.SchemaResponse.
+        what = f"publishing the schema as '{tag}'"
+        self.call("POST", f"{SCHEMA}/publish", body, what=what, expect=dict)
 
     def create_patch(self, tag: str, description: str) -> str:
         """Open a schema patch; returns its id."""
         body = {"tag": tag, "description": description}
-        data = self.call("POST", PATCH, body, what=f"creating schema patch '{tag}'")
+        data = self.call("POST", PATCH, body, what=f"creating schema patch '{tag}'", expect=dict)
         patch_id = data.get("id") if isinstance(data, dict) else None
         if not patch_id:
             raise SchemaApiError(f"creating schema patch '{tag}': Lytics answered without an id")
@@ -137,8 +175,19 @@ class LyticsSchemaClient:
         self.call("POST", f"{PATCH}/{quote(patch_id)}/apply", what=f"applying patch {patch_id}")
 
     # -- transport ---------------------------------------------------------------------------
-    def call(self, method: str, path: str, body: Any = None, *, what: str) -> Any:
-        """One API call; returns the envelope's ``data``. Transient failures are retried."""
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        what: str,
+        expect: type | None = None,
+    ) -> Any:
+        """One API call; returns the envelope's ``data`` (of type ``expect`` when given).
+
+        Transient failures are retried; an answer that is not Lytics' success envelope is not.
+        """
         url = self.api_url + path
         attempt = 0
         while True:
@@ -146,7 +195,7 @@ class LyticsSchemaClient:
             wait: float | None = None
             try:
                 response = self.session.request(
-                    method, url, json=body, timeout=self.timeout_seconds
+                    method, url, json=body, timeout=self.timeout_seconds, allow_redirects=False
                 )
             except requests.Timeout:
                 problem = f"timed out after {self.timeout_seconds}s"
@@ -154,16 +203,17 @@ class LyticsSchemaClient:
                 problem = f"connection error ({type(exc).__name__}) reaching {self.api_url}"
             else:
                 status = response.status_code
-                payload = _envelope(response)
-                if 200 <= status < 300:
-                    return payload.get("data")
+                if 200 <= status < 400:
+                    return self._data(response, url, what, expect)
+                payload = _error_payload(response)
                 if status not in _RETRYABLE:
                     hint = _HINTS.get(status, "unexpected answer")
                     raise SchemaApiError(
-                        f"{what} failed with HTTP {status}: {hint}. {lytics_said(payload)}",
+                        f"{what} failed with HTTP {status}: {hint}. "
+                        f"{redact(lytics_said(payload), self._secret)}",
                         status=status,
                     )
-                problem = f"HTTP {status}. {lytics_said(payload)}"
+                problem = f"HTTP {status}. {redact(lytics_said(payload), self._secret)}"
                 wait = parse_retry_after(response.headers.get("Retry-After"))
             if attempt > self.retry.max_retries:
                 raise SchemaApiError(
@@ -182,3 +232,21 @@ class LyticsSchemaClient:
                 delay,
             )
             self._sleep(delay)
+
+    def _data(self, response: requests.Response, url: str, what: str, expect: type | None) -> Any:
+        """The ``data`` of a verified success envelope (SchemaApiError otherwise)."""
+        payload = json_envelope(response) if response.status_code < 300 else None
+        if (
+            payload is not None
+            and success_status(payload.get("status"))
+            and "data" in payload
+            and (expect is None or isinstance(payload["data"], expect))
+        ):
+            return payload["data"]
+        shape = f" whose data is a {'list' if expect is list else 'object'}" if expect else ""
+        raise SchemaApiError(
+            f"{what}: {url} answered {describe_answer(response, self._secret)}, which is not "
+            f"Lytics' success envelope (JSON{shape}), so nothing is taken as done. Check api_url "
+            "(the API, e.g. https://api.lytics.io, not the web app's address).",
+            status=response.status_code,
+        )

@@ -9,6 +9,17 @@ compared with the account's fields and mappings:
 - a field with another type or identifier flag is a conflict: publishing then writes nothing;
 - a mapping of the field from the same stream with another expression is kept as it is.
 
+The draft's unpublished changes come from ``GET /v2/schema/user/compare``, a ``models.VersionDiff``
+(``openapi/lytics-schema-api-openapi.yml`` in ``api-evangelist/lytics``): each
+``v2schemadiff.SchemaChange`` is read by ``subject`` and ``verb``; a field change's ``id`` is the
+field's name, a mapping change's ``id`` the mapping's id, looked up in ``to.mappings`` (``from``
+for a removal). Only a diff whose ``to`` is the draft (``status`` "draft", or no status given)
+is pending: without a draft, compare shows the live version against the one before it. A change
+to a field or mapping the definitions would create (same field id; same field and stream) is
+ours; every other change (a colleague's field, a rank change) is someone else's, and
+``--schema-publish`` refuses to publish it unless told to. The identifier ranking
+(``GET /v2/schema/user/rank``, a ``models.RankList``) is shown, never changed.
+
 Reading the plan writes nothing.
 """
 
@@ -19,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from target_lytics.errors import LyticsError
-from target_lytics.schema_client import LyticsSchemaClient
+from target_lytics.schema_client import LyticsSchemaClient, SchemaApiError
 from target_lytics.user_fields import FieldDefinition, FieldSettingError, field_definitions
 
 
@@ -70,8 +81,12 @@ class SchemaPlan:
     streams: list[StreamPlan]
     #: Unpublished draft changes to these fields or mappings (a publish completes them).
     draft_pending: list[str] = field(default_factory=list)
-    #: Unpublished draft changes to other fields or mappings (a publish includes them too).
+    #: Unpublished draft changes that are not ours (a publish would include them too).
     draft_other: list[str] = field(default_factory=list)
+    #: The identifier ranking (``RankList.fields``); None when the account has none (404).
+    ranking: list[str] | None = None
+    #: Why the ranking could not be read, when it could not.
+    ranking_problem: str = ""
 
     def steps(self, action: str) -> tuple[list[FieldStep], list[MappingStep]]:
         """Field and mapping steps with ``action``; a field shared by streams appears once."""
@@ -179,6 +194,12 @@ def make_plan(
     result = SchemaPlan(streams)
     if any(plan.fields for plan in streams):
         _read_draft(client, result, {i for i, _ in ours}, ours)
+        try:
+            result.ranking = client.rank()
+        except SchemaApiError as exc:
+            if exc.status is None or exc.status < 400:
+                raise  # not Lytics' answer (a wrong api_url): the run must not go on
+            result.ranking_problem = str(exc)
     return result
 
 
@@ -188,20 +209,79 @@ def _read_draft(
     our_fields: set[str],
     our_mappings: set[tuple[str, str]],
 ) -> None:
-    """Sort the draft's unpublished changes into ours and others'."""
-    draft = client.compare()
-    for section, is_ours in (
-        ("fields", lambda item: item.get("id") in our_fields),
-        ("mappings", lambda item: (item.get("field"), item.get("stream")) in our_mappings),
-    ):
-        changes = draft.get(section) or {}
-        for kind in ("added", "changed"):
-            for item in changes.get(kind) or []:
-                if not isinstance(item, Mapping):
-                    continue
-                name = str(item.get("id") if section == "fields" else item.get("field"))
-                label = f"{section[:-1]} {name} ({kind})"
-                (plan.draft_pending if is_ours(item) else plan.draft_other).append(label)
+    """Sort the draft's unpublished changes (a ``models.VersionDiff``) into ours and others'."""
+    version_diff = client.compare()
+    to = _version(version_diff, "to")
+    if to.get("status") not in (None, "draft"):
+        return  # no draft: the diff is of versions already published
+    before = _version(version_diff, "from")
+    mappings_by_id: dict[str, Mapping[str, Any]] = {}
+    for version in (before, to):  # "to" wins: a modified mapping as the draft has it
+        for mapping in version.get("mappings") or []:
+            if isinstance(mapping, Mapping) and mapping.get("id") is not None:
+                mappings_by_id[str(mapping["id"])] = mapping
+    for change in version_diff.get("diff") or []:
+        if not isinstance(change, Mapping):
+            continue
+        subject, verb, change_id = change.get("subject"), change.get("verb"), change.get("id")
+        if subject == "field":
+            label = f"field {change_id} ({verb})"
+            is_ours = change_id in our_fields
+        elif subject == "mapping":
+            mapping = mappings_by_id.get(str(change_id), {})
+            target, stream = mapping.get("field"), mapping.get("stream")
+            label = f"mapping {target or change_id} from stream {stream or '?'} ({verb})"
+            is_ours = (target, stream) in our_mappings
+        else:  # "rank", "rank_setting": the ranking is a human decision, never ours
+            label = f"{subject} {change_id or ''}".rstrip() + f" ({verb})"
+            is_ours = False
+        (plan.draft_pending if is_ours else plan.draft_other).append(label)
+
+
+def _version(version_diff: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """``from`` or ``to`` of a VersionDiff (a ``models.SchemaResponse``), empty when absent."""
+    value = version_diff.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def render_identity(plan: SchemaPlan, out: TextIO) -> None:
+    """Where each identifier field of ours stands in the account's identifier ranking."""
+    identifiers = sorted(
+        {
+            d.id
+            for stream in plan.streams
+            for step in stream.fields
+            for d in [step.definition]
+            if d.identifier
+        }
+    )
+    if not identifiers:
+        return
+    check = (
+        "An admin should check the ranking (GET /v2/schema/user/rank) and the identifier "
+        "settings (GET /v2/schema/user/idconfig); this target never changes them."
+    )
+    if plan.ranking_problem:
+        print(f"Identifier ranking: not read ({plan.ranking_problem}). {check}", file=out)
+        return
+    ranking = plan.ranking or []
+    shown = ", ".join(ranking) if ranking else "empty"
+    print(
+        "Identifier ranking: "
+        + ("none (Lytics answered 404)" if plan.ranking is None else shown)
+        + ".",
+        file=out,
+    )
+    for name in identifiers:
+        if name in ranking:
+            where = f"ranked {ranking.index(name) + 1} of {len(ranking)}"
+        else:
+            where = (
+                "not in the ranking: whether Lytics merges profiles on an unranked identifier "
+                "is unconfirmed"
+            )
+        print(f"  identifier {name}: {where}.", file=out)
+    print(f"  {check}", file=out)
 
 
 def render_plan(plan: SchemaPlan, api_url: str, out: TextIO, *, hint: bool = True) -> None:
@@ -248,10 +328,13 @@ def render_plan(plan: SchemaPlan, api_url: str, out: TextIO, *, hint: bool = Tru
         print(f"Unpublished in the draft: {', '.join(plan.draft_pending)}.", file=out)
     if plan.draft_other:
         print(
-            f"The draft also holds others' unpublished changes ({', '.join(plan.draft_other)}); "
-            "a publish includes them.",
+            "The draft also holds changes that are not ours (a publish would make them live "
+            "too; --schema-publish refuses unless publish_others_changes is true):",
             file=out,
         )
+        for label in plan.draft_other:
+            print(f"  {label}", file=out)
+    render_identity(plan, out)
     if plan.conflicts:
         print("Publishing would write nothing until the conflicts are resolved:", file=out)
         for step in plan.conflicts:

@@ -3,7 +3,10 @@
 Publishing creates what the plan lacks and publishes it with a kebab-case tag, or, on accounts that
 take schema changes only as patches, does the same through one patch that it applies. A conflict
 writes nothing. With nothing to create it writes nothing and does not publish, unless the draft
-holds unpublished changes to these very fields or mappings, which it then publishes.
+holds unpublished changes to these very fields or mappings (an earlier run refused at its last
+step), which it then publishes. A draft that also holds changes that are not ours (a colleague's
+field) is refused, naming each, with nothing written: a publish makes the whole draft live.
+``publish_others_changes`` true publishes them anyway.
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ from target_lytics.schema_plan import (
     make_plan,
     render_plan,
 )
+
+
+class OthersChangesError(SchemaConflictError):
+    """The draft holds someone else's unpublished changes, which a publish would make live."""
 
 
 class TargetLike(Protocol):
@@ -78,15 +85,30 @@ def choose_workflow(client: LyticsSchemaClient, setting: str) -> str:
 
 
 def apply_plan(
-    client: LyticsSchemaClient, plan: SchemaPlan, workflow_setting: str, out: TextIO
+    client: LyticsSchemaClient,
+    plan: SchemaPlan,
+    workflow_setting: str,
+    out: TextIO,
+    *,
+    publish_others: bool = False,
 ) -> str:
-    """Apply the plan; returns what was done in one line (nothing written on a conflict)."""
+    """Apply the plan; returns what was done in one line.
+
+    Nothing is written on a conflict, nor over others' draft changes unless ``publish_others``.
+    """
     if plan.conflicts:
         texts = " ".join(conflict_text(step) for step in plan.conflicts)
         raise SchemaConflictError(f"Nothing was written to the Lytics schema. {texts}")
     fields, maps = plan.steps("create")
     if not fields and not maps and not plan.draft_pending:
         return "Nothing to write: the Lytics schema already has every field and mapping."
+    if plan.draft_other and not publish_others:
+        raise OthersChangesError(
+            "Nothing was written to the Lytics schema: its draft holds changes that are not "
+            f"this target's ({'; '.join(plan.draft_other)}), and publishing makes the whole "
+            "draft live. Ask whoever made them to publish or revert them, or set "
+            "publish_others_changes to true to publish them with ours."
+        )
     workflow = choose_workflow(client, workflow_setting)
     tag, description = publish_tag(plan)
     if workflow == "patch":
@@ -108,6 +130,8 @@ def apply_plan(
         print(f"created user field {step.definition.id} ({step.definition.describe()})", file=out)
     for mapping in maps:
         print(f"created mapping {mapping.definition.id} <- {mapping.definition.expr}", file=out)
+    if plan.draft_other and workflow == "direct":
+        print(f"also published others' changes: {'; '.join(plan.draft_other)}", file=out)
     return f"Created {len(fields)} fields and {len(maps)} mappings {how}, tag '{tag}'."
 
 
@@ -132,6 +156,8 @@ def run_schema_command(
         render_plan(plan, client.api_url, out, hint=not publish)
         if publish:
             workflow = str(target.config.get("schema_workflow") or "auto")
-            print(f"\n{apply_plan(client, plan, workflow, out)}", file=out)
+            others = bool(target.config.get("publish_others_changes", False))
+            done = apply_plan(client, plan, workflow, out, publish_others=others)
+            print(f"\n{done}", file=out)
     finally:
         client.close()

@@ -11,6 +11,7 @@ import copy
 import math
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from singer_sdk import typing as th
 
@@ -181,6 +182,16 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         ),
     ),
     th.Property(
+        "publish_others_changes",
+        th.BooleanType,
+        default=False,
+        description=(
+            "Let --schema-publish publish a draft that also holds changes this target did not "
+            "make (a colleague's unpublished field); by default it refuses, naming each, and "
+            "writes nothing, since a publish makes the whole draft live."
+        ),
+    ),
+    th.Property(
         "delete_batch_files",
         th.BooleanType,
         default=True,
@@ -233,6 +244,42 @@ def parse_number_settings(config: dict[str, Any], schema: Mapping[str, Any]) -> 
             problems.append(f"`{name}` must be {kind} (got {value!r}).")
         else:
             config[name] = number
+    return problems
+
+
+def connection_problems(config: dict[str, Any]) -> list[str]:
+    """Check ``api_token`` and ``api_url``, stripping the token's surrounding whitespace in place.
+
+    A token with a trailing newline (pasted from a file) would reach the HTTP library, whose
+    error quotes the header; each problem names the setting, never its value.
+    """
+    problems: list[str] = []
+    token = config.get("api_token")
+    if isinstance(token, str):
+        token = config["api_token"] = token.strip()
+        if not token:
+            problems.append("`api_token` is empty.")
+        elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in token):
+            problems.append(
+                "`api_token` holds a control character (a line break or tab inside it?): it "
+                "cannot be sent as the Authorization header."
+            )
+        elif any(ord(c) > 0xFF for c in token):
+            problems.append(
+                "`api_token` holds a character that cannot be sent in an HTTP header "
+                "(not Latin-1): check that the whole token was copied, and nothing else."
+            )
+    url = config.get("api_url")
+    if isinstance(url, str):
+        try:
+            netloc = urlsplit(url.strip()).netloc
+        except ValueError:
+            netloc = ""
+        if "@" in netloc:
+            problems.append(
+                "`api_url` holds a user name or password (user:password@host): Lytics takes "
+                "only api_token; remove them from the URL (e.g. https://api.lytics.io)."
+            )
     return problems
 
 

@@ -22,6 +22,7 @@ from target_lytics.sdk_private import HookedTarget, cli_config
 from target_lytics.settings import (
     CONFIG_SCHEMA,
     DEFAULT_STREAMS,
+    connection_problems,
     merged_streams,
     parse_number_settings,
     schema_problem,
@@ -100,8 +101,11 @@ class TargetLytics(HookedTarget):
 
     @override
     def settings_problems(self, config: dict[str, t.Any]) -> list[str]:
-        """Numbers given as text become numbers; text that is not a number is a problem."""
-        return parse_number_settings(config, self.config_jsonschema)
+        """Numbers given as text become numbers (else a problem); token and URL checks.
+
+        The token is stripped; a token or URL that could leak is refused.
+        """
+        return parse_number_settings(config, self.config_jsonschema) + connection_problems(config)
 
     @override
     def schema_problem(self, error: t.Any) -> str:
