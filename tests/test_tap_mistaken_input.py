@@ -9,6 +9,8 @@ STATE stays small whatever the number of export files.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -255,3 +257,53 @@ def test_state_stays_small_with_many_export_files(
     deleted = [line for line in final.stderr.splitlines() if "its window was delivered" in line]
     # 181 + 120 files: the event at 06:00 ends window 1 and opens window 2 (both ends inclusive).
     assert len(deleted) == 301, "\n".join(deleted[:3] + deleted[-3:])
+
+
+CAPPED_RUNNER = """
+import os
+from tap_cordial_activity import streams
+from tap_cordial_activity.tap import TapCordialActivity
+
+streams.ActivityStream.MAX_PENDING_DELETIONS = int(os.environ["MAX_PENDING_DELETIONS"])
+TapCordialActivity.cli()
+"""
+
+
+def test_pending_deletions_stay_bounded_over_many_windows(
+    quiet_sandbox: Sandbox, tmp_path: Path  # noqa: F811
+) -> None:
+    """24 one-hour windows, at most 5 deletions kept per STATE: each run stops after the windows
+    already started; the runs together deliver every event once and delete every file read."""
+    start = datetime(2024, 5, 1, tzinfo=UTC)
+    events = [event(f"h{i:02d}", start + timedelta(hours=i, minutes=30)) for i in range(24)]
+    quiet_sandbox.cordial.add_events(events)
+    config = quiet_sandbox.tap_config(
+        start_date=iso(start), end_date=iso(start + timedelta(hours=24)), export_window_hours=1,
+        target_events_per_window=0, delete_exported_files=True,
+    )
+    env = {**os.environ, "MAX_PENDING_DELETIONS": "5"}
+    delivered: list[str] = []
+    state: dict[str, Any] | None = None
+    runs: list[TapRun] = []
+    for _ in range(8):
+        run = run_tap(tmp_path, config, state=state, env=env,
+                      command=[sys.executable, "-c", CAPPED_RUNNER])
+        assert run.returncode == 0, run.stderr[-3000:]
+        runs.append(run)
+        delivered += [r["_id"] for r in run.records]
+        # 5, plus the windows whose jobs were already running (max_concurrent_exports 3).
+        assert all(len(bookmark(s).get("read_files", [])) <= 5 + 2 for s in run.states)
+        if run.states:
+            state = run.states[-1]
+        if bookmark(state)["replication_key_value"] == iso(start + timedelta(hours=24)).replace(
+            "Z", "+00:00"
+        ):
+            break
+    else:
+        raise AssertionError(f"the backfill did not end: {state}")
+    assert sorted(delivered) == sorted(e["_id"] for e in events)
+    assert len(runs) >= 3
+    assert "this run ends after the windows already started" in runs[0].stderr
+    left = {p.name for p in quiet_sandbox.sftp.root.iterdir()}
+    # Only the last run's files wait for the next run to delete them.
+    assert {path.rsplit("/", 1)[-1] for path in bookmark(state)["read_files"]} == left

@@ -149,7 +149,8 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
     th.Property(
         "delete_exported_files", th.BooleanType, default=False,
         description="Delete the export files the tap read, once their window is "
-        "delivered: at the start of the next run, which starts from that window's STATE.",
+        "delivered: at the start of the next run, which starts from that window's STATE. A run "
+        "ends early once its STATE lists 128 files or exports to delete (a bounded STATE).",
     ),
     th.Property(
         "max_concurrent_prefetch_requests", _INTEGER, default=64,

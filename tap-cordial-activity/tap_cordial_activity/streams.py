@@ -56,6 +56,10 @@ class ActivityStream(WindowedStream):
     #: Within a window, a STATE with ``progress`` follows about every this many records read
     #: (and each export file but the last), so a stopped run's successor resumes mid-window.
     CHECKPOINT_RECORDS = 5_000
+    #: With ``delete_exported_files``, a run plans no further window once the STATE lists this
+    #: many files / exports to delete (the next run deletes them and goes on): a bounded STATE
+    #: whatever the number of windows.
+    MAX_PENDING_DELETIONS = 128
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """Set up the per-run bookkeeping."""
@@ -181,6 +185,19 @@ class ActivityStream(WindowedStream):
                 state["read_files"] = sorted(read)
         self.write_state_now()
         self._account(window)
+
+    def _bound_pending_deletions(self, pipeline: ExportPipeline) -> None:
+        """Stop planning windows once the STATE lists :attr:`MAX_PENDING_DELETIONS` deletions."""
+        state = self.stream_state
+        pending = len(state.get("read_files", ())) + len(state.get("read_exports", ()))
+        if pending < self.MAX_PENDING_DELETIONS or pipeline.stopped:
+            return
+        pipeline.stop_planning()
+        self.logger.info(
+            "delete_exported_files: the STATE lists %d files/exports to delete (at most %d "
+            "kept in one STATE): this run ends after the windows already started; the next run "
+            "deletes them and goes on from its bookmark", pending, self.MAX_PENDING_DELETIONS,
+        )
 
     def _read_export_paths(self, runner: ExportRunner, entries: Any) -> list[str]:
         """The paths of the files that ``read_exports`` entries name, each entry checked.
@@ -324,6 +341,7 @@ class ActivityStream(WindowedStream):
                             raise
                         if write_messages:
                             self._finish_window(window)
+                            self._bound_pending_deletions(pipeline)
                 self.logger.info(
                     "%d export job(s) created in this run", runner.jobs_created
                 )
