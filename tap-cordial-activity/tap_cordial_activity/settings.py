@@ -401,7 +401,7 @@ def _api_url_problems(api_url: Any) -> list[str]:
     if not isinstance(api_url, str):
         return []
     try:
-        parts = urlsplit(api_url.strip())
+        parts = urlsplit(api_url)
         userinfo = parts.username is not None or parts.password is not None
     except ValueError:
         return ["`api_url` is not a URL (e.g. https://api.cordial.io/v2)."]
@@ -410,7 +410,7 @@ def _api_url_problems(api_url: Any) -> list[str]:
             "`api_url` must not hold a user name or password (`user:password@`): the tap logs "
             "in with `api_key`. Remove them from the URL."
         ]
-    if parts.scheme not in ("https", "http") or not parts.netloc:
+    if not api_url.startswith(("https://", "http://")) or not parts.netloc:
         return [f"`api_url` must start with https:// (got {api_url!r})."]
     return []
 
