@@ -59,10 +59,22 @@ class BatchStorageError(Exception):
     """A BATCH file cannot be written to ``batch_config.storage``; names the file."""
 
 
+class StateError(Exception):
+    """The incoming STATE cannot be right (a bookmark that is no date, or in the future)."""
+
+
+#: How to repair a refused STATE, appended to each :class:`StateError` message.
+STATE_WAY_OUT = (
+    "Fix the state (`meltano state get <state_id>`, then `meltano state set --force <state_id> "
+    "'<json>'`) or clear it (`meltano state clear <state_id>`; the next run starts at "
+    "`start_date`); outside Meltano, fix or drop the --state file."
+)
+
+
 #: Errors whose message names the setting, file and line, or HTTP status and what to do: the CLI
 #: prints them alone instead of under a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (
-    CordialError, SftpError, ExportDataError, ExportCountError, BatchStorageError
+    CordialError, SftpError, ExportDataError, ExportCountError, BatchStorageError, StateError
 )
 
 

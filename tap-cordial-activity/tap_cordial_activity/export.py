@@ -29,7 +29,7 @@ from tap_cordial_activity.schema import KNOWN_FIELDS
 from tap_cordial_activity.settings import integer, number, setting
 from tap_cordial_activity.sftp import SftpReader
 from tap_cordial_activity.timeutil import to_cordial, to_rfc3339
-from tap_cordial_activity.windows import Window
+from tap_cordial_activity.windows import Window, file_set
 
 _SPLIT_INDEX = re.compile(r"-(\d+)\.")
 
@@ -142,6 +142,10 @@ def job_label(job: Mapping[str, Any]) -> str:
     return str(job.get("_id") or job.get("jobId") or "?")
 
 
+class ResumeContradictedError(Exception):
+    """A resumed checkpoint claims more records than its export's files hold."""
+
+
 class ExportRunner:
     """Creates each window's export job, waits for it, and reads the window's records from SFTP.
 
@@ -223,18 +227,31 @@ class ExportRunner:
         return sorted(files, key=lambda f: file_order(name, f))
 
     def resume_files(self, progress: Mapping[str, Any]) -> list[str] | None:
-        """The checkpointed export's files, or None (with a warning) if one is gone."""
-        listed = self._listing()
-        missing = [f for f in progress["files"] if f not in listed]
-        if missing:
-            self.logger.warning(
-                "Cannot resume export %r: %s no longer in SFTP folder %r. Exporting the window "
-                "%s .. %s again (events already delivered from it are sent again).",
-                progress["export"], ", ".join(missing), self.folder, progress["window_start"],
-                progress["window_end"],
+        """The checkpointed export's files, or None (with a warning) if one is gone.
+
+        A long file list is kept in the STATE as a count and digest (``file_set``): the
+        export's files in the folder must match it.
+        """
+        if "files" not in progress:
+            files = self.export_files(str(progress["export"]), {})
+            if file_set(files) == progress["file_set"]:
+                return files
+            problem = (
+                f"its {progress['file_set'].get('count')} files are not those in SFTP folder "
+                f"{self.folder!r} ({len(files)} beginning with the export's name)"
             )
-            return None
-        return list(progress["files"])
+        else:
+            listed = self._listing()
+            missing = [f for f in progress["files"] if f not in listed]
+            if not missing:
+                return list(progress["files"])
+            problem = f"{', '.join(missing)} no longer in SFTP folder {self.folder!r}"
+        self.logger.warning(
+            "Cannot resume export %r: %s. Exporting the window %s .. %s again (events already "
+            "delivered from it are sent again).", progress["export"], problem,
+            progress["window_start"], progress["window_end"],
+        )
+        return None
 
     def start_export(self, window: Window) -> None:
         """Create the window's export job (``window.export`` and ``window.job_id``)."""
@@ -292,7 +309,20 @@ class ExportRunner:
                 )
             self.logger.info("Job %s wrote no file: the window has no events", window.job_id)
             return
-        yield from self._reconciled_records(window, replay)
+        try:
+            yield from self._reconciled_records(window, replay)
+        except ResumeContradictedError:
+            # Nothing was emitted yet (every record read was within the claimed count).
+            self.logger.warning(
+                "The STATE's checkpoint of export %r claims %d records read, but its file(s) "
+                "hold %d: exporting the window %s .. %s again", window.export, replay,
+                window.read, to_rfc3339(window.start), to_rfc3339(window.end),
+            )
+            window.resume, window.job_id, window.job, window.reported = None, "", None, None
+            window.boundary_ids.clear()
+            window.records_read = window.read = window.outside = window.duplicates = 0
+            yield from self.window_records(window)
+            return
         window.replayed = min(replay, window.read)
 
     def _resumed_count(self, window: Window) -> None:
@@ -314,6 +344,8 @@ class ExportRunner:
             if window.reported is None or window.read >= window.reported:
                 raise
             problem = exc
+        if window.resume is not None and window.read < replay:
+            raise ResumeContradictedError
         if window.reported is not None and window.read < window.reported:
             read_sizes = {f: self.sizes.get(f) for f in window.files}
             self.logger.warning(

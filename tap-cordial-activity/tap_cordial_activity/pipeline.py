@@ -67,6 +67,8 @@ class ExportPipeline:
         self.ahead: deque[Planned] = deque()
         self._first_skip = planned.skip_ids
         self._refused = False
+        #: Set by :meth:`stop_planning`: the windows already planned are the run's last.
+        self.stopped = False
         self._throttle_noted = False
         if progress is not None:
             end = parse_moment(str(progress["window_end"]))
@@ -112,9 +114,13 @@ class ExportPipeline:
             self.ahead.popleft()
             previous = window
 
+    def stop_planning(self) -> None:
+        """Plan no further window: the run ends after those already planned (jobs created)."""
+        self.stopped = True
+
     def _may_create(self) -> bool:
         """Whether one more job may start now."""
-        if self._refused or self.next_start >= self.end:
+        if self._refused or self.stopped or self.next_start >= self.end:
             return False
         if len(self.ahead) >= self.max_concurrent:
             return False

@@ -105,9 +105,13 @@ class SettingsCheckingTap(Tap):
     def settings_problems(self, config: dict[str, Any]) -> list[str]:
         """Every problem beyond the JSON types, as user-facing sentences."""
 
+    def clean_settings(self, config: dict[str, Any]) -> None:
+        """Tidy ``config`` in place before it is checked (e.g. strip pasted whitespace)."""
+
     @override
     def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
         """Check every setting before any call; one message per problem."""
+        self.clean_settings(self._config)
         schema = self.config_jsonschema
         self.append_builtin_config(schema)
         # Validating self._config itself (not a copy) lets the SDK's validator fill in defaults.

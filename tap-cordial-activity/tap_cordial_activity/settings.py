@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import datetime
 import math
+import unicodedata
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 from singer_sdk import typing as th
 
 from tap_cordial_activity.keys import load_private_key, parse_host_keys
-from tap_cordial_activity.timeutil import parse_moment
+from tap_cordial_activity.timeutil import MomentRangeError, parse_moment
 
 DEFAULT_ACTIONS = ["message-sent", "open", "click", "optout", "bounce", "complaint", "custom"]
 SECRET_SETTINGS = frozenset(
@@ -43,12 +45,15 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
     th.Property(
         "start_date", th.StringType,
         description="'Import Since': yyyy-mm-dd or an ISO 8601 date-time; empty means 7 days "
-        "before the run.",
+        "before the run. Dates before 2000 are refused; a start more than 18 months before the "
+        "run (Cordial purges older events) is warned about.",
     ),
     th.Property(
         "end_date", th.StringType,
-        description="Optional upper bound (yyyy-mm-dd or ISO 8601), used as given; default: "
-        "the run's time minus `settle_minutes`.",
+        description="Optional upper bound (yyyy-mm-dd or ISO 8601), used as given when it "
+        "is not in the future; a future one is cut to the run's time minus `settle_minutes`, "
+        "with a warning (the next run goes on from there). Default: the run's time minus "
+        "`settle_minutes`.",
     ),
     th.Property(
         "actions", th.ArrayType(th.StringType), default=DEFAULT_ACTIONS,
@@ -152,7 +157,8 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
     th.Property(
         "delete_exported_files", th.BooleanType, default=False,
         description="Delete the export files the tap read, once their window is "
-        "delivered: at the start of the next run, which starts from that window's STATE.",
+        "delivered: at the start of the next run, which starts from that window's STATE. A run "
+        "ends early once its STATE lists 128 files or exports to delete (a bounded STATE).",
     ),
     th.Property(
         "max_concurrent_prefetch_requests", _INTEGER, default=64,
@@ -182,6 +188,51 @@ DEFAULTS: dict[str, Any] = {
     for name, spec in CONFIG_SCHEMA["properties"].items()
     if "default" in spec
 }
+
+
+#: Dates before this are refused: no Cordial account holds events that old, and a backfill
+#: from year 1 would create tens of thousands of export jobs.
+EARLIEST_MOMENT = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
+
+#: Largest accepted value of number settings: far beyond any useful value, and small enough
+#: for ``timedelta``, ``time.sleep`` and socket timeouts (``1e300`` would overflow them).
+NUMBER_MAXIMA: dict[str, int] = {
+    "export_window_hours": 744,  # 31 days, the longest window sized to the data
+    "target_events_per_window": 1_000_000_000,
+    "max_concurrent_exports": 100,
+    "settle_minutes": 10_080,  # 7 days
+    "short_export_wait_seconds": 3600,
+    "progress_interval_seconds": 86_400,
+    "poll_interval_seconds": 3600,
+    "job_timeout_seconds": 604_800,  # 7 days
+    "limit_records_per_file": 1_000_000_000,
+    "max_concurrent_prefetch_requests": 1024,
+    "request_timeout_seconds": 3600,
+    "max_retries": 100,
+    "retry_initial_delay_seconds": 3600,
+    "retry_max_delay_seconds": 3600,
+}
+
+#: Secrets whose surrounding whitespace is a paste mistake (a trailing newline, a space).
+STRIPPED_SECRETS = ("api_key", "sftp_password", "sftp_private_key", "sftp_private_key_passphrase")
+
+
+def strip_secrets(config: dict[str, Any]) -> None:
+    """Remove surrounding whitespace from the secrets in ``config`` (in place)."""
+    for name in STRIPPED_SECRETS:
+        value = config.get(name)
+        if isinstance(value, str):
+            config[name] = value.strip()
+
+
+def header_value_problem(name: str, value: str) -> str | None:
+    """Why ``value`` cannot go into an HTTP header (None if it can); never quotes the value."""
+    for char in value:
+        if ord(char) > 0xFF:
+            return f"`{name}` holds a character outside Latin-1, which an HTTP header cannot carry."
+        if unicodedata.category(char) == "Cc":
+            return f"`{name}` holds a control character, which an HTTP header cannot carry."
+    return None
 
 
 def setting(config: Mapping[str, Any], name: str) -> Any:
@@ -279,21 +330,37 @@ def config_problems(config: dict[str, Any]) -> list[str]:
             problems.append(
                 f"`sftp_host_key`: {exc}. Paste what `ssh-keyscan -p PORT HOST` prints."
             )
-    api_url = config.get("api_url")
-    if isinstance(api_url, str) and not api_url.startswith(("https://", "http://")):
-        problems.append(f"`api_url` must start with https:// (got {api_url!r}).")
+    api_key = config.get("api_key")
+    if isinstance(api_key, str):
+        problem = header_value_problem("api_key", api_key)
+        if problem:
+            problems.append(problem)
+    problems.extend(_api_url_problems(config.get("api_url")))
 
     moments: dict[str, datetime.datetime] = {}
     for name in ("start_date", "end_date"):
         value = config.get(name)
-        if isinstance(value, str) and value.strip():
+        if isinstance(value, str) and value and not value.strip():
+            problems.append(
+                f"`{name}` is blank: give a date (yyyy-mm-dd) or ISO 8601 date-time, or leave it "
+                "unset."
+            )
+        elif isinstance(value, str) and value.strip():
             try:
                 moments[name] = parse_moment(value)
+            except MomentRangeError as exc:
+                problems.append(f"`{name}` {exc}.")
             except ValueError:
                 problems.append(
                     f"`{name}` {value!r} is not a date (yyyy-mm-dd) or ISO 8601 date-time "
                     "(e.g. 2024-05-01 or 2024-05-01T06:00:00Z)."
                 )
+    for name, moment in moments.items():
+        if moment < EARLIEST_MOMENT:
+            problems.append(
+                f"`{name}` {config[name].strip()!r} is before 2000-01-01: Cordial holds no "
+                "events that old (it purges events after 18 months)."
+            )
     if "start_date" in moments and "end_date" in moments and (
         moments["end_date"] <= moments["start_date"]
     ):
@@ -312,6 +379,17 @@ def config_problems(config: dict[str, Any]) -> list[str]:
                  "max_concurrent_exports", "progress_interval_seconds"):
         if name in numbers and numbers[name] <= 0:
             problems.append(f"`{name}` must be greater than 0 (got {numbers[name]}).")
+    for name, most in NUMBER_MAXIMA.items():
+        if name in numbers and numbers[name] > most:
+            problems.append(f"`{name}` must be at most {most} (got {numbers[name]:g}).")
+    poll, timeout = numbers.get("poll_interval_seconds"), numbers.get("job_timeout_seconds")
+    poll = DEFAULTS["poll_interval_seconds"] if poll is None else poll
+    timeout = DEFAULTS["job_timeout_seconds"] if timeout is None else timeout
+    if 0 < timeout < poll:
+        problems.append(
+            f"`poll_interval_seconds` ({poll:g}) must not be longer than `job_timeout_seconds` "
+            f"({timeout:g}): the job would time out before its first poll."
+        )
     port = numbers.get("sftp_port")
     if port is not None and not 0 < port < 65536:
         problems.append(f"`sftp_port` must be between 1 and 65535 (got {port}).")
@@ -324,6 +402,25 @@ def config_problems(config: dict[str, Any]) -> list[str]:
         if name in numbers and numbers[name] < 0:
             problems.append(f"`{name}` must not be negative (got {numbers[name]}).")
     return problems
+
+
+def _api_url_problems(api_url: Any) -> list[str]:
+    """What is wrong with ``api_url``; a URL holding a password is never quoted."""
+    if not isinstance(api_url, str):
+        return []
+    try:
+        parts = urlsplit(api_url)
+        userinfo = parts.username is not None or parts.password is not None
+    except ValueError:
+        return ["`api_url` is not a URL (e.g. https://api.cordial.io/v2)."]
+    if userinfo or "@" in parts.netloc:
+        return [
+            "`api_url` must not hold a user name or password (`user:password@`): the tap logs "
+            "in with `api_key`. Remove them from the URL."
+        ]
+    if not api_url.startswith(("https://", "http://")) or not parts.netloc:
+        return [f"`api_url` must start with https:// (got {api_url!r})."]
+    return []
 
 
 def _batch_config_problems(batch_config: dict[str, Any]) -> list[str]:

@@ -22,10 +22,13 @@ from tap_cordial_activity.sdk_private import WindowedStream
 from tap_cordial_activity.settings import integer, setting
 from tap_cordial_activity.timeutil import to_rfc3339
 from tap_cordial_activity.windows import (
+    MAX_LISTED_FILES,
+    SyncRange,
     Window,
     WindowSizer,
     check_progress,
     export_window_span,
+    file_set,
     progress_of,
     sync_range,
 )
@@ -53,6 +56,10 @@ class ActivityStream(WindowedStream):
     #: Within a window, a STATE with ``progress`` follows about every this many records read
     #: (and each export file but the last), so a stopped run's successor resumes mid-window.
     CHECKPOINT_RECORDS = 5_000
+    #: With ``delete_exported_files``, a run plans no further window once the STATE lists this
+    #: many files / exports to delete (the next run deletes them and goes on): a bounded STATE
+    #: whatever the number of windows.
+    MAX_PENDING_DELETIONS = 128
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """Set up the per-run bookkeeping."""
@@ -75,9 +82,18 @@ class ActivityStream(WindowedStream):
         """No signpost: the stream sets its bookmark itself, to each finished window's end."""
         return None
 
-    def pipeline(self, runner: ExportRunner) -> ExportPipeline | None:
-        """The run's windows and their export jobs, or None when there is nothing to export."""
+    def planned_range(self) -> SyncRange:
+        """The run's start and end (warnings logged); raises ``StateError`` on a corrupt STATE."""
         planned = sync_range(self.stream_state, self.config, self._run_started)
+        for warning in planned.warnings:
+            self.logger.warning("%s", warning)
+        return planned
+
+    def pipeline(
+        self, runner: ExportRunner, planned: SyncRange | None = None
+    ) -> ExportPipeline | None:
+        """The run's windows and their export jobs, or None when there is nothing to export."""
+        planned = planned or self.planned_range()
         bookmark = self.stream_state.get("replication_key_value")
         if bookmark and self.config.get("start_date"):
             self.logger.info(
@@ -90,7 +106,7 @@ class ActivityStream(WindowedStream):
             )
             return None
         # A checkpoint of the first window (from a run stopped midway through it) is resumed.
-        check = check_progress(self.stream_state.get("progress"), planned.start)
+        check = check_progress(self.stream_state.get("progress"), planned.start, planned.end)
         if check.note:
             self.logger.log(check.level, "%s", check.note)
         sizer = WindowSizer(
@@ -158,10 +174,60 @@ class ActivityStream(WindowedStream):
         state.pop("progress", None)
         if setting(self.config, "delete_exported_files") and window.files:
             folder = str(self.config["sftp_path"]).rstrip("/")
-            read = {*state.get("read_files", []), *(f"{folder}/{f}" for f in window.files)}
-            state["read_files"] = sorted(read)
+            if len(window.files) > MAX_LISTED_FILES:
+                # Many files (`limit_records_per_file`): their export's name, count and digest
+                # keep the STATE small; the next run finds exactly them again by listing.
+                exports = state.setdefault("read_exports", [])
+                exports.append({"folder": folder, "export": window.export,
+                                **file_set(window.files)})
+            else:
+                read = {*state.get("read_files", []), *(f"{folder}/{f}" for f in window.files)}
+                state["read_files"] = sorted(read)
         self.write_state_now()
         self._account(window)
+
+    def _bound_pending_deletions(self, pipeline: ExportPipeline) -> None:
+        """Stop planning windows once the STATE lists :attr:`MAX_PENDING_DELETIONS` deletions."""
+        state = self.stream_state
+        pending = len(state.get("read_files", ())) + len(state.get("read_exports", ()))
+        if pending < self.MAX_PENDING_DELETIONS or pipeline.stopped:
+            return
+        pipeline.stop_planning()
+        self.logger.info(
+            "delete_exported_files: the STATE lists %d files/exports to delete (at most %d "
+            "kept in one STATE): this run ends after the windows already started; the next run "
+            "deletes them and goes on from its bookmark", pending, self.MAX_PENDING_DELETIONS,
+        )
+
+    def _read_export_paths(self, runner: ExportRunner, entries: Any) -> list[str]:
+        """The paths of the files that ``read_exports`` entries name, each entry checked.
+
+        An entry whose export's files in the folder are not exactly those read (another count
+        or digest) deletes nothing: a warning names it.
+        """
+        paths: list[str] = []
+        for entry in entries if isinstance(entries, list) else []:
+            try:
+                folder, export = str(entry["folder"]), str(entry["export"])
+                wanted = {"count": entry["count"], "sha256": entry["sha256"]}
+            except (KeyError, TypeError):
+                self.logger.warning("A malformed `read_exports` entry in the STATE: kept its files")
+                continue
+            if folder != runner.folder.rstrip("/") or not export:
+                self.logger.warning(
+                    "The files of export %r (in %r) are kept: `sftp_path` is now %r",
+                    export, folder, runner.folder,
+                )
+                continue
+            files = runner.export_files(export, {})
+            if file_set(files) != wanted:
+                self.logger.warning(
+                    "The files of export %r are kept: SFTP folder %r holds %d of its files, not "
+                    "the %s read", export, folder, len(files), entry["count"],
+                )
+                continue
+            paths.extend(f"{folder}/{f}" for f in files)
+        return paths
 
     def _account(self, window: Window) -> None:
         """The window's reconciliation line, and the same counts as METRIC ``record_count``."""
@@ -228,6 +294,8 @@ class ActivityStream(WindowedStream):
         limit = self.ABORT_AT_RECORD_COUNT
         counter = self.get_record_counter()
         batch_counter = self.get_batch_counter()
+        # A corrupt STATE is refused before any SFTP or Cordial call.
+        planned = self.planned_range()
         runner = self.export_runner()
         total = 0
         with counter, batch_counter, self.get_sync_timer():
@@ -238,9 +306,11 @@ class ActivityStream(WindowedStream):
                 if write_messages:
                     # Listed files leave the STATE whether or not they are deleted.
                     read_files = self.stream_state.pop("read_files", None) or []
+                    read_exports = self.stream_state.pop("read_exports", None) or []
                     if setting(self.config, "delete_exported_files"):
                         runner.delete_confirmed_files(read_files)
-                pipeline = self.pipeline(runner)
+                        runner.delete_confirmed_files(self._read_export_paths(runner, read_exports))
+                pipeline = self.pipeline(runner, planned)
                 if pipeline is None:
                     return
                 with pipeline:
@@ -275,6 +345,7 @@ class ActivityStream(WindowedStream):
                             raise
                         if write_messages:
                             self._finish_window(window)
+                            self._bound_pending_deletions(pipeline)
                 self.logger.info(
                     "%d export job(s) created in this run", runner.jobs_created
                 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -23,9 +24,11 @@ from tap_cordial_activity.settings import (
     number,
     schema_error,
     setting,
+    strip_secrets,
 )
 from tap_cordial_activity.sftp import SftpReader, SftpSettings
 from tap_cordial_activity.streams import ActivityStream
+from tap_cordial_activity.windows import check_state_text
 
 __all__ = ["TapCordialActivity", "config_problems"]
 
@@ -47,6 +50,11 @@ class TapCordialActivity(SettingsCheckingTap):
     def schema_problem(self, error: Any) -> str:
         """A JSON-schema error as one line, without echoing a secret value."""
         return schema_error(error)
+
+    @override
+    def clean_settings(self, config: dict[str, Any]) -> None:
+        """Strip surrounding whitespace from the secrets (a pasted newline is no part of them)."""
+        strip_secrets(config)
 
     @override
     def settings_problems(self, config: dict[str, Any]) -> list[str]:
@@ -115,8 +123,13 @@ class TapCordialActivity(SettingsCheckingTap):
     @override
     @classmethod
     def invoke(cls, **options: Any) -> None:
-        """singer-sdk's sync, with :func:`user_errors_end_the_run`."""
+        """singer-sdk's sync, with :func:`user_errors_end_the_run`; refuses a bad --state file."""
         with user_errors_end_the_run(cls.logger):
+            state = options.get("state")
+            if state is not None:
+                text = state.read()
+                check_state_text(text, getattr(state, "name", "--state"))
+                options["state"] = io.StringIO(text)
             super().invoke(**options)
 
     def check_connection(self) -> bool:

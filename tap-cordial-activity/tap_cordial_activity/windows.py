@@ -6,12 +6,15 @@ Pure functions of the stream state and the settings; the stream logs what they r
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 import logging
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from tap_cordial_activity.errors import STATE_WAY_OUT, StateError
 from tap_cordial_activity.settings import integer, number
 from tap_cordial_activity.timeutil import parse_moment, to_rfc3339
 
@@ -50,11 +53,20 @@ class Window:
 
 
 class SyncRange(NamedTuple):
-    """Where a run starts and ends, and the ``_id``s at the start already emitted."""
+    """Where a run starts and ends, the ``_id``s at the start already emitted, and warnings."""
 
     start: datetime.datetime
     end: datetime.datetime
     skip_ids: frozenset[str]
+    #: Settings the plan did not follow as given (a future `end_date`, an old `start_date`).
+    warnings: tuple[str, ...] = ()
+
+
+#: Cordial purges events after 18 months (cordial-api.md): nothing older can be exported.
+CORDIAL_RETENTION = datetime.timedelta(days=548)
+
+#: A progress ``files`` list longer than this is kept as a count and a digest (bounded STATE).
+MAX_LISTED_FILES = 16
 
 
 class ProgressCheck(NamedTuple):
@@ -68,50 +80,190 @@ class ProgressCheck(NamedTuple):
 def sync_range(
     state: Mapping[str, Any], config: Mapping[str, Any], run_started: datetime.datetime
 ) -> SyncRange:
-    """Start (bookmark, else ``start_date``, else 7 days ago), end, and ids to skip."""
+    """Start (bookmark, else ``start_date``, else 7 days ago), end, and ids to skip.
+
+    Never past the run's horizon (its time minus ``settle_minutes``): a future ``end_date`` is
+    cut to it, with a warning. A bookmark that is no date or lies after the run's time is
+    corrupt state: :class:`StateError`, with the way out.
+    """
+    warnings: list[str] = []
     bookmark = state.get("replication_key_value")
+    # Cordial records some events after their time: those younger than this are left for
+    # the next run, by when they are recorded.
+    settle = datetime.timedelta(minutes=integer(config, "settle_minutes"))
+    horizon = (run_started - settle).replace(microsecond=0)
     if bookmark:
-        start = parse_moment(str(bookmark))
-        skip = frozenset(str(i) for i in state.get("boundary_ids") or ())
+        start = _bookmark(bookmark, run_started)
+        skip = _boundary_ids(state.get("boundary_ids"))
     elif config.get("start_date"):
         start, skip = parse_moment(config["start_date"]), frozenset()
+        if start < run_started - CORDIAL_RETENTION:
+            # A warning, not a clamp: an account may keep events longer than documented.
+            warnings.append(
+                f"`start_date` {to_rfc3339(start)} is more than 18 months before the run: "
+                "Cordial purges older events, so its first windows may hold none"
+            )
     else:
         start, skip = run_started - datetime.timedelta(days=7), frozenset()
     end_setting = config.get("end_date")
     if end_setting:
         end = parse_moment(end_setting)
+        if end > run_started:
+            warnings.append(
+                f"`end_date` {to_rfc3339(end)} is in the future: exporting up to "
+                f"{to_rfc3339(horizon)} (the run's time minus `settle_minutes`) instead; a "
+                "later run goes on from there"
+            )
+            end = horizon
     else:
-        # Cordial records some events after their time: those younger than this are left for
-        # the next run, by when they are recorded.
-        settle = datetime.timedelta(minutes=integer(config, "settle_minutes"))
-        end = (run_started - settle).replace(microsecond=0)
-    return SyncRange(start, end, skip)
+        end = horizon
+    return SyncRange(start, end, skip, tuple(warnings))
 
 
-def check_progress(progress: Any, start: datetime.datetime) -> ProgressCheck:
-    """The state's ``progress`` if it checkpoints a window beginning at ``start``."""
+def check_state_text(text: str, file_name: str) -> None:
+    """Refuse a ``--state`` file that is no Singer state (:class:`StateError`, one line).
+
+    singer-sdk would end in a traceback on these: empty or malformed JSON, a state that is
+    not an object, ``bookmarks`` or a stream's state that is not an object.
+    """
+    where = f"The state file {file_name}"
+    if not text.strip():
+        raise StateError(f"{where} is empty: expected a JSON object such as {{}}. {STATE_WAY_OUT}")
+    try:
+        state = json.loads(text)
+    except ValueError as exc:
+        line = getattr(exc, "lineno", None)
+        at = f" at line {line}" if line else ""
+        raise StateError(f"{where} is not valid JSON{at}. {STATE_WAY_OUT}") from None
+    if not isinstance(state, dict):
+        raise StateError(f"{where} must hold a JSON object, not {type(state).__name__}. "
+                         + STATE_WAY_OUT)
+    bookmarks = state.get("bookmarks")
+    if bookmarks is None:
+        return
+    if not isinstance(bookmarks, dict):
+        raise StateError(
+            f"{where}: `bookmarks` must be an object (stream name -> its state), not "
+            f"{type(bookmarks).__name__}. {STATE_WAY_OUT}"
+        )
+    for stream, stream_state in bookmarks.items():
+        if not isinstance(stream_state, dict):
+            raise StateError(
+                f"{where}: `bookmarks.{stream}` must be an object, not "
+                f"{type(stream_state).__name__}. {STATE_WAY_OUT}"
+            )
+
+
+def _bookmark(value: Any, run_started: datetime.datetime) -> datetime.datetime:
+    """The STATE's bookmark as a moment; :class:`StateError` when it cannot be one."""
+    where = "The STATE's `bookmarks.activity.replication_key_value`"
+    if not isinstance(value, str):
+        raise StateError(f"{where} must be a date-time text, not {type(value).__name__}. "
+                         + STATE_WAY_OUT)
+    try:
+        moment = parse_moment(value)
+    except ValueError:
+        raise StateError(
+            f"{where} {value[:60]!r} is not an ISO 8601 date-time. {STATE_WAY_OUT}"
+        ) from None
+    if moment > run_started:
+        raise StateError(
+            f"{where} {to_rfc3339(moment)} lies after the run's time {to_rfc3339(run_started)}: "
+            f"the state is corrupt (no run can have exported the future). {STATE_WAY_OUT}"
+        )
+    return moment
+
+
+def _boundary_ids(value: Any) -> frozenset[str]:
+    """The STATE's ``boundary_ids`` (a list of ids); :class:`StateError` otherwise."""
+    if value is None:
+        return frozenset()
+    if not isinstance(value, list) or not all(isinstance(i, str | int) for i in value):
+        raise StateError(
+            "The STATE's `bookmarks.activity.boundary_ids` must be a list of event ids. "
+            + STATE_WAY_OUT
+        )
+    return frozenset(str(i) for i in value)
+
+
+def file_set(files: list[str]) -> dict[str, Any]:
+    """A bounded record of an export's file names: their count and a digest of the list."""
+    digest = hashlib.sha256("\n".join(files).encode()).hexdigest()
+    return {"count": len(files), "sha256": digest}
+
+
+def progress_files(files: list[str]) -> dict[str, Any]:
+    """The ``progress`` keys naming the files read: the list, or a file set when it is long."""
+    if len(files) <= MAX_LISTED_FILES:
+        return {"files": list(files)}
+    return {"file_set": file_set(files)}
+
+
+def _plain_name(name: Any) -> bool:
+    """Whether ``name`` is a file name inside the folder (no path, not ``.`` or ``..``)."""
+    return isinstance(name, str) and bool(name) and "/" not in name and name not in (".", "..")
+
+
+def _progress_problem(progress: Mapping[str, Any]) -> str | None:
+    """What is wrong with a checkpoint's own fields (None when they hold together)."""
+    files, fileset = progress.get("files"), progress.get("file_set")
+    if files is not None:
+        if not isinstance(files, list) or not files or not all(_plain_name(f) for f in files):
+            return "its `files` is not a list of file names"
+        if len(set(files)) != len(files):
+            return "its `files` lists a file twice"
+    elif not (
+        isinstance(fileset, dict) and isinstance(fileset.get("count"), int)
+        and not isinstance(fileset.get("count"), bool) and fileset["count"] > 0
+        and isinstance(fileset.get("sha256"), str)
+    ):
+        return "it names no files"
+    count = progress.get("records_read")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        return f"its `records_read` {count!r} is not a count"
+    if not progress.get("export") or not isinstance(progress.get("export"), str):
+        return "it names no export"
+    if progress.get("job_id") is None:
+        return "it names no job"
+    return None
+
+
+def check_progress(
+    progress: Any, start: datetime.datetime, end: datetime.datetime | None = None
+) -> ProgressCheck:
+    """The state's ``progress`` if it checkpoints a window from ``start`` to at most ``end``.
+
+    A checkpoint that contradicts itself or the bookmark is not resumed: its window is exported
+    again (a warning names what was wrong), never skipped.
+    """
     if not progress:
         return ProgressCheck(None)
+    again = "; exporting its window again"
+    if not isinstance(progress, dict):
+        return ProgressCheck(
+            None, logging.WARNING, f"Ignoring the STATE's 'progress': not an object{again}"
+        )
+    problem = _progress_problem(progress)
     try:
-        files = progress["files"]
-        valid = (
-            isinstance(files, list) and bool(files) and all(isinstance(f, str) for f in files)
-            and isinstance(progress["records_read"], int) and progress["records_read"] >= 0
-            and bool(progress["export"]) and progress["job_id"] is not None
-        )
-        begins = parse_moment(str(progress["window_start"]))
-        ends = parse_moment(str(progress["window_end"]))
-    except (KeyError, TypeError, ValueError):
-        valid = False
-    if not valid or ends <= begins:
+        begins = parse_moment(str(progress.get("window_start")))
+        ends = parse_moment(str(progress.get("window_end")))
+    except ValueError:
+        problem = problem or "its window bounds are not date-times"
+    else:
+        if problem is None and ends <= begins:
+            problem = "its window ends before it begins"
+        elif problem is None and begins != start:
+            problem = (
+                f"its window begins at {to_rfc3339(begins)}, not at the bookmark "
+                f"{to_rfc3339(start)}"
+            )
+        elif problem is None and end is not None and ends > end:
+            problem = (
+                f"its window ends at {to_rfc3339(ends)}, after this run's end {to_rfc3339(end)}"
+            )
+    if problem is not None:
         return ProgressCheck(
-            None, logging.WARNING, "Ignoring a malformed 'progress' in the stream state"
-        )
-    if begins != start:
-        return ProgressCheck(
-            None, logging.INFO,
-            f"Ignoring 'progress' of a window at {to_rfc3339(begins)}: this run starts at "
-            f"{to_rfc3339(start)}",
+            None, logging.WARNING, f"Ignoring the STATE's 'progress': {problem}{again}"
         )
     return ProgressCheck(dict(progress))
 
@@ -172,6 +324,6 @@ def progress_of(window: Window) -> dict[str, Any]:
         "job_id": window.job_id,
         "window_start": to_rfc3339(window.start),
         "window_end": to_rfc3339(window.end),
-        "files": list(window.files),
+        **progress_files(window.files),
         "records_read": window.records_read,
     }
