@@ -12,6 +12,7 @@ import orjson
 import pytest
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 from target_lytics import reader as reader_module
+from target_lytics.errors import InputLineError
 from target_lytics.reader import SingerLineReader
 
 
@@ -145,15 +146,16 @@ def test_a_run_is_processed_when_the_pipe_has_nothing_more():
 @pytest.mark.parametrize(
     ("data", "says"),
     [
-        (b"\n", "Unable to parse line as JSON"),
-        (b'{"type": "RECORD", "stream": \n', "Unable to parse line as JSON"),
-        (b"[1, 2]\n", "must be a JSON object"),
-        (b'{"stream": "a"}\n', "missing required type"),
+        (b"\n", "Input line 2: an empty line"),
+        (b'{"type": "RECORD", "stream": \n', "Input line 2: not JSON"),
+        (b"[1, 2]\n", "Input line 2: a Singer message must be a JSON object"),
+        (b'{"stream": "a"}\n', "Input line 2 \\(message of stream 'a'\\): .*missing required type"),
     ],
 )
-def test_bad_lines_get_the_sdk_errors(data, says):
-    with pytest.raises(InvalidInputLine, match=says):
+def test_bad_lines_name_their_line(data, says):
+    with pytest.raises(InputLineError, match=says) as raised:
         read(io.BytesIO(record("a", 1) + data), {"a"})
+    assert isinstance(raised.value.__cause__, InvalidInputLine)
 
 
 def test_a_last_line_without_newline_is_read():
