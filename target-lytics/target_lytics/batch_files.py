@@ -88,17 +88,17 @@ def checked_batch_file(url: t.Any, roots: Sequence[str], stream: str) -> str:
             symlink out of it included), missing, or not a regular file.
     """
     where = f"BATCH file {quote_line(str(url))} of stream '{stream}'"
-    if not roots:
-        raise BatchFileError(
-            f"{where}: BATCH files are read only under the folders of the batch_file_roots "
-            "setting, which is empty; set it to the tap's batch_config storage root (e.g. "
-            '["file:///var/tmp/cordial-batches"])'
-        )
     path = local_path(url) if isinstance(url, str) else None
     if path is None:
         raise BatchFileError(
             f"{where}: not a local file; target-lytics reads file:// URLs and absolute paths "
             "under batch_file_roots"
+        )
+    if not roots:
+        raise BatchFileError(
+            f"{where}: BATCH files are read only under the folders of the batch_file_roots "
+            "setting, which is empty; set it to the tap's batch_config storage root (e.g. "
+            '["file:///var/tmp/cordial-batches"])'
         )
     real = os.path.realpath(path)
     if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
