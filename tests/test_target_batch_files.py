@@ -211,9 +211,8 @@ def test_unreadable_files_name_the_file(lytics, tmp_path):
     missing = tmp_path / "missing.jsonl"
     schema = schema_message("activity", ACTIVITY_SCHEMA, ["_id"])
     for path, compression in ((truncated, "gzip"), (missing, "none")):
-        _, error = run_target(
-            batch_config_for(lytics, tmp_path), [schema, batch_message("activity", compression, [path])]
-        )
+        lines = [schema, batch_message("activity", compression, [path])]
+        _, error = run_target(batch_config_for(lytics, tmp_path), lines)
         assert path.as_uri() in batch_file_error(error)
 
 
@@ -221,7 +220,8 @@ def test_other_formats_and_compressions(lytics, tmp_path):
     path = write_files(tmp_path, cordial_records(3), None, per_file=3)[0]
     schema = schema_message("activity", ACTIVITY_SCHEMA, ["_id"])
     # A compression it cannot read is named, not decoded as JSON.
-    _, error = run_target(batch_config_for(lytics, tmp_path), [schema, batch_message("activity", "zstd", [path])])
+    zstd = batch_message("activity", "zstd", [path])
+    _, error = run_target(batch_config_for(lytics, tmp_path), [schema, zstd])
     assert "'zstd'" in batch_file_error(error)
     # Parquet is left to singer-sdk's own reader (which needs pyarrow, not installed here).
     parquet = batch_message("activity", None, [path]).replace('"jsonl"', '"parquet"')
@@ -250,9 +250,8 @@ def test_state_after_a_batch_waits_for_its_events(lytics, tmp_path, monkeypatch)
     records = cordial_records(120)
     written_with = record_accepted_at_each_state(monkeypatch, lytics)
     lines = batch_lines(tmp_path, records, 30, "gzip", per_file=15)
-    states, error = run_target(
-        batch_config_for(lytics, tmp_path, max_request_bytes=3_000), lines, CheckpointEveryStateTarget
-    )
+    config = batch_config_for(lytics, tmp_path, max_request_bytes=3_000)
+    states, error = run_target(config, lines, CheckpointEveryStateTarget)
     assert error is None
     upto = [s["upto"] for s in states]
     assert upto == sorted(set(upto))
