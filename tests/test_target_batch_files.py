@@ -11,7 +11,7 @@ import orjson
 import pytest
 from tap_cordial_activity.streams import SCHEMA as ACTIVITY_SCHEMA
 from target_lytics.client import LyticsClient
-from target_lytics.errors import BatchFileError, InputLineError, LyticsError
+from target_lytics.errors import BatchFileError, LyticsError, input_line_note
 from target_lytics.sinks import FastJSONSchemaValidator
 from target_lytics.typed_records import TypedRecordEncoder
 from test_target_fastpath import RAW_SCHEMA as FASTPATH_RAW_SCHEMA
@@ -49,9 +49,12 @@ def batch_config_for(lytics: LyticsStandIn, root: Path, **overrides: Any) -> dic
 
 
 def batch_file_error(error: BaseException | None) -> str:
-    """The run's error line, once checked to come from a BATCH file."""
-    assert isinstance(error, InputLineError), error
-    assert isinstance(error.__cause__, BatchFileError), error.__cause__
+    """A BATCH file's error, once checked to carry the input line's note (the run's one line)."""
+    assert isinstance(error, BatchFileError), error
+    note = input_line_note(error)
+    assert note is not None
+    assert note.startswith("Input line 2 (BATCH message of stream "), note
+    assert str(error) in note
     return str(error)
 
 
@@ -226,8 +229,7 @@ def test_other_formats_and_compressions(lytics, tmp_path):
     # Parquet is left to singer-sdk's own reader (which needs pyarrow, not installed here).
     parquet = batch_message("activity", None, [path]).replace('"jsonl"', '"parquet"')
     _, error = run_target(batch_config_for(lytics, tmp_path), [schema, parquet])
-    assert isinstance(error, InputLineError)
-    assert isinstance(error.__cause__, NotImplementedError)
+    assert isinstance(error, NotImplementedError)
     assert "parquet" in str(error)
     assert path.exists()
 

@@ -37,10 +37,6 @@ class InputError(ValueError):
     """A message of the input that the target cannot take; the reader adds the line number."""
 
 
-class InputLineError(ValueError):
-    """A line of the input the target cannot take: names the line, its stream, what is expected."""
-
-
 class RunRecordError(Exception):
     """A record of a run (:mod:`target_lytics.fastpath`) failed: the error and its index."""
 
@@ -49,6 +45,16 @@ class RunRecordError(Exception):
         super().__init__(str(error))
         self.error = error
         self.index = index
+
+
+#: How the note the reader adds to an error raised by an input line begins.
+INPUT_LINE_NOTE = "Input line "
+
+
+def input_line_note(error: BaseException) -> str | None:
+    """The reader's note on an error raised by an input line: the line, stream and problem."""
+    notes = getattr(error, "__notes__", None) or ()
+    return next((n for n in notes if isinstance(n, str) and n.startswith(INPUT_LINE_NOTE)), None)
 
 
 #: Bytes of a bad input line quoted in an error message at most (a bad line may be megabytes).
@@ -73,7 +79,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     ValueConversionError,
     BatchFileError,
     ConfigValidationError,
-    InputLineError,
+    InputError,
     # A bad stream_maps expression found when the target starts (at SCHEMA: an input line's).
     MappingError,
 )
@@ -81,17 +87,25 @@ USER_ERRORS: tuple[type[Exception], ...] = (
 
 @contextlib.contextmanager
 def user_errors_end_the_run(logger: logging.Logger) -> Iterator[None]:
-    """End the run on a :data:`USER_ERRORS` error: its one-line message, then exit 1.
+    """End the run on a :data:`USER_ERRORS` error, or any error of an input line: one line, exit 1.
 
-    The error and its causes, each with where it was raised, go to the DEBUG log only (as lines,
-    not a traceback); other errors propagate unchanged. A settings error lists each problem, as
-    singer-sdk's own command does (one problem is the only line; several get a count after them).
+    An error raised by an input line carries the reader's note (:func:`input_line_note`: the
+    line number, its stream and what is expected), which is the line. The error and its causes,
+    each with where it was raised, go to the DEBUG log only (as lines, not a traceback); other
+    errors propagate unchanged. A settings error lists each problem, as singer-sdk's own command
+    does (one problem is the only line; several get a count after them).
     """
     try:
         yield
-    except USER_ERRORS as exc:
+    except Exception as exc:
+        note = input_line_note(exc)
+        if note is None and not isinstance(exc, USER_ERRORS):
+            raise
         for line in _error_chain(exc):
             logger.debug("Error chain: %s", line)
+        if note is not None:
+            logger.error("%s", note)
+            sys.exit(1)
         problems = exc.errors if isinstance(exc, ConfigValidationError) else []
         for problem in problems:
             logger.error("%s", problem)

@@ -34,10 +34,10 @@ from singer_sdk.singerlib.exceptions import InvalidInputLine
 from typing_extensions import override
 
 from target_lytics.errors import (
+    INPUT_LINE_NOTE,
     QUOTE_BYTES,
     USER_ERRORS,
     InputError,
-    InputLineError,
     LyticsError,
     RunRecordError,
     quote_line,
@@ -113,8 +113,10 @@ class SingerLineReader(GenericSingerReader[bytes]):
         """Process every message of the input in order; count them by type.
 
         Raises:
-            InputLineError: A line cannot be taken: names its number, its stream and what is
-                expected (see :func:`line_error`). Upload failures (LyticsError) pass unchanged.
+            Exception: The error a line raised (a run's record: its own error), with a note
+                naming the line's number, its stream and what is expected (see
+                :func:`line_note`), which ends the run in one line. Upload failures
+                (LyticsError) pass unchanged.
         """
         stats: Counter[str] = Counter()
         records_in_runs = 0
@@ -173,7 +175,7 @@ class SingerLineReader(GenericSingerReader[bytes]):
                     at_chunk_end = True
                     runs.process_run(run_stream, run)
                     run = []
-            except (LyticsError, InputLineError):
+            except LyticsError:
                 raise
             except Exception as exc:
                 end = len(chunk) if at_chunk_end else lines.tell()
@@ -181,9 +183,16 @@ class SingerLineReader(GenericSingerReader[bytes]):
                 if isinstance(exc, RunRecordError):
                     # The run holds the lines just before the current one (or the chunk's last).
                     first = number - len(run) + (1 if at_chunk_end else 0)
-                    raise line_error(exc.error, first + exc.index, run_stream, None) from exc
-                raise line_error(exc, number, None, line) from exc
-            lines_before += chunk.count(b"\n")
+                    failure: Exception = exc.error
+                    note = line_note(failure, first + exc.index, run_stream, None)
+                else:
+                    failure, note = exc, line_note(exc, number, None, line)
+                failure.add_note(note)
+            else:
+                lines_before += chunk.count(b"\n")
+                continue
+            # Raised outside the handler: a run's record error keeps its own chain.
+            raise failure
         if records_in_runs:
             stats[SingerMessageType.RECORD] += records_in_runs
         return stats
@@ -203,9 +212,7 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 _STREAM_IN_LINE = re.compile(rb'"stream"\s*:\s*"((?:[^"\\]|\\.){0,200})"')
 
 
-def line_error(
-    error: Exception, number: int, stream: str | None, line: bytes | None
-) -> InputLineError:
+def line_note(error: Exception, number: int, stream: str | None, line: bytes | None) -> str:
     """One line for a bad input line: its number, its message type and stream, what is expected."""
     message_type = None
     if line is not None:
@@ -218,14 +225,14 @@ def line_error(
                 stream = found.group(1).decode("utf-8", "backslashreplace")
     else:
         message_type = "RECORD"
-    where = f"Input line {number}"
+    where = f"{INPUT_LINE_NOTE}{number}"
     if message_type or stream is not None:
         what = f"{message_type} message" if message_type else "message"
         where += f" ({what}{f' of stream {stream!r}' if stream is not None else ''})"
     problem = describe_input_error(error, line)
     if len(problem) > _MAX_PROBLEM:
         problem = problem[:_MAX_PROBLEM] + " ..."
-    return InputLineError(f"{where}: {problem}")
+    return f"{where}: {problem}"
 
 
 #: Characters of a problem's description at most (a quoted line, a schema, a record).
