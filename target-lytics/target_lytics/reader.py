@@ -124,9 +124,6 @@ class SingerLineReader(GenericSingerReader[bytes]):
         run: list[msgspec.Raw] = []
         run_stream = ""
         decode_envelope = _ENVELOPE.decode
-        #: Lines of the chunks before this one. Line numbers are worked out only on the error
-        #: path, from the chunk and the position reached in it.
-        lines_before = 0
         for chunk in line_chunks(file_input or self.default_input):
             lines = io.BytesIO(chunk)
             line = b""
@@ -178,8 +175,10 @@ class SingerLineReader(GenericSingerReader[bytes]):
             except LyticsError:
                 raise
             except Exception as exc:
-                end = len(chunk) if at_chunk_end else lines.tell()
-                number = lines_before + _lines_up_to(chunk, end)
+                # Every line taken so far was counted once (in a run or by type): the line
+                # number costs nothing until a line fails.
+                taken = records_in_runs + sum(stats.values())
+                number = taken if at_chunk_end else taken + 1
                 if isinstance(exc, RunRecordError):
                     # The run holds the lines just before the current one (or the chunk's last).
                     first = number - len(run) + (1 if at_chunk_end else 0)
@@ -189,21 +188,12 @@ class SingerLineReader(GenericSingerReader[bytes]):
                     failure, note = exc, line_note(exc, number, None, line)
                 failure.add_note(note)
             else:
-                lines_before += chunk.count(b"\n")
                 continue
             # Raised outside the handler: a run's record error keeps its own chain.
             raise failure
         if records_in_runs:
             stats[SingerMessageType.RECORD] += records_in_runs
         return stats
-
-
-def _lines_up_to(chunk: bytes, end: int) -> int:
-    """The 1-based number, in ``chunk``, of the line that ends at ``end``."""
-    number = chunk.count(b"\n", 0, end)
-    if end == len(chunk) and not chunk.endswith(b"\n"):
-        number += 1  # the input's last line, without a newline
-    return max(number, 1)
 
 
 #: A surrogate escape: msgspec refuses a lone one (and says the input was truncated).
