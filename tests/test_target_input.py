@@ -174,6 +174,12 @@ CASES: dict[str, Case] = {
         "Record Message Validation Error in stream 's'",
         "record.n",
     ),
+    "record-fails-validation-sdk-path": Case(
+        # A stream map sends the stream through singer-sdk's record loop (not the fast path).
+        [schema(), state(BEFORE), record({"id": "ok"}), record({"id": "a", "n": "x"})],
+        ["Input line 4", "'s'", "Record Message Validation Error in stream 's'", "record.n"],
+        {"stream_maps": {"s": {"extra": "'x'"}}},
+    ),
     "record-fails-validation-mid-run": Case(
         [
             schema(),
@@ -326,6 +332,22 @@ def test_a_mistaken_setting_ends_the_run_in_one_line(lytics, tmp_path, name):
     check_one_line(result, says)
     assert written_states(result) == []
     assert not lytics.requests, "nothing is sent"
+
+
+def test_schema_plan_refuses_two_fields_onto_one(lytics, tmp_path):
+    # --schema-plan used to list the field three times with "0 conflicts".
+    config_file = tmp_path / "config.json"
+    streams = {"s": {"fields": {"id": "same", "v": "SAME"}}}
+    config_file.write_text(json.dumps(config_for(lytics, streams=streams)))
+    command = [sys.executable, "-m", "target_lytics.target", "--config", str(config_file)]
+    result = subprocess.run(
+        [*command, "--schema-plan"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    check_one_line(result, ["`streams.s.fields`", "'v' -> 'SAME'", "same Lytics field 'same'"])
+    assert b"conflicts" not in result.stdout + result.stderr
 
 
 def test_a_20_mb_bad_line_is_quoted_not_echoed(lytics, tmp_path):
