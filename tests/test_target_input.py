@@ -229,6 +229,11 @@ CASES: dict[str, Case] = {
         ["Input line 3", "'s'", "stream_maps setting", "undefined_fn"],
         {"stream_maps": {"s": {"x": "undefined_fn(id)"}}},
     ),
+    "unmapped-field-onto-a-mapped-one": Case(
+        [state(BEFORE), schema(), record({"id": "a", "n": 1})],
+        ["Input line 2", "'s'", "field 'n' is not mapped", "'id' is mapped onto"],
+        {"include_unmapped_fields": True, "streams": {"s": {"fields": {"id": "N"}}}},
+    ),
     "singer-stream-dot-dot": Case(
         [state(BEFORE), schema(".."), record({"id": "a"}, "..")],
         ["Input line 2", "'..'", "relative path segment"],

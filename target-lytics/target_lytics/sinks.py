@@ -175,6 +175,7 @@ class LyticsSink(Sink):
             include_unmapped_fields=bool(setting(self.config, "include_unmapped_fields")),
             logger=self.logger,
         )
+        self._refuse_unmapped_collisions()
         #: Records of this stream decoded straight into events (None: the general way only).
         self.typed_encoder = TypedRecordEncoder.for_stream(
             self.schema, self.key_properties, self.mapper
@@ -197,6 +198,28 @@ class LyticsSink(Sink):
             name=stream_name,
             on_error=target.upload_failed,
         )
+
+    def _refuse_unmapped_collisions(self) -> None:
+        """With include_unmapped_fields, an unmapped field named like a mapped Lytics field.
+
+        Its value would be dropped for the mapped one's (or the other way round) without a word.
+
+        Raises:
+            InputError: Names the stream, the field and the mapping it collides with.
+        """
+        fields = self.stream_mapping.fields
+        if not fields or not setting(self.config, "include_unmapped_fields"):
+            return
+        targets = {target.lower(): source for source, target in fields.items()}
+        for name in self.schema.get("properties") or {}:
+            source = targets.get(name.lower())
+            if name not in fields and source is not None:
+                raise InputError(
+                    f"stream '{self.stream_name}': field {name!r} is not mapped, so "
+                    f"include_unmapped_fields sends it as {name!r}, the Lytics field that "
+                    f"{source!r} is mapped onto (field ids are lowercase); map {name!r} to "
+                    "another field or turn include_unmapped_fields off"
+                )
 
     @property
     def client(self) -> LyticsClient:
