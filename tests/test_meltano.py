@@ -531,6 +531,7 @@ def test_batch_config_delivers_through_batch_files(meltano, sandbox, tmp_path, l
         "storage": {"root": batches.as_uri(), "prefix": "activity-"},
     }
     meltano.env["TAP_CORDIAL_ACTIVITY_BATCH_CONFIG"] = json.dumps(batch_config)
+    meltano.env["TARGET_LYTICS_BATCH_FILE_ROOTS"] = json.dumps([batches.as_uri()])
 
     result = meltano("--environment=sandbox", "run", "tap-cordial-activity", "target-lytics")
 

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from tap_cordial_activity.streams import SCHEMA as ACTIVITY_SCHEMA
 from target_lytics.client import LyticsClient
-from target_lytics.errors import BatchFileError, LyticsError
+from target_lytics.errors import BatchFileError, LyticsError, input_line_note
 from target_lytics.sinks import FastJSONSchemaValidator
 from target_lytics.typed_records import TypedRecordEncoder
 from test_target_fastpath import RAW_SCHEMA as FASTPATH_RAW_SCHEMA
@@ -41,6 +41,21 @@ STREAMS: dict[str, tuple[dict, list[str]]] = {
     "activity": (ACTIVITY_SCHEMA, ["_id"]),
     "raw_activity": (RAW_SCHEMA, []),
 }
+
+
+def batch_config_for(lytics: LyticsStandIn, root: Path, **overrides: Any) -> dict[str, Any]:
+    """The target's settings with ``root`` trusted for BATCH files."""
+    return config_for(lytics, batch_file_roots=[root.as_uri()], **overrides)
+
+
+def batch_file_error(error: BaseException | None) -> str:
+    """A BATCH file's error, once checked to carry the input line's note (the run's one line)."""
+    assert isinstance(error, BatchFileError), error
+    note = input_line_note(error)
+    assert note is not None
+    assert note.startswith("Input line 2 (BATCH message of stream "), note
+    assert str(error) in note
+    return str(error)
 
 
 def raw_records(count: int) -> list[dict[str, Any]]:
@@ -112,7 +127,7 @@ def test_batch_files_upload_what_record_lines_upload(
     schema, keys = STREAMS[stream]
     records = records_for(stream, 300)
     end_state = {"bookmarks": {stream: {"upto": 300}}}
-    config = config_for(lytics, max_request_bytes=20_000)
+    config = batch_config_for(lytics, tmp_path, max_request_bytes=20_000)
     lines = [schema_message(stream, schema, keys)]
     lines += [record_message(stream, r) for r in records]
     states, error = run_target(config, [*lines, state_message(end_state)])
@@ -144,7 +159,7 @@ def test_files_are_kept_with_delete_batch_files_false(lytics, tmp_path):
         schema_message("activity", ACTIVITY_SCHEMA, ["_id"]),
         batch_message("activity", "gzip", paths),
     ]
-    _, error = run_target(config_for(lytics, delete_batch_files=False), lines)
+    _, error = run_target(batch_config_for(lytics, tmp_path, delete_batch_files=False), lines)
     assert error is None
     assert sorted(uploaded_ids(lytics)) == sorted(r["_id"] for r in records)
     assert all(path.exists() for path in paths)
@@ -180,9 +195,8 @@ def test_a_failing_record_names_the_file_and_line(
         state_message({"bookmarks": {stream: {"upto": 80}}}),
     ]
     # Small bodies: records of the failing file before the bad line go out while it is read.
-    states, error = run_target(config_for(lytics, max_request_bytes=2_000), lines)
-    assert isinstance(error, BatchFileError)
-    message = str(error)
+    states, error = run_target(batch_config_for(lytics, tmp_path, max_request_bytes=2_000), lines)
+    message = batch_file_error(error)
     assert bad.as_uri() in message
     assert "line 26 " in message
     assert f"'{stream}'" in message
@@ -200,23 +214,21 @@ def test_unreadable_files_name_the_file(lytics, tmp_path):
     missing = tmp_path / "missing.jsonl"
     schema = schema_message("activity", ACTIVITY_SCHEMA, ["_id"])
     for path, compression in ((truncated, "gzip"), (missing, "none")):
-        _, error = run_target(
-            config_for(lytics), [schema, batch_message("activity", compression, [path])]
-        )
-        assert isinstance(error, BatchFileError)
-        assert path.as_uri() in str(error)
+        lines = [schema, batch_message("activity", compression, [path])]
+        _, error = run_target(batch_config_for(lytics, tmp_path), lines)
+        assert path.as_uri() in batch_file_error(error)
 
 
 def test_other_formats_and_compressions(lytics, tmp_path):
     path = write_files(tmp_path, cordial_records(3), None, per_file=3)[0]
     schema = schema_message("activity", ACTIVITY_SCHEMA, ["_id"])
     # A compression it cannot read is named, not decoded as JSON.
-    _, error = run_target(config_for(lytics), [schema, batch_message("activity", "zstd", [path])])
-    assert isinstance(error, BatchFileError)
-    assert "'zstd'" in str(error)
+    zstd = batch_message("activity", "zstd", [path])
+    _, error = run_target(batch_config_for(lytics, tmp_path), [schema, zstd])
+    assert "'zstd'" in batch_file_error(error)
     # Parquet is left to singer-sdk's own reader (which needs pyarrow, not installed here).
     parquet = batch_message("activity", None, [path]).replace('"jsonl"', '"parquet"')
-    _, error = run_target(config_for(lytics), [schema, parquet])
+    _, error = run_target(batch_config_for(lytics, tmp_path), [schema, parquet])
     assert isinstance(error, NotImplementedError)
     assert "parquet" in str(error)
     assert path.exists()
@@ -240,9 +252,8 @@ def test_state_after_a_batch_waits_for_its_events(lytics, tmp_path, monkeypatch)
     records = cordial_records(120)
     written_with = record_accepted_at_each_state(monkeypatch, lytics)
     lines = batch_lines(tmp_path, records, 30, "gzip", per_file=15)
-    states, error = run_target(
-        config_for(lytics, max_request_bytes=3_000), lines, CheckpointEveryStateTarget
-    )
+    config = batch_config_for(lytics, tmp_path, max_request_bytes=3_000)
+    states, error = run_target(config, lines, CheckpointEveryStateTarget)
     assert error is None
     upto = [s["upto"] for s in states]
     assert upto == sorted(set(upto))
@@ -263,7 +274,7 @@ def test_state_after_a_batch_is_not_written_when_its_upload_fails(lytics, tmp_pa
 
     monkeypatch.setattr(LyticsClient, "upload", failing_later)
     lines = batch_lines(tmp_path, records, 20, "none", per_file=20)
-    config = config_for(lytics, max_retries=2, max_concurrent_uploads=1)
+    config = batch_config_for(lytics, tmp_path, max_retries=2, max_concurrent_uploads=1)
     states, error = run_target(config, lines, CheckpointEveryStateTarget)
     assert isinstance(error, LyticsError)
     assert [s["upto"] for s in states] in ([], [20])

@@ -320,7 +320,8 @@ def test_batch_messages_are_validated_mapped_and_uploaded(lytics, tmp_path):
         json.dumps(batch) + "\n",
         state_message({"bookmarks": {"activity": {"upto": 90}}}),
     ]
-    states, error = run_target(config_for(lytics), lines)
+    trusted = config_for(lytics, batch_file_roots=[tmp_path.as_uri()])
+    states, error = run_target(trusted, lines)
     assert error is None
     assert sorted(uploaded_ids(lytics)) == sorted(r["_id"] for r in records)
     assert states[-1] == {"bookmarks": {"activity": {"upto": 90}}}
@@ -331,7 +332,7 @@ def test_batch_messages_are_validated_mapped_and_uploaded(lytics, tmp_path):
         handle.write(orjson.dumps(bad) + b"\n")
     lytics.reset()
     states, error = run_target(
-        config_for(lytics), [lines[0], json.dumps({**batch, "manifest": [path.as_uri()]}) + "\n"]
+        trusted, [lines[0], json.dumps({**batch, "manifest": [path.as_uri()]}) + "\n"]
     )
     assert error is not None
     assert "time" in str(error)

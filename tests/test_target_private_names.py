@@ -22,7 +22,6 @@ from singer_sdk.target_base import Target
 from target_lytics import sdk_private
 from target_lytics.sinks import FastJSONSchemaValidator, LyticsSink
 from target_lytics.target import TargetLytics
-from upath import UPath
 
 POSITIONAL = inspect.Parameter.POSITIONAL_OR_KEYWORD
 KEYWORD = inspect.Parameter.KEYWORD_ONLY
@@ -37,6 +36,8 @@ def _positional(*names: str) -> list[tuple[str, object, object]]:
 METHODS = {
     "_process_schema_message": (Target, _positional("message_dict")),
     "_process_state_message": (Target, _positional("message_dict")),
+    "_process_activate_version_message": (Target, _positional("message_dict")),
+    "_process_batch_message": (Target, _positional("message_dict")),
     "_write_state_message": (Target, _positional("state")),
     "_validate_config": (Target, [*_positional(), ("raise_errors", KEYWORD, True)]),
     "_handle_max_record_age": (Target, _positional()),
@@ -49,8 +50,6 @@ TARGET_ATTRIBUTES = {
     "_sinks_active": dict,
 }
 SINK_ATTRIBUTES = {"_validator": FastJSONSchemaValidator}
-#: Private properties of a BATCH file storage (singer_sdk.helpers._batch.StorageTarget).
-STORAGE_ATTRIBUTES = {"_root_path": UPath}
 
 SCHEMA = {"type": "object", "properties": {"id": {"type": "integer"}}}
 
@@ -67,7 +66,6 @@ def test_the_pinned_version_is_installed():
 def test_the_fence_lists_exactly_the_names_checked_here():
     checked = set(METHODS) | set(TARGET_ATTRIBUTES) | set(SINK_ATTRIBUTES)
     assert set(sdk_private.TARGET_PRIVATE_NAMES) | set(sdk_private.SINK_PRIVATE_NAMES) == checked
-    assert set(sdk_private.STORAGE_PRIVATE_NAMES) == set(STORAGE_ATTRIBUTES)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -105,23 +103,11 @@ def test_private_imports():
     assert config.parse_env is True
 
 
-def test_batch_file_storage(tmp_path):
-    # What target_lytics.batch_files does with a BATCH message's file URL.
-    for name in ("BaseBatchFileEncoding", "StorageTarget"):
-        assert getattr(sdk_batch, name) is getattr(sdk_private, name)
+def test_batch_file_encoding():
+    # What target_lytics.sinks reads of a BATCH message's encoding.
+    assert sdk_batch.BaseBatchFileEncoding is sdk_private.BaseBatchFileEncoding
     encoding = sdk_private.BaseBatchFileEncoding.from_dict({"format": "jsonl", "compression": None})
     assert (encoding.format, encoding.compression) == ("jsonl", None)
-    path = tmp_path / "activity-1.jsonl"
-    path.write_bytes(b"{}\n")
-    head, tail = sdk_private.StorageTarget.split_url(path.as_uri())
-    assert tail == "activity-1.jsonl"
-    storage = sdk_private.StorageTarget.from_url(head)
-    for name, kind in STORAGE_ATTRIBUTES.items():
-        assert isinstance(getattr(storage, name), kind), name
-    with storage.open(tail, mode="rb") as file:
-        assert file.read() == b"{}\n"
-    sdk_private.delete_batch_file(storage, tail)
-    assert not path.exists()
 
 
 class PlainSink(Sink):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import threading
 from typing import Any
 
@@ -12,6 +13,7 @@ import orjson
 import pytest
 from singer_sdk.singerlib.exceptions import InvalidInputLine
 from target_lytics import reader as reader_module
+from target_lytics.errors import input_line_note
 from target_lytics.reader import SingerLineReader
 
 
@@ -145,15 +147,16 @@ def test_a_run_is_processed_when_the_pipe_has_nothing_more():
 @pytest.mark.parametrize(
     ("data", "says"),
     [
-        (b"\n", "Unable to parse line as JSON"),
-        (b'{"type": "RECORD", "stream": \n', "Unable to parse line as JSON"),
-        (b"[1, 2]\n", "must be a JSON object"),
-        (b'{"stream": "a"}\n', "missing required type"),
+        (b"\n", "Input line 2: an empty line"),
+        (b'{"type": "RECORD", "stream": \n', "Input line 2: not JSON"),
+        (b"[1, 2]\n", "Input line 2: a Singer message must be a JSON object"),
+        (b'{"stream": "a"}\n', "Input line 2 \\(message of stream 'a'\\): .*missing required type"),
     ],
 )
-def test_bad_lines_get_the_sdk_errors(data, says):
-    with pytest.raises(InvalidInputLine, match=says):
+def test_bad_lines_name_their_line(data, says):
+    with pytest.raises(InvalidInputLine) as raised:
         read(io.BytesIO(record("a", 1) + data), {"a"})
+    assert re.match(says, input_line_note(raised.value) or "")
 
 
 def test_a_last_line_without_newline_is_read():

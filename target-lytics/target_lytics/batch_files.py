@@ -7,25 +7,32 @@ line of the stream takes: the stream's :class:`~target_lytics.typed_records.Type
 when it has one and accepts the record, else decode, the sink's ``batch_validator`` and
 ``process_record``. Memory stays at a chunk plus the bodies being built or uploaded.
 
-Files are opened as singer-sdk opens them (``StorageTarget``: the target's ``batch_config``
-storage, else the URL's folder). Once a file's records are all read and its last events handed
-to the upload pool, the file is deleted unless ``delete_batch_files`` is false: the tap's STATE,
-not the file, is what a failed run resumes from. A file whose record fails is kept.
+A BATCH message can name any file, so a file is read (and deleted) only when it is a regular
+file under one of the folders of the ``batch_file_roots`` setting (none by default: BATCH
+messages are refused until it names the tap's ``batch_config`` storage root), its URL is local
+(``file://`` or an absolute path; the Singer BATCH extension allows any fsspec URL) and its real
+path, symlinks resolved, stays under the root. A named FIFO or device (``/dev/zero``) would block
+or never end, so it is refused before it is opened, and the open itself neither follows a
+symlink nor waits. Once a file's records are all read and its last events handed to the upload
+pool, the file is deleted unless ``delete_batch_files`` is false: the tap's STATE, not the file,
+is what a failed run resumes from. A file whose record fails is kept.
 """
 
 from __future__ import annotations
 
 import gzip
+import os
+import stat
 import typing as t
 import zlib
 from types import ModuleType
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 from singer_sdk.exceptions import InvalidRecord
 
-from target_lytics.errors import BatchFileError, ValueConversionError
+from target_lytics.errors import BatchFileError, ValueConversionError, quote_line
 from target_lytics.reader import line_batches
-from target_lytics.sdk_private import StorageTarget, delete_batch_file
 from target_lytics.typed_records import decode_record
 
 #: The gzip reader: ISA-L's decompresses several times faster than zlib's; the standard library's
@@ -56,10 +63,80 @@ _RECORD_ERRORS = (msgspec.DecodeError, InvalidRecord, ValueConversionError)
 _READ_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, *_INFLATE_ERRORS)
 
 
+def root_folders(roots: Sequence[str]) -> list[str]:
+    """The real paths of the ``batch_file_roots`` setting's folders (``file://`` URLs or paths)."""
+    return [os.path.realpath(local_path(root) or root) for root in roots]
+
+
+def local_path(url: str) -> str | None:
+    """The absolute local path of a ``file://`` URL or an absolute path; None for anything else."""
+    parts = urlsplit(url)
+    if parts.scheme == "file" and parts.netloc in ("", "localhost") and not parts.query:
+        path = unquote(parts.path)
+    elif not parts.scheme:
+        path = url
+    else:
+        return None
+    return path if os.path.isabs(path) and "\0" not in path else None
+
+
+def checked_batch_file(url: t.Any, roots: Sequence[str], stream: str) -> str:
+    """The real path of a file a BATCH message names, once it is safe to read and delete.
+
+    Raises:
+        BatchFileError: The URL is not local, the file is outside ``batch_file_roots`` (a
+            symlink out of it included), missing, or not a regular file.
+    """
+    where = f"BATCH file {quote_line(str(url))} of stream '{stream}'"
+    path = local_path(url) if isinstance(url, str) else None
+    if path is None:
+        raise BatchFileError(
+            f"{where}: not a local file; target-lytics reads file:// URLs and absolute paths "
+            "under batch_file_roots"
+        )
+    if not roots:
+        raise BatchFileError(
+            f"{where}: BATCH files are read only under the folders of the batch_file_roots "
+            "setting, which is empty; set it to the tap's batch_config storage root (e.g. "
+            '["file:///var/tmp/cordial-batches"])'
+        )
+    real = os.path.realpath(path)
+    if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
+        inside = any(
+            os.path.abspath(path).startswith(root.rstrip(os.sep) + os.sep) for root in roots
+        )
+        why = "a symlink out of" if inside else "not under"
+        raise BatchFileError(
+            f"{where}: {why} the batch_file_roots folders ({', '.join(roots)}); refused"
+        )
+    try:
+        mode = os.stat(real).st_mode
+    except OSError as exc:
+        raise BatchFileError(f"{where} could not be read: {exc.strerror}") from exc
+    if not stat.S_ISREG(mode):
+        raise BatchFileError(f"{where}: not a regular file (a folder, FIFO or device); refused")
+    return real
+
+
+def _open_regular(path: str) -> t.BinaryIO:
+    """Open a checked file without following a symlink or waiting; refuse what is not regular."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def process_jsonl_files(
-    sink: LyticsSink, compression: str | None, urls: Sequence[str], *, delete: bool
+    sink: LyticsSink, compression: str | None, files: Sequence[tuple[str, str]], *, delete: bool
 ) -> None:
     """Send the records of each JSON Lines file to ``sink``; delete each file after, if asked.
+
+    ``files`` are (URL, path) pairs, the path checked by :func:`checked_batch_file`.
 
     Raises:
         BatchFileError: A file cannot be read or one of its records fails (names the file and
@@ -70,14 +147,10 @@ def process_jsonl_files(
             f"BATCH message of stream '{sink.stream_name}': compression {compression!r} is not "
             "supported (use gzip or none)"
         )
-    batch_config = sink.batch_config
-    storage = batch_config.storage if batch_config else None
-    for url in urls:
-        head, tail = StorageTarget.split_url(url)
-        file_storage = storage or StorageTarget.from_url(head)
+    for url, path in files:
         reader = _FileReader(sink, url)
         try:
-            with file_storage.open(tail, mode="rb") as file:
+            with _open_regular(path) as file:
                 if compression == "gzip":
                     with gzip_lib.open(file, "rb") as unpacked:
                         reader.process(line_batches(unpacked))
@@ -90,7 +163,7 @@ def process_jsonl_files(
             ) from exc
         sink.send_body()
         if delete:
-            delete_batch_file(file_storage, tail)
+            os.unlink(path)
 
 
 class _FileReader:

@@ -23,6 +23,7 @@ from singer_sdk.exceptions import InvalidRecord
 from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.sinks import Sink
 
+from target_lytics.errors import LyticsError, RunRecordError
 from target_lytics.sdk_private import (
     HookedTarget,
     check_key_properties,
@@ -100,17 +101,25 @@ class FastRecordPath:
         while done < len(records):
             room = max(1, sink.max_size - sink.current_size)
             part = records[done : done + room]
-            if typed is None:
-                for raw in part:
-                    self._check_and_add(sink, decode_record(raw))
-            else:
-                encode, add_event = typed.encode, sink.add_event
-                for raw in part:
-                    event = encode(raw)
-                    if event is None:
+            raw: msgspec.Raw | None = None
+            try:
+                if typed is None:
+                    for raw in part:
                         self._check_and_add(sink, decode_record(raw))
-                    else:
-                        add_event(event)
+                else:
+                    encode, add_event = typed.encode, sink.add_event
+                    for raw in part:
+                        event = encode(raw)
+                        if event is None:
+                            self._check_and_add(sink, decode_record(raw))
+                        else:
+                            add_event(event)
+            except LyticsError:
+                raise
+            except Exception as exc:
+                # The error path only: which record of the run failed, for its line number.
+                index = next((i for i, item in enumerate(part) if item is raw), 0)
+                raise RunRecordError(exc, done + index) from exc
             done += len(part)
             sink.tally_record_read(len(part))
             sink.record_counter_metric.increment(len(part))
@@ -138,10 +147,11 @@ class FastRecordPath:
         if validator is not None:
             try:
                 validator.validate(record)
-            except InvalidRecord:
-                sink.logger.exception("Record validation failed")
+            except InvalidRecord as exc:
+                # The error ends the run in one line (no traceback); a warning when it does not.
                 if sink.fail_on_record_validation_exception:
                     raise
+                sink.logger.warning("Record validation failed: %s", exc.error_message)
         for key in sink.key_properties:
             if key not in record:
                 check_key_properties(sink, record)  # raises the SDK's error

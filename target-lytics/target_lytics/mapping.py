@@ -62,7 +62,12 @@ _RFC3339_CACHE_SIZE = 4096
 
 def _datetime_to_rfc3339_utc(moment: datetime.datetime) -> str:
     if moment.tzinfo is not None:
-        moment = moment.astimezone(_UTC).replace(tzinfo=None)
+        try:
+            moment = moment.astimezone(_UTC).replace(tzinfo=None)
+        except OverflowError as exc:
+            raise ValueConversionError(
+                f"{moment.isoformat()} is out of range in UTC (years 1 to 9999)"
+            ) from exc
     return moment.isoformat() + "Z"
 
 

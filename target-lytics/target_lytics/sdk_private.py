@@ -1,6 +1,7 @@
 """The one module that uses singer-sdk's private names; the rest of the package uses these wrappers.
 
 - :class:`HookedTarget` replaces ``Target._process_schema_message``,
+  ``_process_activate_version_message``, ``_process_batch_message``,
   ``_process_state_message`` and ``_write_state_message``
   (target_base.py) and
   ``PluginBase._validate_config`` (plugin_base.py) with public hooks of its own, and wraps
@@ -11,9 +12,9 @@
   (sinks/core.py), which the record fast path calls in place of the SDK's record loop.
 - ``BaseJSONSchemaValidator`` and ``JSONSchemaValidator`` come from ``singer_sdk.sinks.core``,
   which does not export them; :func:`cli_config` reads ``plugin_base._ConfigInput``.
-- ``BaseBatchFileEncoding`` and ``StorageTarget`` (BATCH files' encoding and storage) come from
-  the private ``singer_sdk.helpers._batch``; :func:`delete_batch_file` removes a file through the
-  storage's ``_root_path`` (the path its ``open`` reads).
+- ``BaseBatchFileEncoding`` (a BATCH message's encoding) comes from the private
+  ``singer_sdk.helpers._batch``. BATCH files themselves are opened and deleted by
+  :mod:`target_lytics.batch_files` (local files under ``batch_file_roots`` only).
 
 Pinned: singer-sdk ==0.54.9 (target-lytics/pyproject.toml). tests/test_target_private_names.py
 fails when one of these names disappears or changes signature, or when another module of the
@@ -27,7 +28,7 @@ from typing import Any
 
 import click
 from singer_sdk.exceptions import ConfigValidationError
-from singer_sdk.helpers._batch import BaseBatchFileEncoding, StorageTarget
+from singer_sdk.helpers._batch import BaseBatchFileEncoding
 from singer_sdk.plugin_base import JSONSchemaValidator as ConfigValidator
 from singer_sdk.plugin_base import _ConfigInput
 from singer_sdk.sinks import Sink
@@ -40,10 +41,8 @@ __all__ = [
     "BaseJSONSchemaValidator",
     "HookedTarget",
     "JSONSchemaValidator",
-    "StorageTarget",
     "check_key_properties",
     "cli_config",
-    "delete_batch_file",
     "record_validator",
     "remove_sdc_metadata",
 ]
@@ -51,6 +50,8 @@ __all__ = [
 #: singer-sdk private names used here, checked by the test named in the module docstring.
 TARGET_PRIVATE_NAMES = (
     "_process_schema_message",
+    "_process_activate_version_message",
+    "_process_batch_message",
     "_process_state_message",
     "_write_state_message",
     "_validate_config",
@@ -59,7 +60,6 @@ TARGET_PRIVATE_NAMES = (
     "_sinks_active",
 )
 SINK_PRIVATE_NAMES = ("_validator", "_remove_sdc_metadata_from_record", "_singer_validate_message")
-STORAGE_PRIVATE_NAMES = ("_root_path",)
 
 
 class HookedTarget(Target):
@@ -74,6 +74,9 @@ class HookedTarget(Target):
     def schema_problem(self, error: Any) -> str:
         """One JSON-schema validation error as a user-facing line."""
         return str(error.message)
+
+    def check_message(self, message: dict) -> None:
+        """Called before singer-sdk takes a SCHEMA, ACTIVATE_VERSION or BATCH message; may raise."""
 
     def stream_schema_registered(self, stream_name: str) -> None:
         """Called after a SCHEMA message registered (or replaced) the stream's sink."""
@@ -122,7 +125,8 @@ class HookedTarget(Target):
 
     @override
     def _process_schema_message(self, message_dict: dict) -> None:
-        """Register the schema, then call :meth:`stream_schema_registered`."""
+        """:meth:`check_message`, register the schema, then :meth:`stream_schema_registered`."""
+        self.check_message(message_dict)
         super()._process_schema_message(message_dict)
         self.stream_schema_registered(message_dict["stream"])
 
@@ -133,6 +137,18 @@ class HookedTarget(Target):
         super()._process_state_message(message_dict)
         if self._latest_state != previous and self._latest_state is not None:
             self.state_changed(self._latest_state)
+
+    @override
+    def _process_activate_version_message(self, message_dict: dict) -> None:
+        """:meth:`check_message`, then singer-sdk's handling."""
+        self.check_message(message_dict)
+        super()._process_activate_version_message(message_dict)
+
+    @override
+    def _process_batch_message(self, message_dict: dict) -> None:
+        """:meth:`check_message`, then singer-sdk's handling."""
+        self.check_message(message_dict)
+        super()._process_batch_message(message_dict)
 
     @override
     def _write_state_message(self, state: dict) -> None:
@@ -153,11 +169,6 @@ def remove_sdc_metadata(sink: Sink, record: dict) -> None:
 def check_key_properties(sink: Sink, record: dict) -> None:
     """Raise singer-sdk's error when ``record`` lacks one of the stream's key properties."""
     sink._singer_validate_message(record)
-
-
-def delete_batch_file(storage: StorageTarget, filename: str) -> None:
-    """Delete ``filename`` of ``storage`` through the storage's filesystem (fsspec)."""
-    (storage._root_path / filename).unlink()
 
 
 def cli_config(ctx: click.Context) -> tuple[Any, bool]:

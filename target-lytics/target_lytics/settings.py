@@ -15,7 +15,12 @@ from urllib.parse import urlsplit
 
 from singer_sdk import typing as th
 
-from target_lytics.user_fields import ACTIVITY_FIELDS, FIELD_ENTRY_SCHEMA, WORKFLOWS
+from target_lytics.user_fields import (
+    ACTIVITY_FIELDS,
+    FIELD_ENTRY_SCHEMA,
+    WORKFLOWS,
+    lytics_field_name,
+)
 
 #: Lytics' documented cap per request body.
 HARD_MAX_REQUEST_BYTES = 10_000_000
@@ -203,6 +208,16 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
             "kept."
         ),
     ),
+    th.Property(
+        "batch_file_roots",
+        th.ArrayType(th.StringType),
+        default=[],
+        description=(
+            "Folders (file:// URLs or absolute paths) whose files BATCH messages may name: the "
+            "target reads and deletes only regular files under them (symlinks resolved). Empty "
+            "(the default) refuses BATCH messages; set it to the tap's batch_config storage root."
+        ),
+    ),
     # singer-sdk's own setting, declared here for its default: bodies are bounded by bytes and
     # sent as they fill, so a drain only flushes a partial body and waits for it; the SDK's
     # 10,000 rows would mean ~3 MB requests and a wait every 10,000 records.
@@ -321,3 +336,92 @@ def merged_streams(user: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
     for name, entry in (user or {}).items():
         merged[name] = dict(entry or {})
     return merged
+
+
+def lytics_stream_problem(name: Any) -> str | None:
+    r"""Why ``name`` cannot be a Lytics stream (one segment of ``/collect/json/{stream}``), or None.
+
+    ``.`` and ``..`` would be resolved away from the path, ``/`` and ``\\`` would add segments,
+    and control characters or surrounding spaces are a mistake, not a stream name.
+    """
+    if not isinstance(name, str) or not name.strip():
+        return "is empty"
+    if name in (".", ".."):
+        return "is a relative path segment, not a name"
+    if "/" in name or "\\" in name:
+        return "holds a path separator"
+    if name != name.strip() or any(ord(char) < 0x20 or ord(char) == 0x7F for char in name):
+        return "holds control characters or surrounding spaces"
+    return None
+
+
+def input_settings_problems(config: Mapping[str, Any]) -> list[str]:
+    """Problems of settings the schema cannot see: null numbers, stream names, field collisions.
+
+    Also checks ``batch_file_roots`` (local folders only).
+    """
+    problems: list[str] = []
+    for name, prop in CONFIG_SCHEMA["properties"].items():
+        types = prop.get("type")
+        if (
+            name in config
+            and config[name] is None
+            and isinstance(types, list)
+            and "string" in types
+        ):
+            problems.append(
+                f"`{name}` is null; give a number or leave it out for the default "
+                f"({prop.get('default')})."
+            )
+    streams = config.get("streams")
+    if isinstance(streams, Mapping):
+        merged = merged_streams({k: v for k, v in streams.items() if isinstance(v, Mapping)})
+    else:
+        merged = merged_streams(None)
+    for singer_stream, entry in merged.items():
+        lytics_stream = entry.get("lytics_stream") or singer_stream
+        problem = lytics_stream_problem(lytics_stream)
+        if problem:
+            where = "lytics_stream" if entry.get("lytics_stream") else "(the Singer stream's name)"
+            problems.append(
+                f"`streams.{singer_stream}`: Lytics stream {lytics_stream!r} {where} {problem}; "
+                "it must be one segment of /collect/json/{stream}."
+            )
+        problems.extend(_field_collisions(singer_stream, entry.get("fields")))
+    roots = config.get("batch_file_roots")
+    if isinstance(roots, list):
+        for root in roots:
+            if not isinstance(root, str) or not _is_local_folder(root):
+                problems.append(
+                    f"`batch_file_roots`: {root!r} is not a file:// URL or an absolute path."
+                )
+    return problems
+
+
+def _field_collisions(singer_stream: str, fields: Any) -> list[str]:
+    """Source fields of one stream mapped onto the same Lytics field (ids are lowercase)."""
+    if not isinstance(fields, Mapping):
+        return []
+    by_id: dict[str, list[tuple[str, str]]] = {}
+    for source, entry in fields.items():
+        if isinstance(entry, str) or (isinstance(entry, Mapping) and "field" in entry):
+            key = lytics_field_name(entry)
+            by_id.setdefault(key.lower(), []).append((str(source), key))
+    problems = []
+    for field_id, sources in by_id.items():
+        if len(sources) > 1:
+            named = " and ".join(f"{source!r} -> {key!r}" for source, key in sources)
+            problems.append(
+                f"`streams.{singer_stream}.fields`: {named} map onto the same Lytics field "
+                f"{field_id!r} (field ids are lowercase), so one value would be lost; map each "
+                "source field onto its own Lytics field."
+            )
+    return problems
+
+
+def _is_local_folder(root: str) -> bool:
+    """Whether a ``batch_file_roots`` entry is a ``file://`` URL or an absolute path."""
+    parts = urlsplit(root)
+    if parts.scheme == "file":
+        return parts.netloc in ("", "localhost") and parts.path.startswith("/")
+    return not parts.scheme and root.startswith("/")

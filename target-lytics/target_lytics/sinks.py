@@ -13,9 +13,11 @@ it does not wait. STATE waits for Lytics instead through the sink's
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import time
 import typing as t
+from pathlib import Path
 
 import fastjsonschema
 import orjson
@@ -23,11 +25,11 @@ from singer_sdk.exceptions import InvalidJSONSchema, InvalidRecord
 from singer_sdk.sinks import Sink
 from typing_extensions import override
 
-from target_lytics.batch_files import process_jsonl_files
-from target_lytics.errors import LyticsError
+from target_lytics.batch_files import checked_batch_file, process_jsonl_files
+from target_lytics.errors import InputError, LyticsError
 from target_lytics.mapping import RecordMapper, StreamMapping, json_default
 from target_lytics.sdk_private import BaseJSONSchemaValidator, JSONSchemaValidator
-from target_lytics.settings import setting
+from target_lytics.settings import lytics_stream_problem, setting
 from target_lytics.typed_records import TypedRecordEncoder
 from target_lytics.uploads import Body, UploadPool
 
@@ -71,6 +73,33 @@ class FastJSONSchemaValidator(BaseJSONSchemaValidator):
                 f"{exc.message.replace('data', 'record', 1)} (at {path}, rule {exc.rule!r})"
             )
             raise InvalidRecord(msg, record) from exc
+
+
+class QuietValidationFailures(logging.Filter):
+    """singer-sdk's record loop logs a failing record with a traceback before raising the error.
+
+    When the error ends the run, its one line says it (see ``errors.user_errors_end_the_run``): the
+    log record is dropped. When the run goes on (``fail_on_record_validation_exception`` off), it
+    becomes one warning line. Runs only when singer-sdk logs, so the good path pays nothing.
+    """
+
+    def __init__(self, *, fails: bool) -> None:
+        """``fails``: a failing record ends the run."""
+        super().__init__()
+        self.fails = fails
+
+    @override
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Drop or shorten singer-sdk's "Record validation failed" record."""
+        if record.msg != "Record validation failed" or not record.exc_info:
+            return True
+        if self.fails:
+            return False
+        error = record.exc_info[1]
+        record.msg = "Record validation failed: %s"
+        record.args = (getattr(error, "error_message", str(error)),)
+        record.exc_info = None
+        return True
 
 
 class BodyBuilder:
@@ -129,6 +158,16 @@ class LyticsSink(Sink):
         self.target = target
         super().__init__(target, stream_name, schema, key_properties)
         self.stream_mapping: StreamMapping = target.stream_mapping(stream_name)
+        problem = lytics_stream_problem(self.stream_mapping.lytics_stream)
+        if problem:
+            raise InputError(
+                f"stream {stream_name!r} would go to Lytics stream "
+                f"{self.stream_mapping.lytics_stream!r}, which {problem}; rename the stream or "
+                f"set streams.{stream_name}.lytics_stream"
+            )
+        if not any(isinstance(f, QuietValidationFailures) for f in self.logger.filters):
+            fails = bool(self.fail_on_record_validation_exception)
+            self.logger.addFilter(QuietValidationFailures(fails=fails))
         self.mapper = RecordMapper(
             stream_name=stream_name,
             schema=self.schema,
@@ -136,6 +175,7 @@ class LyticsSink(Sink):
             include_unmapped_fields=bool(setting(self.config, "include_unmapped_fields")),
             logger=self.logger,
         )
+        self._refuse_unmapped_collisions()
         #: Records of this stream decoded straight into events (None: the general way only).
         self.typed_encoder = TypedRecordEncoder.for_stream(
             self.schema, self.key_properties, self.mapper
@@ -158,6 +198,28 @@ class LyticsSink(Sink):
             name=stream_name,
             on_error=target.upload_failed,
         )
+
+    def _refuse_unmapped_collisions(self) -> None:
+        """With include_unmapped_fields, an unmapped field named like a mapped Lytics field.
+
+        Its value would be dropped for the mapped one's (or the other way round) without a word.
+
+        Raises:
+            InputError: Names the stream, the field and the mapping it collides with.
+        """
+        fields = self.stream_mapping.fields
+        if not fields or not setting(self.config, "include_unmapped_fields"):
+            return
+        targets = {target.lower(): source for source, target in fields.items()}
+        for name in self.schema.get("properties") or {}:
+            source = targets.get(name.lower())
+            if name not in fields and source is not None:
+                raise InputError(
+                    f"stream '{self.stream_name}': field {name!r} is not mapped, so "
+                    f"include_unmapped_fields sends it as {name!r}, the Lytics field that "
+                    f"{source!r} is mapped onto (field ids are lowercase); map {name!r} to "
+                    "another field or turn include_unmapped_fields off"
+                )
 
     @property
     def client(self) -> LyticsClient:
@@ -206,13 +268,16 @@ class LyticsSink(Sink):
     def process_batch_files(self, encoding: BaseBatchFileEncoding, files: t.Sequence[str]) -> None:
         """Stream JSON Lines files line by line (:mod:`target_lytics.batch_files`).
 
-        Other formats (parquet) take singer-sdk's way: a whole file's records to
+        Every file is checked first: a regular file under ``batch_file_roots``. Other formats
+        (parquet) take singer-sdk's way: a whole file's records to
         :meth:`process_batch`.
         """
+        roots = self.target.batch_file_roots
+        checked = [(url, checked_batch_file(url, roots, self.stream_name)) for url in files]
         if encoding.format != "jsonl":
-            super().process_batch_files(encoding, files)
+            super().process_batch_files(encoding, [Path(path).as_uri() for _, path in checked])
             return
-        process_jsonl_files(self, encoding.compression, files, delete=self.delete_batch_files)
+        process_jsonl_files(self, encoding.compression, checked, delete=self.delete_batch_files)
 
     @override
     def process_batch(self, context: dict) -> None:

@@ -10,9 +10,10 @@ import typing as t
 import click
 from typing_extensions import override
 
+from target_lytics.batch_files import root_folders
 from target_lytics.checkpoints import StateCheckpoints
 from target_lytics.client import LyticsClient, RetryPolicy
-from target_lytics.errors import LyticsError, user_errors_end_the_run
+from target_lytics.errors import InputError, LyticsError, user_errors_end_the_run
 from target_lytics.fastpath import FastRecordPath
 from target_lytics.mapping import StreamMapping
 from target_lytics.progress import UploadProgress
@@ -23,6 +24,7 @@ from target_lytics.settings import (
     CONFIG_SCHEMA,
     DEFAULT_STREAMS,
     connection_problems,
+    input_settings_problems,
     merged_streams,
     parse_number_settings,
     schema_problem,
@@ -64,6 +66,8 @@ class TargetLytics(HookedTarget):
         self.max_request_bytes = int(setting(self.config, "max_request_bytes"))
         self.max_concurrent_uploads = int(setting(self.config, "max_concurrent_uploads"))
         self.streams_config = merged_streams(setting(self.config, "streams"))
+        #: Real paths of the folders BATCH files may be read from (see target_lytics.batch_files).
+        self.batch_file_roots = root_folders(setting(self.config, "batch_file_roots") or [])
         # Created up front: upload threads of several sinks share it.
         self.client = self._new_client()
         self.fast_path = FastRecordPath(self)
@@ -101,11 +105,14 @@ class TargetLytics(HookedTarget):
 
     @override
     def settings_problems(self, config: dict[str, t.Any]) -> list[str]:
-        """Numbers given as text become numbers (else a problem); token and URL checks.
+        """Numbers given as text become numbers (else a problem); what the schema cannot see.
 
-        The token is stripped; a token or URL that could leak is refused.
+        The token is stripped; a token or URL that could leak is refused
+        (:func:`~target_lytics.settings.connection_problems`), then
+        :func:`~target_lytics.settings.input_settings_problems`.
         """
-        return parse_number_settings(config, self.config_jsonschema) + connection_problems(config)
+        problems = connection_problems(config) + input_settings_problems(config)
+        return [*problems, *parse_number_settings(config, self.config_jsonschema)]
 
     @override
     def schema_problem(self, error: t.Any) -> str:
@@ -113,6 +120,50 @@ class TargetLytics(HookedTarget):
         return schema_problem(error)
 
     # Records and STATE --------------------------------------------------------------------------
+
+    @override
+    def check_message(self, message: dict) -> None:
+        """Refuse a SCHEMA, ACTIVATE_VERSION or BATCH message singer-sdk would take badly.
+
+        What the Singer specification asks of each (and singer-sdk reads): a stream name; for
+        SCHEMA a schema object and key_properties as a list of field names; for ACTIVATE_VERSION
+        an integer version of a stream whose SCHEMA came first; for BATCH an encoding object
+        with a format and a manifest list of URLs, for such a stream.
+
+        Raises:
+            InputError: What is wrong and what is expected (the reader adds the line number).
+        """
+        kind = message.get("type")
+        stream = message.get("stream")
+        if not isinstance(stream, str):
+            raise InputError(f"a {kind} message needs `stream`, a stream name")
+        if kind == "SCHEMA":
+            if not isinstance(message.get("schema"), dict):
+                raise InputError("`schema` must be a JSON Schema object")
+            keys = message.get("key_properties")
+            if keys is not None and (
+                not isinstance(keys, list) or not all(isinstance(key, str) for key in keys)
+            ):
+                raise InputError(
+                    f"`key_properties` must be a list of field names, not {json_text(keys)}"
+                )
+            return
+        if stream not in self.mapper.stream_maps:
+            raise InputError(f"stream {stream!r} has no SCHEMA message before this line")
+        if kind == "ACTIVATE_VERSION":
+            version = message.get("version")
+            if not isinstance(version, int) or isinstance(version, bool):
+                raise InputError(f"`version` must be an integer, not {json_text(version)}")
+            return
+        encoding = message.get("encoding")
+        if not isinstance(encoding, dict) or not isinstance(encoding.get("format"), str):
+            raise InputError(
+                "`encoding` must be an object with `format` (jsonl) and `compression` "
+                f"(gzip or none), not {json_text(encoding)}"
+            )
+        manifest = message.get("manifest")
+        if not isinstance(manifest, list) or not all(isinstance(url, str) for url in manifest):
+            raise InputError(f"`manifest` must be a list of file URLs, not {json_text(manifest)}")
 
     @override
     def stream_schema_registered(self, stream_name: str) -> None:
@@ -298,6 +349,12 @@ class TargetLytics(HookedTarget):
             )
         )
         return command
+
+
+def json_text(value: t.Any) -> str:
+    """A message value for an error line, short (a bad message may be large)."""
+    text = "absent" if value is None else repr(value)
+    return text if len(text) <= 80 else text[:80] + " ..."
 
 
 if __name__ == "__main__":
