@@ -371,6 +371,8 @@ def test_every_setting_of_both_plugins_from_environment_variables(meltano, sandb
         "start_date": sandbox.cordial.default_start.date().isoformat(),
         "end_date": now.isoformat(),
         "actions": ["open", "click"],
+        # Sent by name beside the two actions; no sandbox event has it, so nothing else arrives.
+        "custom_actions": ["no-such-custom-event"],
         "export_format": "csv",
         "compress": False,
         "export_window_hours": "12.5",
@@ -445,7 +447,9 @@ def test_every_setting_of_both_plugins_from_environment_variables(meltano, sandb
         "flattening_max_key_length": 100,
         "flattening_separator": "__",
         "delete_batch_files": False,
+        "batch_file_roots": [(tmp_path / "batches").as_uri()],
         "min_state_interval_seconds": "0.5",
+        "publish_others_changes": True,
     }
     assert set(tap) == set(_meltano_settings("extractors", "tap-cordial-activity"))
     assert set(target) == set(_meltano_settings("loaders", "target-lytics"))
