@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from tap_cordial_activity.errors import SftpError
+from tap_cordial_activity.sftp_store import SftpStore
 from tap_cordial_activity.export import ExportRunner
 from test_tap_helpers import TapRun, run_tap
 
@@ -156,7 +157,8 @@ class _Folder:
 def runner_over(*names: str) -> ExportRunner:
     config: dict[str, Any] = {"sftp_path": "/export"}
     return ExportRunner(
-        config, client=None, sftp=_Folder(*names), logger=logging.getLogger("test"),  # type: ignore[arg-type]
+        config, client=None, store=SftpStore(_Folder(*names), "/export"),  # type: ignore[arg-type]
+        logger=logging.getLogger("test"),
         checkpoint_records=100,
     )
 
