@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 from tap_cordial_activity.errors import SftpError
-from tap_cordial_activity.sftp_store import SftpStore
 from tap_cordial_activity.export import ExportRunner
+from tap_cordial_activity.sftp_store import SftpStore
 from test_tap_helpers import TapRun, run_tap
 
 from sandbox.events import CUSTOM_ACTIONS, RESERVED_ACTIONS
