@@ -10,6 +10,7 @@ mid-object.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import struct
 import subprocess
@@ -37,9 +38,15 @@ class MotoS3Server(LocalService):
     access_key_id = "testing-access-key"
     secret_access_key = "testing-secret-key"  # noqa: S105 - moto's, not a secret
 
-    def __init__(self) -> None:
-        """Pick a port; `start()` starts the process."""
+    def __init__(self, *, authorize_after_requests: int | None = None) -> None:
+        """Pick a port; `start()` starts the process.
+
+        ``authorize_after_requests``: moto checks credentials and IAM policies from that many
+        requests on (its ``INITIAL_NO_AUTH_ACTION_COUNT``; the first ones set up users and
+        buckets). None: every request is allowed, whatever the keys.
+        """
         self.port = free_port()
+        self.authorize_after_requests = authorize_after_requests
         self.process: subprocess.Popen[bytes] | None = None
         self.log = Path(tempfile.mkstemp(prefix="moto-", suffix=".log")[1])
 
@@ -54,11 +61,15 @@ class MotoS3Server(LocalService):
             import moto.server  # noqa: F401
         except ImportError:
             raise RuntimeError("moto is not installed: run scripts/bootstrap.sh") from None
+        env = dict(os.environ)
+        if self.authorize_after_requests is not None:
+            env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(self.authorize_after_requests)
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=env,
             )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -84,12 +95,12 @@ class MotoS3Server(LocalService):
         self.log.unlink(missing_ok=True)
 
 
-    def client(self) -> Any:
-        """A boto3 S3 client for this server."""
+    def client(self, service: str = "s3") -> Any:
+        """A boto3 client of ``service`` (S3; IAM to set up users) for this server."""
         import boto3
 
         return boto3.client(
-            "s3",
+            service,
             endpoint_url=self.url,
             region_name=self.region,
             aws_access_key_id=self.access_key_id,

@@ -8,6 +8,7 @@ the settings each destination requires.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,7 @@ from test_tap_helpers import event, iso, run_tap
 # Fixtures: a sandbox whose Cordial stand-in has no default events (tests add their own).
 from test_tap_sync import expected_ids, quiet, quiet_cordial  # noqa: F401
 
-from sandbox.pytest_plugin import S3_PREFIX, Sandbox, s3_bucket_for
+from sandbox.pytest_plugin import S3_PREFIX, SFTP_SETTINGS, Sandbox, s3_bucket_for
 from sandbox.s3 import CuttingProxy, MotoS3Server
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
@@ -310,3 +311,42 @@ def test_reader_streams_from_an_offset_in_ranges(s3_server: MotoS3Server, monkey
     finally:
         s3_server.empty_bucket(bucket)
         s3_server.client().delete_bucket(Bucket=bucket)
+
+
+def test_denied_access_and_unknown_keys_name_the_bucket_and_what_to_check(quiet, tmp_path):  # noqa: F811
+    """moto checking keys and IAM policies: a reader whose policy does not allow listing the
+    bucket, and keys moto does not know; one line each, no secret, no export job."""
+    bucket = "guarded-exports"
+    with MotoS3Server(authorize_after_requests=4) as server:
+        # Requests 1-4 set up the bucket and a user whose policy allows nothing on it.
+        server.create_bucket(bucket)
+        iam = server.client("iam")
+        iam.create_user(UserName="reader")
+        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        iam.put_user_policy(
+            UserName="reader", PolicyName="elsewhere",
+            PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::other/*",
+            }]}),
+        )
+        base = quiet.tap_config(**dict.fromkeys(SFTP_SETTINGS))
+        config = {**base, "export_destination": "s3", "s3_bucket": bucket,
+                  "s3_prefix": S3_PREFIX, "s3_region": server.region,
+                  "s3_endpoint_url": server.url, "s3_access_key_id": key["AccessKeyId"],
+                  "s3_secret_access_key": key["SecretAccessKey"], "max_retries": 0}
+        denied = run_tap(tmp_path, config)
+        unknown = run_tap(tmp_path, {**config, "s3_access_key_id": "AKIAUNKNOWN000000000"})
+    assert denied.returncode == 1
+    last = denied.stderr.strip().splitlines()[-1]
+    assert f"S3 bucket '{bucket}' (prefix 'cordial/exports/')" in last
+    assert "AccessDenied" in last
+    assert "bucket policy allows s3:ListBucket" in last
+    assert unknown.returncode == 1
+    last = unknown.stderr.strip().splitlines()[-1]
+    assert f"S3 bucket '{bucket}'" in last
+    assert "InvalidAccessKeyId" in last
+    assert "check `s3_access_key_id`" in last
+    for run in (denied, unknown):
+        assert key["SecretAccessKey"] not in run.stderr
+        assert "Traceback" not in run.stderr
+    assert quiet.cordial.exports == []
