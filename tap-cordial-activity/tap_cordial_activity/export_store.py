@@ -15,6 +15,10 @@ from typing import Protocol
 
 from tap_cordial_activity.errors import StoreError
 
+#: ``--test`` answers in seconds: each host gets this timeout and at most this many retries.
+CHECK_TIMEOUT_SECONDS = 3.0
+CHECK_RETRIES = 1
+
 
 class ExportFile(Protocol):
     """One export file being read: ``read(n)`` in order until ``b""``, resumed after a drop.

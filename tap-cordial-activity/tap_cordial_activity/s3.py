@@ -21,13 +21,11 @@ from typing import Any
 
 from tap_cordial_activity.client import RetryPolicy
 from tap_cordial_activity.errors import S3Error, StoreError
+from tap_cordial_activity.export_store import CHECK_RETRIES, CHECK_TIMEOUT_SECONDS
 from tap_cordial_activity.settings import DEFAULTS, integer, number
 
 #: Bytes asked for per ranged GET: few requests per file, each streamed in 1 MB reads.
 RANGE_BYTES = 8 << 20
-#: ``--test`` answers in seconds: a short timeout and at most one retry.
-CHECK_TIMEOUT_SECONDS = 3.0
-CHECK_RETRIES = 1
 
 _REGION_HINT = "the bucket is in another region: check `s3_region`"
 #: What to check, by the S3 error code (Amazon S3's "Error responses" list).

@@ -14,13 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from tap_cordial_activity.errors import SftpError, StoreError
+from tap_cordial_activity.export_store import CHECK_RETRIES, CHECK_TIMEOUT_SECONDS
 from tap_cordial_activity.remote_file import RemoteFile
 from tap_cordial_activity.settings import integer, number
 from tap_cordial_activity.sftp import SftpReader, SftpSettings
-
-#: ``--test`` answers in seconds: each host gets this timeout and at most this many retries.
-CHECK_TIMEOUT_SECONDS = 3.0
-CHECK_RETRIES = 1
 
 
 def sftp_reader(config: Mapping[str, Any], logger: logging.Logger) -> SftpReader:

@@ -15,6 +15,7 @@ from typing_extensions import override
 from tap_cordial_activity.client import CordialClient, RetryPolicy
 from tap_cordial_activity.destinations import export_store
 from tap_cordial_activity.errors import CordialError, user_errors_end_the_run
+from tap_cordial_activity.export_store import CHECK_RETRIES, CHECK_TIMEOUT_SECONDS
 from tap_cordial_activity.sdk_private import SettingsCheckingTap, cli_config
 from tap_cordial_activity.settings import (
     CONFIG_SCHEMA,
@@ -30,9 +31,6 @@ from tap_cordial_activity.streams import ActivityStream
 
 __all__ = ["TapCordialActivity", "config_problems"]
 
-#: ``--test`` answers in seconds: each host gets this timeout and at most this many retries.
-CHECK_TIMEOUT_SECONDS = 3.0
-CHECK_RETRIES = 1
 
 
 class TapCordialActivity(SettingsCheckingTap):
