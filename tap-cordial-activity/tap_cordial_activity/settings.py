@@ -120,8 +120,14 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         description="SFTP server Cordial writes to (required with `export_destination` sftp).",
     ),
     th.Property("sftp_port", _INTEGER, default=22, description="SFTP port."),
-    th.Property("sftp_username", th.StringType, description="SFTP user name."),
-    th.Property("sftp_path", th.StringType, description="SFTP folder of the export files."),
+    th.Property(
+        "sftp_username", th.StringType,
+        description="SFTP user name (required with `export_destination` sftp).",
+    ),
+    th.Property(
+        "sftp_path", th.StringType,
+        description="SFTP folder of the export files (required with `export_destination` sftp).",
+    ),
     _secret(
         "sftp_password",
         "SFTP password: the tap's login, and sent to Cordial as the destination password.",
@@ -153,9 +159,13 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
     th.Property(
         "s3_prefix", th.StringType,
         description="Key prefix (folder) of the export files in `s3_bucket`, e.g. "
-        "cordial/exports; sent to Cordial as the destination path.",
+        "cordial/exports; sent to Cordial as the destination path (required with "
+        "`export_destination` s3).",
     ),
-    th.Property("s3_region", th.StringType, description="The bucket's region, e.g. us-west-2."),
+    th.Property(
+        "s3_region", th.StringType,
+        description="The bucket's region, e.g. us-west-2 (required with `export_destination` s3).",
+    ),
     th.Property(
         "s3_endpoint_url", th.StringType,
         description="Endpoint of an S3-compatible store (the tap's reads only); empty: AWS.",

@@ -32,7 +32,6 @@ from tap_cordial_activity.streams import ActivityStream
 __all__ = ["TapCordialActivity", "config_problems"]
 
 
-
 class TapCordialActivity(SettingsCheckingTap):
     """Cordial contact activity through the Contact Activity Export API and SFTP or S3."""
 
