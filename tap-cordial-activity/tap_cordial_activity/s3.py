@@ -26,6 +26,8 @@ from tap_cordial_activity.settings import DEFAULTS, integer, number
 
 #: Bytes asked for per ranged GET: few requests per file, each streamed in 1 MB reads.
 RANGE_BYTES = 8 << 20
+#: Keys per ``ListObjectsV2`` page (S3's maximum).
+LIST_PAGE_KEYS = 1000
 
 _REGION_HINT = "the bucket is in another region: check `s3_region`"
 #: What to check, by the S3 error code (Amazon S3's "Error responses" list).
@@ -203,7 +205,7 @@ class S3Store:
         while True:
             page = self._call(
                 "Listing", "list_objects_v2", Prefix=prefix, Delimiter="/",
-                **({"ContinuationToken": token} if token else {}),
+                MaxKeys=LIST_PAGE_KEYS, **({"ContinuationToken": token} if token else {}),
             )
             for item in page.get("Contents", ()):
                 name = str(item["Key"])[len(prefix):]
