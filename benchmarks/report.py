@@ -14,6 +14,8 @@ MB = 1_000_000
 STOCK_NO_PREFETCH = "stock-noprefetch"
 #: Our pair through ``meltano run`` with the tap's ``batch_config``: BATCH files, not RECORD lines.
 OURS_BATCH = "ours-batch"
+#: Our tap with ``export_destination: s3``: the export written to and read from moto's S3.
+OURS_S3 = "ours-s3"
 #: The goals. Ratios are against the stock plugins measured in the same run (the tap's against
 #: the prefetching stock tap), by the smallest dataset size they apply from.
 TAP_RATIO_GOALS = {200_000: 8.0, 1_000_000: 10.0}
@@ -36,7 +38,7 @@ class Result:
     """The best of several runs of one measurement."""
 
     kind: str  # "tap", "target" or "pipeline"
-    impl: str  # "ours", "stock", STOCK_NO_PREFETCH or OURS_BATCH
+    impl: str  # "ours", "stock", STOCK_NO_PREFETCH, OURS_BATCH or OURS_S3
     events: int  # events in the dataset
     records: int  # records counted (tap) or accepted by Lytics (target, pipeline)
     seconds: float  # the measured span (see the table's notes)
@@ -60,6 +62,7 @@ class Result:
 def _label(result: Result) -> str:
     names = {
         ("tap", "ours"): "(a) tap-cordial-activity",
+        ("tap", OURS_S3): "(a) tap-cordial-activity, export through S3 (moto server)",
         ("tap", "stock"): "(a) stock singer-sdk tap (paramiko prefetch: the baseline)",
         ("tap", STOCK_NO_PREFETCH): "(a) stock singer-sdk tap, no prefetch",
         ("target", "ours"): "(b) target-lytics",
@@ -110,14 +113,14 @@ def render(results: Sequence[Result], *, header: Sequence[str]) -> str:
             "|---|---:|---:|---:|---|---:|",
         ]
         for kind in ("tap", "target", "pipeline"):
-            for impl in ("ours", OURS_BATCH, "stock", STOCK_NO_PREFETCH):
+            for impl in ("ours", OURS_S3, OURS_BATCH, "stock", STOCK_NO_PREFETCH):
                 result = _find(results, kind, impl, size)
                 if result is None:
                     continue
                 stock = _find(results, kind, "stock", size)
                 ratio = (
                     f"{result.rate / stock.rate:.1f}x"
-                    if impl in ("ours", OURS_BATCH) and stock is not None and stock.rate
+                    if impl in ("ours", OURS_S3, OURS_BATCH) and stock is not None and stock.rate
                     else ""
                 )
                 flag = "" if result.complete else f" (of {result.events:,}!)"

@@ -34,6 +34,7 @@ from benchmarks import measure, profiling, slow_link
 from benchmarks.meltano_project import STOCK_TAP, STOCK_TARGET, TAP, TARGET, MeltanoProject
 from benchmarks.report import (
     OURS_BATCH,
+    OURS_S3,
     STOCK_NO_PREFETCH,
     Result,
     machine_line,
@@ -73,11 +74,12 @@ class Bench:
 
     # -- commands ---------------------------------------------------------------------------
     def _tap_cmd(self, impl: str) -> list[str]:
-        settings = self.sb.tap_config(stock=impl != "ours")
+        ours = impl in ("ours", OURS_S3)
+        settings = self.sb.tap_config(stock=not ours, s3=impl == OURS_S3)
         if impl == STOCK_NO_PREFETCH:
             settings["sftp_prefetch"] = False
         config = self.sb.write_config(f"{impl}-tap", settings)
-        if impl != "ours":
+        if not ours:
             return [sys.executable, "-m", "benchmarks.stock_tap", "--config", str(config)]
         return [str(BIN / TAP), "--config", str(config)]
 
@@ -93,7 +95,7 @@ class Bench:
         """Run a measurement ``--repeat`` (or ``--stock-repeat``) times; keep the fastest run, and
         the largest peak RSS of all runs."""
         runs: list[Result] = []
-        ours = impl in ("ours", OURS_BATCH)
+        ours = impl in ("ours", OURS_BATCH, OURS_S3)
         for attempt in range(self.args.repeat if ours else self.args.stock_repeat):
             result = once(attempt)
             _log(
@@ -115,7 +117,7 @@ class Bench:
 
         def once(attempt: int) -> Result:
             save = None
-            if attempt == 0 and impl != STOCK_NO_PREFETCH:
+            if attempt == 0 and impl in ("ours", "stock"):
                 save = self.tap_output if impl == "ours" else self.work / "stock-tap-output.jsonl"
             run = measure.run_measured(
                 self._tap_cmd(impl),
@@ -360,9 +362,11 @@ def run_size(
         _log(f"sandbox up: {len(sb.cordial.events):,} events, sshd on port {sb.sftp.port}")
         bench = Bench(sb, args, work)
         if "tap" in args.only:
-            # The stock tap twice: with paramiko prefetch (the baseline) and without.
+            # The stock tap twice: with paramiko prefetch (the baseline) and without; ours
+            # through SFTP and through S3 (issue 28).
             plain = "stock" in impls and not args.skip_no_prefetch
-            tap_impls = [*impls, STOCK_NO_PREFETCH] if plain else impls
+            tap_impls = [impls[0], OURS_S3, *impls[1:]]
+            tap_impls = [*tap_impls, STOCK_NO_PREFETCH] if plain else tap_impls
             for impl in tap_impls:
                 results.append(bench.tap(impl))
             stock_output = work / "stock-tap-output.jsonl"

@@ -24,6 +24,7 @@ from sandbox.cordial import CordialStandIn
 from sandbox.events import RESERVED_ACTIONS
 from sandbox.httpbase import Request, Response
 from sandbox.lytics import LyticsStandIn
+from sandbox.s3 import MotoS3Server
 from sandbox.sftp import SftpServer, start_sftp_server
 
 #: Cordial's reserved actions plus ``custom`` (every other action).
@@ -103,7 +104,12 @@ class Dataset:
 
 
 class Sandbox:
-    """OpenSSH sftp, the Cordial stand-in holding the dataset, and the Lytics stand-in."""
+    """OpenSSH sftp and moto's S3, the Cordial stand-in holding the dataset, and the Lytics
+    stand-in."""
+
+    #: The bucket and prefix of the S3 row.
+    S3_BUCKET = "bench-exports"
+    S3_PREFIX = "cordial"
 
     def __init__(self, dataset: Dataset, events: Iterable[dict[str, Any]], work_dir: Path) -> None:
         self.dataset = dataset
@@ -111,6 +117,7 @@ class Sandbox:
         self.work_dir = work_dir
         self._stack = ExitStack()
         self.sftp: SftpServer
+        self.s3: MotoS3Server
         self.cordial: TimedCordial
         self.lytics: TimedLytics
 
@@ -118,12 +125,15 @@ class Sandbox:
         """Start the three services."""
         try:
             self.sftp = self._stack.enter_context(start_sftp_server())
+            self.s3 = self._stack.enter_context(MotoS3Server())
+            self.s3.create_bucket(self.S3_BUCKET)
             self.cordial = self._stack.enter_context(
                 TimedCordial(
                     sftp_root=self.sftp.root,
                     sftp_path=self.sftp.sftp_path,
                     events=self._events,
                     sftp=self.sftp,
+                    s3=self.s3,
                 )
             )
             self._events = ()  # the stand-in holds them now
@@ -143,10 +153,12 @@ class Sandbox:
         for path in Path(self.sftp.root).iterdir():
             if path.is_file():
                 path.unlink()
+        self.s3.empty_bucket(self.S3_BUCKET)
 
     # -- plugin configuration ---------------------------------------------------------------
-    def tap_config(self, *, stock: bool) -> dict[str, Any]:
-        """Settings of tap-cordial-activity (or the stock tap) for this sandbox and dataset."""
+    def tap_config(self, *, stock: bool, s3: bool = False) -> dict[str, Any]:
+        """Settings of tap-cordial-activity (or the stock tap) for this sandbox and dataset;
+        ``s3``: ours with the export through moto's S3 instead of SFTP."""
         config: dict[str, Any] = {
             "api_url": self.cordial.url,
             "api_key": self.cordial.api_key,
@@ -164,6 +176,15 @@ class Sandbox:
         }
         if not stock:
             config["job_timeout_seconds"] = 3600
+        if s3:
+            for name in [k for k in config if k.startswith("sftp_")]:
+                del config[name]
+            config.update(
+                export_destination="s3", s3_bucket=self.S3_BUCKET, s3_prefix=self.S3_PREFIX,
+                s3_region=self.s3.region, s3_endpoint_url=self.s3.url,
+                s3_access_key_id=self.s3.access_key_id,
+                s3_secret_access_key=self.s3.secret_access_key,
+            )
         return config
 
     def target_config(self) -> dict[str, Any]:

@@ -23,11 +23,15 @@ from typing import Any
 from sandbox.cordial import CordialStandIn
 from sandbox.events import generate_events, load_events_jsonl
 from sandbox.lytics import LyticsStandIn
+from sandbox.s3 import MotoS3Server
 from sandbox.sftp import start_sftp_server
 
 DEFAULT_ENV_FILE = Path(".sandbox/env.sh")
 STATE_FILE_NAME = "sandbox.json"
 READY_LINE = "SANDBOX READY"
+#: Bucket and prefix of the exports with ``up --destination s3``.
+S3_BUCKET = "cordial-exports"
+S3_PREFIX = "cordial/activity"
 
 
 def _rfc3339(value: datetime) -> str:
@@ -35,13 +39,34 @@ def _rfc3339(value: datetime) -> str:
 
 
 def plugin_env(
-    sftp: Any, cordial: CordialStandIn, lytics: LyticsStandIn, *, start_date: datetime
+    sftp: Any,
+    cordial: CordialStandIn,
+    lytics: LyticsStandIn,
+    *,
+    start_date: datetime,
+    s3: MotoS3Server | None = None,
 ) -> dict[str, str]:
     """Environment variables that configure tap-cordial-activity and target-lytics.
 
     Only addresses and credentials: the sandbox's tuning (poll interval, retries) lives in
-    meltano.yml's sandbox environment.
+    meltano.yml's sandbox environment. With ``s3``, the exports go through its bucket
+    :data:`S3_BUCKET` instead of SFTP.
     """
+    if s3 is not None:
+        return {
+            "TAP_CORDIAL_ACTIVITY_API_KEY": cordial.api_key,
+            "TAP_CORDIAL_ACTIVITY_API_URL": cordial.url,
+            "TAP_CORDIAL_ACTIVITY_START_DATE": _rfc3339(start_date),
+            "TAP_CORDIAL_ACTIVITY_EXPORT_DESTINATION": "s3",
+            "TAP_CORDIAL_ACTIVITY_S3_BUCKET": S3_BUCKET,
+            "TAP_CORDIAL_ACTIVITY_S3_PREFIX": S3_PREFIX,
+            "TAP_CORDIAL_ACTIVITY_S3_REGION": s3.region,
+            "TAP_CORDIAL_ACTIVITY_S3_ENDPOINT_URL": s3.url,
+            "TAP_CORDIAL_ACTIVITY_S3_ACCESS_KEY_ID": s3.access_key_id,
+            "TAP_CORDIAL_ACTIVITY_S3_SECRET_ACCESS_KEY": s3.secret_access_key,
+            "TARGET_LYTICS_API_TOKEN": lytics.token,
+            "TARGET_LYTICS_API_URL": lytics.url,
+        }
     return {
         "TAP_CORDIAL_ACTIVITY_API_KEY": cordial.api_key,
         "TAP_CORDIAL_ACTIVITY_API_URL": cordial.url,
@@ -80,7 +105,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         else generate_events(args.events, seed=args.seed, start=start, end=end)
     )
     sftp = start_sftp_server(allow_fallback=not args.require_openssh)
+    s3 = MotoS3Server() if args.destination == "s3" else None
     try:
+        if s3 is not None:
+            s3.start()
+            s3.create_bucket(S3_BUCKET)
         with (
             CordialStandIn(
                 sftp_root=sftp.root,
@@ -88,10 +117,11 @@ def cmd_up(args: argparse.Namespace) -> int:
                 events=events,
                 seed=args.seed,
                 sftp=sftp,
+                s3=s3,
             ) as cordial,
             LyticsStandIn(count_only=args.count_only) as lytics,
         ):
-            env = plugin_env(sftp, cordial, lytics, start_date=start)
+            env = plugin_env(sftp, cordial, lytics, start_date=start, s3=s3)
             _write_private(
                 env_file, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
             )
@@ -104,9 +134,12 @@ def cmd_up(args: argparse.Namespace) -> int:
                 "sftp": f"{sftp.kind} {sftp.host}:{sftp.port} {sftp.sftp_path}",
                 "env_file": str(env_file),
             }
+            if s3 is not None:
+                state["s3"] = f"{s3.url} s3://{S3_BUCKET}/{S3_PREFIX}/"
             _write_private(state_file, json.dumps(state, indent=2) + "\n")
             print(
-                f"sftp: {state['sftp']} (user {sftp.username})\n"
+                (f"s3: {state['s3']} (moto; the exports go here)\n" if s3 is not None else "")
+                + f"sftp: {state['sftp']} (user {sftp.username})\n"
                 f"cordial: {cordial.url} ({len(cordial.events)} events from {_rfc3339(start)})\n"
                 f"lytics: {lytics.url}\nenv file: {env_file}",
                 file=sys.stderr,
@@ -115,6 +148,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             stop.wait()
     finally:
         sftp.stop()
+        if s3 is not None:
+            s3.stop()
         for path in (env_file, state_file):
             path.unlink(missing_ok=True)
     return 0
@@ -238,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--hours", type=float, default=48, help="events span the last N hours (%(default)s)"
     )
     up.add_argument("--count-only", action="store_true", help="Lytics keeps counts, not events")
+    up.add_argument(
+        "--destination", choices=("sftp", "s3"), default="sftp",
+        help="where Cordial writes the exports: the SFTP server, or moto's S3 (%(default)s)",
+    )
     up.add_argument(
         "--require-openssh",
         action="store_true",

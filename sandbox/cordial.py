@@ -1,4 +1,4 @@
-"""Cordial API stand-in: health, contact activity exports written into the SFTP folder, and jobs.
+"""Cordial API stand-in: health, contact activity exports written to SFTP or S3, and jobs.
 
 Faithful to ../shared/reference/cordial-api.md: HTTP Basic auth with the API key as the user name
 (401 ``{"error": "Access Denied: Authentication Failure"}``), export validation (406 for the export
@@ -12,6 +12,8 @@ This module is the HTTP API; the event store is :mod:`sandbox.cordial_events`, t
 options :mod:`sandbox.cordial_jobs`, the request checks :mod:`sandbox.cordial_requests` and the
 export writer :mod:`sandbox.cordial_exports`. The export is written by a background thread as soon
 as the job is created, streamed to disk; the job reports ``Done`` only once the files are complete.
+An S3 export (``destination.type`` s3) is written into a staging folder the same way and uploaded
+to the connected S3 server (moto's, :mod:`sandbox.s3`) under ``destination.path``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import binascii
 import dataclasses
 import math
 import secrets
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterable
@@ -38,6 +42,7 @@ from sandbox.events import generate_events, parse_cordial_time
 from sandbox.httpbase import HttpStandIn, Request, Response
 
 if TYPE_CHECKING:
+    from sandbox.s3 import MotoS3Server
     from sandbox.sftp import SftpServer
 
 __all__ = [
@@ -71,13 +76,15 @@ class CordialStandIn(HttpStandIn):
         seed: int = 7,
         sftp: SftpServer | None = None,
         options: CordialOptions | None = None,
+        s3: MotoS3Server | None = None,
     ) -> None:
         """``events`` None generates 500 events over the 48 hours before the current hour
         (``default_start`` .. ``default_end``).
 
         With ``sftp`` given, an export's destination must name that server (host, port, user)
         and carry its password or a savedKey from ``options.saved_keys``; otherwise the job
-        ends ``Failed``, as Cordial's would when it cannot log in.
+        ends ``Failed``, as Cordial's would when it cannot log in. With ``s3`` given, exports
+        to an S3 destination are uploaded there (see :meth:`_write_s3`).
         """
         super().__init__()
         self.sftp_root = Path(sftp_root)
@@ -85,6 +92,7 @@ class CordialStandIn(HttpStandIn):
         self.api_key = api_key
         self.seed = seed
         self.sftp = sftp
+        self.s3 = s3
         self.options = options if options is not None else CordialOptions()
         self.exports: list[dict[str, Any]] = []
         self.jobs: dict[str, Job] = {}
@@ -276,7 +284,9 @@ class CordialStandIn(HttpStandIn):
             raise ApiError(400, "INVALID_JSON", f"Request body is not valid JSON: {exc}") from exc
         if not isinstance(body, dict):
             raise ApiError(400, "INVALID_JSON", "Request body must be a JSON object")
-        start, end, actions, from_array = validate_export(body)
+        start, end, actions, from_array = validate_export(
+            body, s3_keys_required=self.options.s3_keys_required
+        )
         job_id = secrets.token_hex(12)
         options = dataclasses.replace(self.options)
         selected = self._store.select(
@@ -321,6 +331,9 @@ class CordialStandIn(HttpStandIn):
             if job.options.fail_jobs:
                 job.error = job.options.fail_message
                 return
+            if str(job.request["destination"].get("type", "sftp")).lower() == "s3":
+                self._write_s3(job, selected, job.request["destination"])
+                return
             problem = self._check_destination(job.request["destination"])
             if problem:
                 job.error = problem
@@ -338,6 +351,65 @@ class CordialStandIn(HttpStandIn):
         finally:
             job.files_ready()
             job.complete.set()
+
+    def _write_s3(self, job: Job, selected: list[int], destination: dict[str, Any]) -> None:
+        """Write the export into a staging folder and upload it as ``{path}/{file name}``.
+
+        The files are uploaded when they are ready (before Done can be reported); with
+        ``grow_after_done_seconds`` the last object is uploaded with its first half first and
+        replaced by the whole file later; ``truncate_gzip`` and ``cut_last_line`` damage the
+        staged file before its upload.
+        """
+        problem = self._check_s3_destination(destination)
+        if problem:
+            job.error = problem
+            return
+        assert self.s3 is not None
+        client = self.s3.client()
+        bucket = str(destination["aws_bucket"])
+        # The key of each file: path without its outer slashes, "/", the file name.
+        prefix = str(destination["path"]).strip("/")
+        staging = Path(tempfile.mkdtemp(prefix="cordial-s3-"))
+
+        def upload() -> None:
+            for path in sorted(staging.iterdir()):
+                key = f"{prefix}/{path.name}" if prefix else path.name
+                client.upload_file(str(path), bucket, key)
+
+        try:
+            job.publish = upload
+            job.files = write_export(job, self._store, selected, staging)
+            job.publish = None
+            upload()
+        finally:
+            job.publish = None
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _check_s3_destination(self, destination: dict[str, Any]) -> str | None:
+        """Why Cordial could not write to this S3 destination, or None."""
+        server = self.s3
+        if server is None:
+            return "Export failed: the stand-in has no S3 server to write to"
+        bucket = str(destination["aws_bucket"])
+        if destination["aws_region"] != server.region:
+            return (
+                f"Export failed: S3 bucket {bucket!r} is not in region "
+                f"{destination['aws_region']!r}"
+            )
+        key_id = destination.get("aws_access_key_id")
+        if key_id is not None and not (
+            key_id == server.access_key_id
+            and secrets.compare_digest(
+                str(destination.get("aws_secret_access_key", "")).encode(),
+                server.secret_access_key.encode(),
+            )
+        ):
+            return f"Export failed: access denied writing to S3 bucket {bucket!r}"
+        try:
+            server.client().head_bucket(Bucket=bucket)
+        except Exception:  # botocore's ClientError: 404 or 403
+            return f"Export failed: S3 bucket {bucket!r} does not exist or is not writable"
+        return None
 
     def _check_destination(self, destination: dict[str, Any]) -> str | None:
         server = self.sftp

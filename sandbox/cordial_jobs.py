@@ -97,8 +97,14 @@ class CordialOptions:
     #: ... or the last line is cut in half (no newline; a JSON array loses its closing bracket).
     cut_last_line: bool = False
     #: When > 0 the last file is written in two parts: its first half of records before Done,
-    #: the rest this many seconds after the job was first reported Done.
+    #: the rest this many seconds after the job was first reported Done. On S3 the object is
+    #: first uploaded with the first half, then replaced by the whole file.
     grow_after_done_seconds: float = 0.0
+    #: S3 destinations must carry ``aws_access_key_id``/``aws_secret_access_key`` (the older
+    #: destination object: "required for s3"); False: without them Cordial writes with an IAM
+    #: role set up on its side (``DestinationObject``: "Required if ... IAM role is not
+    #: configured").
+    s3_keys_required: bool = False
 
     def update(self, values: dict[str, Any]) -> None:
         """Set several options by name (``KeyError``: unknown name, ``ValueError``: bad value)."""
@@ -140,6 +146,8 @@ class Job:
     admitted_at: float | None = None
     #: Called once when the files are ready: frees the job's running slot.
     on_ready: Callable[[Job], None] | None = None
+    #: Called when the files are ready, before Done may be reported: uploads S3 exports.
+    publish: Callable[[], None] | None = None
 
     @property
     def run_seconds(self) -> float:
@@ -150,6 +158,8 @@ class Job:
         """The files are complete enough for Done; a stuck (never finishing) job keeps its slot."""
         if self.written.is_set():
             return
+        if self.publish is not None:
+            self.publish()
         self.written.set()
         if self.on_ready is not None and not self.options.never_finish:
             self.on_ready(self)

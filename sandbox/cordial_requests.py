@@ -77,7 +77,7 @@ class RateWindow:
 
 
 def validate_export(
-    body: dict[str, Any],
+    body: dict[str, Any], *, s3_keys_required: bool = False
 ) -> tuple[datetime, datetime, frozenset[str] | None, bool]:
     """Check an export request as Cordial does; returns (start, end, selected actions, whether
     they came from ``selected_action_names``).
@@ -103,20 +103,24 @@ def validate_export(
     destination = body["destination"]
     if not isinstance(destination, dict):
         raise ApiError(400, "INVALID_DESTINATION", "The destination field must be an object.")
-    # DestinationObject documents "SFTP" (v2) and the enum value "sftp" (v1): either case.
-    if str(destination.get("type", "sftp")).lower() != "sftp":
-        raise ApiError(400, "INVALID_DESTINATION", "The destination.type must be sftp.")
-    for name in ("server", "username", "path"):
-        if not destination.get(name):
+    # DestinationObject documents "SFTP"/"S3" (v2) and the enum values "sftp"/"s3": either case.
+    kind = str(destination.get("type", "sftp")).lower()
+    if kind == "s3":
+        validate_s3_destination(destination, keys_required=s3_keys_required)
+    elif kind != "sftp":
+        raise ApiError(400, "INVALID_DESTINATION", "The destination.type must be sftp or s3.")
+    else:
+        for name in ("server", "username", "path"):
+            if not destination.get(name):
+                raise ApiError(
+                    400, "INVALID_DESTINATION", f"The destination.{name} field is required."
+                )
+        if not destination.get("password") and not destination.get("savedKey"):
             raise ApiError(
-                400, "INVALID_DESTINATION", f"The destination.{name} field is required."
+                400,
+                "INVALID_DESTINATION",
+                "The destination.password or destination.savedKey field is required.",
             )
-    if not destination.get("password") and not destination.get("savedKey"):
-        raise ApiError(
-            400,
-            "INVALID_DESTINATION",
-            "The destination.password or destination.savedKey field is required.",
-        )
     try:
         start = parse_cordial_time(str(body["selected_timeframe_start"]))
         end = parse_cordial_time(str(body["selected_timeframe_end"]))
@@ -158,3 +162,28 @@ def validate_export(
         )
     return start, end, actions, several is not None
 
+
+def validate_s3_destination(destination: dict[str, Any], *, keys_required: bool) -> None:
+    """An S3 ``DestinationObject``: ``aws_bucket``, ``aws_region`` and ``path`` are required.
+
+    The keys are "Required if destination is S3 and IAM role is not configured"
+    (``DestinationObject``); the older destination object marks them "(required for s3)".
+    ``keys_required`` is that reading; otherwise an export without keys is written with the
+    account's IAM role, and a key given without its other half is still refused. Messages are
+    the ones the definitions list for 400.
+    """
+    for name in ("aws_bucket", "aws_region", "path"):
+        if not destination.get(name):
+            label = name.replace("_", " ")
+            raise ApiError(
+                400, "INVALID_DESTINATION", f"The destination.{label} field is required."
+            )
+    keys = ("aws_access_key_id", "aws_secret_access_key")
+    given = [k for k in keys if destination.get(k)]
+    if keys_required or given:
+        for name in keys:
+            if not destination.get(name):
+                label = name.replace("_", " ")
+                raise ApiError(
+                    400, "INVALID_DESTINATION", f"The destination.{label} field is required."
+                )

@@ -1,13 +1,17 @@
-"""pytest fixtures for the sandbox: ``sftp_server``, ``cordial`` (and ``cordial_api``), ``lytics``
-and ``sandbox``.
+"""pytest fixtures for the sandbox: ``sftp_server``, ``cordial`` (and ``cordial_api``), ``lytics``,
+``sandbox``, and for S3 exports ``s3_server`` and ``s3_sandbox``.
 
 Load with ``pytest_plugins = ["sandbox.pytest_plugin"]``. The SFTP server is a real OpenSSH sshd
 started once per session (never the paramiko fallback, never skipped: a missing sshd is an error);
 the HTTP stand-ins are fresh for every test, and the export folder is emptied around each test.
+moto's S3 server is also started once per session (only by tests that ask for it); each
+``s3_sandbox`` gets a bucket of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,10 +23,18 @@ import requests
 
 from sandbox.cordial import CordialStandIn
 from sandbox.lytics import LyticsStandIn
+from sandbox.s3 import MotoS3Server
 from sandbox.sftp import SftpServer, start_sftp_server
 
 #: Poll interval the tap gets in tests: jobs finish after a couple of polls.
 TEST_POLL_INTERVAL_SECONDS = 0.05
+#: The key prefix S3 exports go under in tests.
+S3_PREFIX = "cordial/exports"
+#: Settings of the SFTP destination, left out of an S3 config.
+SFTP_SETTINGS = (
+    "sftp_host", "sftp_port", "sftp_username", "sftp_path", "sftp_password", "sftp_private_key",
+    "sftp_host_key",
+)
 
 
 def rfc3339(value: Any) -> str:
@@ -46,6 +58,9 @@ class Sandbox:
     sftp: SftpServer
     cordial: CordialStandIn
     lytics: LyticsStandIn
+    #: moto's S3 server and this test's bucket (``s3_sandbox`` only).
+    s3: MotoS3Server | None = None
+    s3_bucket: str = ""
 
     def tap_config(self, **overrides: Any) -> dict[str, Any]:
         """tap-cordial-activity settings for this sandbox; an override of None removes a key.
@@ -67,6 +82,31 @@ class Sandbox:
             "start_date": rfc3339(self.cordial.default_start),
         }
         return _merge(config, overrides)
+
+    def s3_tap_config(self, **overrides: Any) -> dict[str, Any]:
+        """tap-cordial-activity settings for exports through this sandbox's S3 bucket.
+
+        No SFTP setting; the tap reads with moto's keys; Cordial writes with its IAM role (no
+        ``cordial_s3_*`` keys: pass them to test that reading).
+        """
+        assert self.s3 is not None, "use the s3_sandbox fixture"
+        config = self.tap_config(**dict.fromkeys(SFTP_SETTINGS))
+        config.update(
+            export_destination="s3",
+            s3_bucket=self.s3_bucket,
+            s3_prefix=S3_PREFIX,
+            s3_region=self.s3.region,
+            s3_endpoint_url=self.s3.url,
+            s3_access_key_id=self.s3.access_key_id,
+            s3_secret_access_key=self.s3.secret_access_key,
+        )
+        return _merge(config, overrides)
+
+    def s3_objects(self) -> dict[str, int]:
+        """The objects under the export prefix: file name -> size."""
+        assert self.s3 is not None, "use the s3_sandbox fixture"
+        keys = self.s3.keys(self.s3_bucket, f"{S3_PREFIX}/")
+        return {key.rsplit("/", 1)[-1]: size for key, size in keys.items()}
 
     def target_config(self, **overrides: Any) -> dict[str, Any]:
         """target-lytics settings for this sandbox; an override of None removes a key."""
@@ -107,6 +147,13 @@ def sftp_server() -> Iterator[SftpServer]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[MotoS3Server]:
+    """moto's S3 server for the whole session (RuntimeError when moto is missing)."""
+    with MotoS3Server() as server:
+        yield server
+
+
 @pytest.fixture
 def cordial(sftp_server: SftpServer) -> Iterator[CordialStandIn]:
     """A fresh Cordial stand-in writing into the session's SFTP folder (emptied per test)."""
@@ -138,3 +185,25 @@ def lytics() -> Iterator[LyticsStandIn]:
 def sandbox(sftp_server: SftpServer, cordial: CordialStandIn, lytics: LyticsStandIn) -> Sandbox:
     """The three services plus ``tap_config()`` / ``target_config()``."""
     return Sandbox(sftp=sftp_server, cordial=cordial, lytics=lytics)
+
+
+@contextlib.contextmanager
+def s3_bucket_for(sandbox: Sandbox, server: MotoS3Server) -> Iterator[Sandbox]:
+    """``sandbox`` with its Cordial stand-in writing S3 exports into a fresh bucket (removed
+    afterwards)."""
+    bucket = f"cordial-{secrets.token_hex(6)}"
+    server.create_bucket(bucket)
+    sandbox.cordial.s3 = server
+    sandbox.s3, sandbox.s3_bucket = server, bucket
+    try:
+        yield sandbox
+    finally:
+        server.empty_bucket(bucket)
+        server.client().delete_bucket(Bucket=bucket)
+
+
+@pytest.fixture
+def s3_sandbox(sandbox: Sandbox, s3_server: MotoS3Server) -> Iterator[Sandbox]:
+    """``sandbox`` with the Cordial stand-in writing S3 exports into a fresh bucket."""
+    with s3_bucket_for(sandbox, s3_server) as ready:
+        yield ready

@@ -5,12 +5,14 @@
 #   3. `meltano run tap-cordial-activity target-lytics` in the sandbox environment, and what Lytics got;
 #   4. new events, a second run that delivers only those; then the sandbox stops (also on failure);
 #   5. before the runs the target publishes the Lytics user schema; the end shows user profiles.
-# DEMO_EVENTS / DEMO_NEW_EVENTS change the sizes. Logs go to .sandbox/*.log.
+# DEMO_EVENTS / DEMO_NEW_EVENTS change the sizes; DEMO_DESTINATION=s3 sends the exports through
+# moto's S3 server instead of SFTP (export_destination: s3). Logs go to .sandbox/*.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 EVENTS="${DEMO_EVENTS:-3000}"
 NEW_EVENTS="${DEMO_NEW_EVENTS:-250}"
+DESTINATION="${DEMO_DESTINATION:-sftp}"
 WORK=.sandbox
 ENV_FILE="$WORK/env.sh"
 STATE_ID="sandbox:tap-cordial-activity-to-target-lytics"
@@ -50,12 +52,12 @@ clean=()
 logged "$WORK/meltano-install.log" meltano install "${clean[@]}"
 echo "$want" >"$stamp"
 
-step "Starting the sandbox with $EVENTS generated Cordial events"
+step "Starting the sandbox with $EVENTS generated Cordial events (exports through $DESTINATION)"
 # Removed first: the background job truncates its log files only once it runs, after the wait
 # loop below may have looked at them.
 rm -f "$ENV_FILE" "$WORK/sandbox.out" "$WORK/sandbox.log"
 # Without root or sshd the sandbox serves SFTP with paramiko instead of OpenSSH (the tests never do).
-python -m sandbox up --events "$EVENTS" --env-file "$ENV_FILE" >"$WORK/sandbox.out" 2>"$WORK/sandbox.log" &
+python -m sandbox up --events "$EVENTS" --destination "$DESTINATION" --env-file "$ENV_FILE" >"$WORK/sandbox.out" 2>"$WORK/sandbox.log" &
 sandbox_pid=$!
 stop_sandbox() {
   if kill -0 "$sandbox_pid" 2>/dev/null; then

@@ -373,6 +373,16 @@ def test_every_setting_of_both_plugins_from_environment_variables(meltano, sandb
         "actions": ["open", "click"],
         # Sent by name beside the two actions; no sandbox event has it, so nothing else arrives.
         "custom_actions": ["no-such-custom-event"],
+        # The S3 settings reach the tap as given; with `sftp` as the destination they are unused.
+        "export_destination": "sftp",
+        "s3_bucket": "unused-bucket",
+        "s3_prefix": "unused/prefix",
+        "s3_region": "eu-west-1",
+        "s3_endpoint_url": "http://127.0.0.1:9",
+        "s3_access_key_id": "unused-access-key-id",
+        "s3_secret_access_key": "unused-secret-access-key",
+        "cordial_s3_access_key_id": "unused-cordial-key-id",
+        "cordial_s3_secret_access_key": "unused-cordial-secret-key",
         "export_format": "csv",
         "compress": False,
         "export_window_hours": "12.5",

@@ -227,3 +227,37 @@ def test_up_serves_a_jsonl_file(tmp_path: Path) -> None:
         assert requests.get(f"{state['cordial_admin']}/summary", timeout=10).json()["events"] == 7
     finally:
         assert stop(up)[0] == 0
+
+
+def test_up_with_s3_destination_serves_exports_through_moto(tmp_path: Path) -> None:
+    """`up --destination s3` (the demo's DEMO_DESTINATION=s3): the env file configures S3, and
+    the tap run on it alone reads every event through the bucket."""
+    up = start_up(tmp_path, "--events", "200", "--destination", "s3")
+    try:
+        env = up.env
+        assert env["TAP_CORDIAL_ACTIVITY_EXPORT_DESTINATION"] == "s3"
+        assert not [k for k in env if "SFTP" in k]
+        tap = Path(sys.executable).parent / "tap-cordial-activity"
+        run_env = {
+            "PATH": str(Path(sys.executable).parent), **env,
+            "TAP_CORDIAL_ACTIVITY_POLL_INTERVAL_SECONDS": "0.1",
+            "TAP_CORDIAL_ACTIVITY_SETTLE_MINUTES": "0",
+            "TAP_CORDIAL_ACTIVITY_ACTIONS": '["open", "click", "message-sent", "optout", "bounce", '
+            '"complaint", "pageview", "message-stopped", "custom"]',
+        }
+        run = subprocess.run(
+            [str(tap), "--config", "ENV"], env=run_env, capture_output=True, text=True,
+            timeout=120, check=False,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        records = [json.loads(line) for line in run.stdout.splitlines()
+                   if line.startswith('{"type":"RECORD"')]
+        assert len({r["record"]["_id"] for r in records}) == 200
+        assert "S3 bucket 'cordial-exports'" not in run.stderr  # no S3 error
+        code, _, err = stop(up)
+        assert code == 0
+        assert env["TAP_CORDIAL_ACTIVITY_S3_SECRET_ACCESS_KEY"] not in err
+    finally:
+        if up.proc.poll() is None:
+            up.proc.kill()
+            up.proc.communicate()

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from tap_cordial_activity.errors import SftpError
 from tap_cordial_activity.export import ExportRunner
+from tap_cordial_activity.sftp_store import SftpStore
 from test_tap_helpers import TapRun, run_tap
 
 from sandbox.events import CUSTOM_ACTIONS, RESERVED_ACTIONS
@@ -156,7 +157,8 @@ class _Folder:
 def runner_over(*names: str) -> ExportRunner:
     config: dict[str, Any] = {"sftp_path": "/export"}
     return ExportRunner(
-        config, client=None, sftp=_Folder(*names), logger=logging.getLogger("test"),  # type: ignore[arg-type]
+        config, client=None, store=SftpStore(_Folder(*names), "/export"),  # type: ignore[arg-type]
+        logger=logging.getLogger("test"),
         checkpoint_records=100,
     )
 

@@ -15,7 +15,8 @@ ISSUE_SETTINGS = {
     "sftp_password", "sftp_private_key", "sftp_private_key_passphrase", "cordial_saved_key",
     "sftp_host_key", "poll_interval_seconds", "job_timeout_seconds",
 }
-SECRETS = {"api_key", "sftp_password", "sftp_private_key", "sftp_private_key_passphrase"}
+SECRETS = {"api_key", "sftp_password", "sftp_private_key", "sftp_private_key_passphrase",
+           "s3_secret_access_key", "cordial_s3_secret_access_key"}
 BASE = {"api_key": "k", "sftp_host": "h", "sftp_username": "u", "sftp_path": "/p",
         "sftp_password": "pw"}
 
@@ -27,8 +28,9 @@ def test_about_lists_every_setting_and_marks_secrets():
     properties = about["settings"]["properties"]
     assert set(properties) >= ISSUE_SETTINGS
     assert {name for name, spec in properties.items() if spec.get("writeOnly")} == SECRETS
-    assert set(about["settings"]["required"]) == {"api_key", "sftp_host", "sftp_username",
-                                                  "sftp_path"}
+    # The SFTP settings are required with `export_destination` sftp only (config_problems).
+    assert set(about["settings"]["required"]) == {"api_key"}
+    assert properties["export_destination"]["default"] == "sftp"
     assert properties["api_url"]["default"] == "https://api.cordial.io/v2"
     assert properties["sftp_port"]["default"] == 22
     assert properties["export_window_hours"]["default"] == 24

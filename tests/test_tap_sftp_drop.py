@@ -21,6 +21,7 @@ import psutil
 import pytest
 from tap_cordial_activity.errors import SftpError
 from tap_cordial_activity.export import ExportRunner
+from tap_cordial_activity.sftp_store import SftpStore
 from tap_cordial_activity.tap import TapCordialActivity
 from tap_cordial_activity.timeutil import to_rfc3339
 from tap_cordial_activity.windows import Window
@@ -78,7 +79,7 @@ def exported(sandbox: Sandbox) -> tuple[TapCordialActivity, Window, int]:
         window = Window(window_start, window_end)
         count = sum(1 for record in runner.window_records(window) if record is not None)
     finally:
-        runner.sftp.close()
+        runner.store.close()
         runner.client.close()
     assert count > EVENTS // 2  # the default actions leave some out
     assert sum((sandbox.sftp.root / f).stat().st_size for f in window.files) > 3_000_000
@@ -97,11 +98,11 @@ def test_killed_session_mid_read_reconnects_every_time(
     caplog.set_level(logging.INFO, logger=logger.name)
     for round_number in range(ROUNDS):
         caplog.clear()
+        store = SftpStore(tap.sftp_reader(), tap.config["sftp_path"])
+        store.reader.settings.reconnect_backoff_seconds = 0.05
         runner = ExportRunner(
-            tap.config, tap.cordial_client(), tap.sftp_reader(), logger,
-            checkpoint_records=10**9,
+            tap.config, tap.cordial_client(), store, logger, checkpoint_records=10**9
         )
-        runner.sftp.settings.reconnect_backoff_seconds = 0.05
         window = Window(done.start, done.end, resume=dict(progress))
         ids: set[str] = set()
         killed = 0
@@ -113,7 +114,7 @@ def test_killed_session_mid_read_reconnects_every_time(
                 if len(ids) == 500 + 40 * round_number:  # a different point of the read each time
                     killed = kill_sessions(sandbox.sftp)
         finally:
-            runner.sftp.close()
+            runner.store.close()
             runner.client.close()
         assert killed >= 1, f"round {round_number}: no session to kill"
         assert len(ids) == count, f"round {round_number}: {len(ids)} of {count} records"

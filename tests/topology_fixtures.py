@@ -22,10 +22,10 @@ def postgres() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture(scope="session")
-def moto_s3() -> Iterator[MotoS3Server]:
-    """moto's S3 server for the session (each test makes its own bucket)."""
-    with MotoS3Server() as server:
-        yield server
+def moto_s3(s3_server: MotoS3Server) -> MotoS3Server:
+    """moto's S3 server for the session: the sandbox's ``s3_server`` (each test makes its own
+    bucket)."""
+    return s3_server
 
 
 @pytest.fixture(scope="session")

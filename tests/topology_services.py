@@ -1,4 +1,5 @@
-"""Real servers for the production-topology tests: PostgreSQL (Debian's package) and moto's S3.
+"""Real servers for the production-topology tests: PostgreSQL (Debian's package) and moto's S3
+(:class:`sandbox.s3.MotoS3Server`, also the S3 export destination's server).
 
 Both listen on 127.0.0.1 on a free port and are context managers. A missing binary is a
 RuntimeError that says what to install: these tests never skip.
@@ -12,14 +13,11 @@ import pwd
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Self
 
+from sandbox.s3 import MotoS3Server
 from sandbox.service import LocalService
 from sandbox.sftp import free_port
 
@@ -126,81 +124,4 @@ class PostgresServer(LocalService):
         return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{dbname}"
 
 
-class MotoS3Server(LocalService):
-    """moto's server mode: an S3 API on 127.0.0.1, as a separate process."""
-
-    host = "127.0.0.1"
-    region = "us-east-1"
-    # moto accepts any key; these only have to be present for boto3 to sign requests.
-    access_key_id = "testing-access-key"
-    secret_access_key = "testing-secret-key"
-
-    def __init__(self) -> None:
-        """Pick a port; `start()` starts the process."""
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log = Path(tempfile.mkstemp(prefix="moto-", suffix=".log")[1])
-
-    @property
-    def url(self) -> str:
-        """The endpoint URL (state_backend.s3.endpoint_url)."""
-        return f"http://{self.host}:{self.port}"
-
-    def start(self) -> Self:
-        """Start `python -m moto.server` and wait until it answers."""
-        try:
-            import moto.server  # noqa: F401
-        except ImportError:
-            raise RuntimeError("moto is not installed: run scripts/bootstrap.sh") from None
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"moto server exited: {self.log.read_text('utf-8', 'replace')}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=2):  # noqa: S310
-                    return self
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("moto server did not answer within 60 s")
-
-    def stop(self) -> None:
-        """Terminate the process."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.unlink(missing_ok=True)
-
-
-    def client(self) -> Any:
-        """A boto3 S3 client for this server."""
-        import boto3
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.url,
-            region_name=self.region,
-            aws_access_key_id=self.access_key_id,
-            aws_secret_access_key=self.secret_access_key,
-        )
-
-    def env(self) -> dict[str, str]:
-        """The variables that point Meltano's S3 state backend at this server."""
-        # Meltano 4.4 passes endpoint_url to boto3 only together with keys from its own
-        # state_backend.s3.* settings (with boto3's default credential chain it drops it).
-        return {
-            "MELTANO_STATE_BACKEND_S3_ENDPOINT_URL": self.url,
-            "MELTANO_STATE_BACKEND_S3_AWS_ACCESS_KEY_ID": self.access_key_id,
-            "MELTANO_STATE_BACKEND_S3_AWS_SECRET_ACCESS_KEY": self.secret_access_key,
-            "AWS_DEFAULT_REGION": self.region,
-        }
+__all__ = ["MotoS3Server", "PostgresServer"]

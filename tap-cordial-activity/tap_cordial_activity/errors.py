@@ -31,8 +31,16 @@ class CordialError(Exception):
         self.job_id = job_id
 
 
-class SftpError(Exception):
+class StoreError(Exception):
+    """A problem with the export folder (SFTP or S3) the user can act on; says which and how."""
+
+
+class SftpError(StoreError):
     """An SFTP problem the user can act on; the message says which and how."""
+
+
+class S3Error(StoreError):
+    """An S3 problem the user can act on: names the bucket and prefix and what to check."""
 
 
 class HostKeyError(SftpError):
@@ -74,7 +82,7 @@ STATE_WAY_OUT = (
 #: Errors whose message names the setting, file and line, or HTTP status and what to do: the CLI
 #: prints them alone instead of under a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (
-    CordialError, SftpError, ExportDataError, ExportCountError, BatchStorageError, StateError
+    CordialError, StoreError, ExportDataError, ExportCountError, BatchStorageError, StateError
 )
 
 

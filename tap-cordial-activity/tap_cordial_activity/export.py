@@ -1,4 +1,4 @@
-"""One window's export: the job request, its files on SFTP, resuming, and the window's records.
+"""One window's export: the job request, its files (SFTP or S3), resuming, the window's records.
 
 No singer-sdk here: the stream hands in the settings, the clients and a logger, and turns what
 :meth:`ExportRunner.window_records` yields into messages. ``pipeline.ExportPipeline`` decides
@@ -17,17 +17,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from tap_cordial_activity.client import CordialClient, reported_count
+from tap_cordial_activity.destinations import destination_of
 from tap_cordial_activity.errors import (
     CordialError,
     ExportCountError,
     ExportDataError,
-    SftpError,
+    StoreError,
 )
+from tap_cordial_activity.export_store import ExportStore
 from tap_cordial_activity.progress import ReadProgress
 from tap_cordial_activity.records import read_records
 from tap_cordial_activity.schema import KNOWN_FIELDS
 from tap_cordial_activity.settings import integer, number, setting
-from tap_cordial_activity.sftp import SftpReader
 from tap_cordial_activity.timeutil import to_cordial, to_rfc3339
 from tap_cordial_activity.windows import Window, file_set
 
@@ -93,18 +94,7 @@ def file_order(export: str, file_name: str) -> tuple[int, str]:
 
 def export_body(config: Mapping[str, Any], name: str, window: Window) -> dict[str, Any]:
     """The ``contactactivityexport`` request for one window (holds a secret: never log it)."""
-    destination: dict[str, Any] = {
-        "type": "sftp",
-        "server": config["sftp_host"],
-        "port": integer(config, "sftp_port"),
-        "username": config["sftp_username"],
-        "path": config["sftp_path"],
-    }
-    # Clarification: a saved key wins over the password when both are set.
-    if config.get("cordial_saved_key"):
-        destination["savedKey"] = config["cordial_saved_key"]
-    else:
-        destination["password"] = config["sftp_password"]
+    destination = destination_of(config).body(config)
     export_format = setting(config, "export_format")
     body: dict[str, Any] = {
         "name": name,
@@ -147,7 +137,10 @@ class ResumeContradictedError(Exception):
 
 
 class ExportRunner:
-    """Creates each window's export job, waits for it, and reads the window's records from SFTP.
+    """Creates each window's export job, waits for it, and reads the window's records.
+
+    The files are listed, read and deleted through an
+    :class:`~tap_cordial_activity.export_store.ExportStore` (SFTP, S3).
 
     Before a window is passed on, the records read from its files are compared with the count
     Cordial reports for the job (reconciliation).
@@ -157,7 +150,7 @@ class ExportRunner:
         self,
         config: Mapping[str, Any],
         client: CordialClient,
-        sftp: SftpReader,
+        store: ExportStore,
         logger: logging.Logger,
         *,
         checkpoint_records: int,
@@ -165,10 +158,11 @@ class ExportRunner:
         """Use these settings, clients and logger; checkpoint about every that many records."""
         self.config = config
         self.client = client
-        self.sftp = sftp
+        self.store = store
         self.logger = logger
         self.checkpoint_records = checkpoint_records
-        self.folder = str(config["sftp_path"])
+        #: Where the files are, as messages name it (``SFTP folder '/upload'``).
+        self.folder = store.location
         self.poll_interval = number(config, "poll_interval_seconds")
         self.job_timeout = number(config, "job_timeout_seconds")
         self.progress_interval = number(config, "progress_interval_seconds")
@@ -192,9 +186,9 @@ class ExportRunner:
 
     def _listing(self) -> set[str]:
         """The folder's file names, noting their sizes."""
-        entries = self.sftp.list_files(self.folder)
-        self.sizes.update((e.filename, int(e.st_size or 0)) for e in entries)
-        return {e.filename for e in entries}
+        entries = self.store.list_files()
+        self.sizes.update(entries)
+        return set(entries)
 
     def export_files(self, name: str, job: Mapping[str, Any]) -> list[str]:
         """The job's file names: those beginning with the export name, plus the one it names.
@@ -215,14 +209,14 @@ class ExportRunner:
                 if (name, given) not in self._warned_names:
                     self._warned_names.add((name, given))
                     self.logger.warning(
-                        "Cordial job %s names the file %r, which is not in SFTP folder %r; "
+                        "Cordial job %s names the file %r, which is not in %s; "
                         "reading the export's files found by its name instead: %s",
                         job_label(job), given, self.folder, ", ".join(sorted(files)),
                     )
             else:
-                raise SftpError(
+                raise self.store.error(
                     f"Cordial job {job_label(job)} names the file {given!r}, but neither it nor "
-                    f"any file beginning with {name!r} is in SFTP folder {self.folder!r}"
+                    f"any file beginning with {name!r} is in {self.folder}"
                 )
         return sorted(files, key=lambda f: file_order(name, f))
 
@@ -237,15 +231,15 @@ class ExportRunner:
             if file_set(files) == progress["file_set"]:
                 return files
             problem = (
-                f"its {progress['file_set'].get('count')} files are not those in SFTP folder "
-                f"{self.folder!r} ({len(files)} beginning with the export's name)"
+                f"its {progress['file_set'].get('count')} files are not those in "
+                f"{self.folder} ({len(files)} beginning with the export's name)"
             )
         else:
             listed = self._listing()
             missing = [f for f in progress["files"] if f not in listed]
             if not missing:
                 return list(progress["files"])
-            problem = f"{', '.join(missing)} no longer in SFTP folder {self.folder!r}"
+            problem = f"{', '.join(missing)} no longer in {self.folder}"
         self.logger.warning(
             "Cannot resume export %r: %s. Exporting the window %s .. %s again (events already "
             "delivered from it are sent again).", progress["export"], problem,
@@ -302,10 +296,9 @@ class ExportRunner:
         window.files = list(files)
         if not files:
             if window.reported:
-                raise SftpError(
+                raise self.store.error(
                     f"Cordial job {window.job_id} is Done with {window.reported} records, "
-                    f"but no file beginning with {window.export!r} is in SFTP folder "
-                    f"{self.folder!r}"
+                    f"but no file beginning with {window.export!r} is in {self.folder}"
                 )
             self.logger.info("Job %s wrote no file: the window has no events", window.job_id)
             return
@@ -412,7 +405,6 @@ class ExportRunner:
 
         Counts every record read in ``window.read``; skipped ones count only past ``replay``.
         """
-        folder = self.folder.rstrip("/")
         export_format = setting(self.config, "export_format")
         start, end, skip_ids = window.start, window.end, window.skip_ids
         known, warned, skips = KNOWN_FIELDS, self._warned_fields, self.actions.skips
@@ -425,7 +417,7 @@ class ExportRunner:
         try:
             for file_name in files:
                 began = time.monotonic()
-                remote = self.sftp.open(f"{folder}/{file_name}")
+                remote = self.store.open(file_name)
                 progress.file = remote
                 try:
                     for record, moment, _line in read_records(remote, file_name, export_format):
@@ -481,8 +473,8 @@ class ExportRunner:
         """
         for path in read_files:
             try:
-                deleted = self.sftp.remove(str(path))
-            except SftpError as exc:
+                deleted = self.store.remove(str(path))
+            except StoreError as exc:
                 self.logger.warning("%s; the file is kept", exc)
                 continue
             self.logger.info(

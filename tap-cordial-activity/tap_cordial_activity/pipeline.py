@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from tap_cordial_activity.client import job_timeout_error
-from tap_cordial_activity.errors import CordialError, SftpError
+from tap_cordial_activity.errors import CordialError, StoreError
 from tap_cordial_activity.export import ExportRunner
 from tap_cordial_activity.settings import setting
 from tap_cordial_activity.timeutil import parse_moment, to_rfc3339
@@ -203,11 +203,11 @@ class ExportPipeline:
                 for w in later
             ),
             "Files of the finished ones are deleted (delete_exported_files)." if delete
-            else f"Their files are left in SFTP folder {self.runner.folder!r}.",
+            else f"Their files are left in {self.runner.folder}.",
         )
         if not delete:
             return
-        folder = self.runner.folder.rstrip("/")
+        store = self.runner.store
         for window in later:
             try:
                 job = window.job or self.runner.client.get_job(window.job_id)
@@ -215,7 +215,7 @@ class ExportPipeline:
                     continue
                 files = self.runner.export_files(window.export, job)
                 self.runner.delete_confirmed_files(
-                    (f"{folder}/{f}" for f in files), "a later window's job, not read"
+                    (store.path(f) for f in files), "a later window's job, not read"
                 )
-            except (CordialError, SftpError) as exc:
+            except (CordialError, StoreError) as exc:
                 self.logger.warning("Job %s's files are kept: %s", window.job_id, exc)

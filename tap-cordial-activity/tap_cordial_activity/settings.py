@@ -17,8 +17,16 @@ from tap_cordial_activity.timeutil import MomentRangeError, parse_moment
 
 DEFAULT_ACTIONS = ["message-sent", "open", "click", "optout", "bounce", "complaint", "custom"]
 SECRET_SETTINGS = frozenset(
-    {"api_key", "sftp_password", "sftp_private_key", "sftp_private_key_passphrase"}
+    {"api_key", "sftp_password", "sftp_private_key", "sftp_private_key_passphrase",
+     "s3_secret_access_key", "cordial_s3_secret_access_key"}
 )
+#: ``export_destination`` values: the keys of ``destinations.DESTINATIONS`` (a test checks).
+EXPORT_DESTINATIONS = ("sftp", "s3")
+#: Settings each destination requires (a missing or empty one is listed as a problem).
+DESTINATION_REQUIRED = {
+    "sftp": ("sftp_host", "sftp_username", "sftp_path"),
+    "s3": ("s3_bucket", "s3_region", "s3_prefix"),
+}
 
 
 #: Number settings take a JSON number or a string holding one: Meltano passes settings it
@@ -107,15 +115,23 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         description="Seconds between two progress lines while an export file is read.",
     ),
     th.Property(
-        "sftp_host", th.StringType, required=True, description="SFTP server Cordial writes to."
+        "export_destination", th.StringType, default="sftp",
+        allowed_values=list(EXPORT_DESTINATIONS),
+        description="Where Cordial writes the export files and the tap reads them: sftp "
+        "(the `sftp_*` settings) or s3 (the `s3_*` settings).",
+    ),
+    th.Property(
+        "sftp_host", th.StringType,
+        description="SFTP server Cordial writes to (required with `export_destination` sftp).",
     ),
     th.Property("sftp_port", _INTEGER, default=22, description="SFTP port."),
     th.Property(
-        "sftp_username", th.StringType, required=True, description="SFTP user name."
+        "sftp_username", th.StringType,
+        description="SFTP user name (required with `export_destination` sftp).",
     ),
     th.Property(
-        "sftp_path", th.StringType, required=True,
-        description="SFTP folder of the export files.",
+        "sftp_path", th.StringType,
+        description="SFTP folder of the export files (required with `export_destination` sftp).",
     ),
     _secret(
         "sftp_password",
@@ -140,6 +156,38 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         "sftp_known_hosts_path", th.StringType,
         description="known_hosts file used when `sftp_host_key` is empty; "
         "default ~/.ssh/known_hosts.",
+    ),
+    th.Property(
+        "s3_bucket", th.StringType,
+        description="S3 bucket Cordial writes to (required with `export_destination` s3).",
+    ),
+    th.Property(
+        "s3_prefix", th.StringType,
+        description="Key prefix (folder) of the export files in `s3_bucket`, e.g. "
+        "cordial/exports; sent to Cordial as the destination path (required with "
+        "`export_destination` s3).",
+    ),
+    th.Property(
+        "s3_region", th.StringType,
+        description="The bucket's region, e.g. us-west-2 (required with `export_destination` s3).",
+    ),
+    th.Property(
+        "s3_endpoint_url", th.StringType,
+        description="Endpoint of an S3-compatible store (the tap's reads only); empty: AWS.",
+    ),
+    th.Property(
+        "s3_access_key_id", th.StringType,
+        description="Access key id of the tap's reads; empty: the default AWS credential chain.",
+    ),
+    _secret("s3_secret_access_key", "Secret access key of the tap's reads."),
+    th.Property(
+        "cordial_s3_access_key_id", th.StringType,
+        description="Access key id Cordial writes with, sent in the export request; empty: an "
+        "IAM role set up on Cordial's side.",
+    ),
+    _secret(
+        "cordial_s3_secret_access_key",
+        "Secret access key Cordial writes with, sent in the export request.",
     ),
     th.Property(
         "poll_interval_seconds", _NUMBER, default=15,
@@ -300,15 +348,17 @@ def config_problems(config: dict[str, Any]) -> list[str]:
         return value is not None and value != ""
 
     # A missing required setting is reported by the JSON schema; an empty one is caught here.
-    for name in ("api_key", "sftp_host", "sftp_username", "sftp_path"):
+    for name in ("api_key",):
         if name in config and not has(name):
             problems.append(f"`{name}` is required and must not be empty.")
+    problems.extend(destination_problems(config))
+    sftp = setting(config, "export_destination") == "sftp"
 
-    if not has("sftp_password") and not has("sftp_private_key"):
+    if sftp and not has("sftp_password") and not has("sftp_private_key"):
         problems.append(
             "No SFTP login for the tap: set `sftp_password` or `sftp_private_key`."
         )
-    if not has("sftp_password") and not has("cordial_saved_key"):
+    if sftp and not has("sftp_password") and not has("cordial_saved_key"):
         problems.append(
             "No way for Cordial to write the export to SFTP: set `sftp_password` (sent as the "
             "destination password) or `cordial_saved_key` (a key in Cordial's Secrets Vault)."
@@ -421,6 +471,39 @@ def _api_url_problems(api_url: Any) -> list[str]:
     if not api_url.startswith(("https://", "http://")) or not parts.netloc:
         return [f"`api_url` must start with https:// (got {api_url!r})."]
     return []
+
+
+def destination_problems(config: Mapping[str, Any]) -> list[str]:
+    """The settings ``export_destination`` requires, and S3 keys given by halves."""
+    destination = setting(config, "export_destination")
+    required = DESTINATION_REQUIRED.get(destination)
+    if required is None:
+        return []  # not an allowed value: the JSON schema says so
+    problems = []
+    for name in required:
+        value = config.get(name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            problems.append(
+                f"`{name}` is required" + (
+                    " and must not be empty" if name in config else ""
+                ) + f" (`export_destination` is {destination})."
+            )
+    if destination == "s3":
+        for who, pair in (
+            ("the tap's reads", ("s3_access_key_id", "s3_secret_access_key")),
+            ("Cordial's writes", ("cordial_s3_access_key_id", "cordial_s3_secret_access_key")),
+        ):
+            given = [n for n in pair if config.get(n)]
+            if len(given) == 1:
+                missing = next(n for n in pair if n not in given)
+                problems.append(
+                    f"`{given[0]}` is set but `{missing}` is not: {who} need both keys, or "
+                    "neither."
+                )
+        url = config.get("s3_endpoint_url")
+        if isinstance(url, str) and url and not url.startswith(("https://", "http://")):
+            problems.append(f"`s3_endpoint_url` must start with https:// (got {url!r}).")
+    return problems
 
 
 def _batch_config_problems(batch_config: dict[str, Any]) -> list[str]:

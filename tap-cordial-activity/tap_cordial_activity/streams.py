@@ -1,4 +1,4 @@
-"""ActivityStream: time windows -> one Cordial export job each -> SFTP files -> records -> STATE."""
+"""ActivityStream: time windows -> one export job each -> files (SFTP, S3) -> records -> STATE."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from singer_sdk.mapper import SameRecordTransform
 from typing_extensions import override
 
 from tap_cordial_activity.batch_files import BatchFileWriter
+from tap_cordial_activity.destinations import export_store
 from tap_cordial_activity.errors import USER_ERRORS, ExportCountError, ExportDataError
 from tap_cordial_activity.export import ExportRunner
+from tap_cordial_activity.export_store import ExportStore
 from tap_cordial_activity.pipeline import ExportPipeline
 from tap_cordial_activity.schema import SCHEMA
 from tap_cordial_activity.sdk_private import WindowedStream
@@ -45,7 +47,7 @@ _WRITE_BATCH = 1000
 
 
 class ActivityStream(WindowedStream):
-    """Cordial contact activity, exported in time windows and read from SFTP."""
+    """Cordial contact activity, exported in time windows and read from SFTP or S3."""
 
     name = "activity"
     primary_keys = ("_id",)
@@ -124,7 +126,7 @@ class ActivityStream(WindowedStream):
         """An export runner with fresh clients (the caller closes them)."""
         tap: TapCordialActivity = self.owning_tap  # type: ignore[assignment]
         return ExportRunner(
-            self.config, tap.cordial_client(), tap.sftp_reader(), self.logger,
+            self.config, tap.cordial_client(), export_store(self.config, self.logger), self.logger,
             checkpoint_records=self.CHECKPOINT_RECORDS,
         )
 
@@ -142,7 +144,7 @@ class ActivityStream(WindowedStream):
                         if record is not None:
                             yield record
         finally:
-            runner.sftp.close()
+            runner.store.close()
             runner.client.close()
 
     def fast_path_applies(self) -> bool:
@@ -165,7 +167,7 @@ class ActivityStream(WindowedStream):
         self.stream_state["progress"] = progress_of(window)
         self.write_state_now()
 
-    def _finish_window(self, window: Window) -> None:
+    def _finish_window(self, window: Window, store: ExportStore) -> None:
         """Move the bookmark to the window's end, emit STATE, and account for the window."""
         state = self.stream_state
         state["replication_key"] = self.replication_key
@@ -173,7 +175,7 @@ class ActivityStream(WindowedStream):
         state["boundary_ids"] = sorted(window.boundary_ids)
         state.pop("progress", None)
         if setting(self.config, "delete_exported_files") and window.files:
-            folder = str(self.config["sftp_path"]).rstrip("/")
+            folder = store.path("").rstrip("/")
             if len(window.files) > MAX_LISTED_FILES:
                 # Many files (`limit_records_per_file`): their export's name, count and digest
                 # keep the STATE small; the next run finds exactly them again by listing.
@@ -181,7 +183,7 @@ class ActivityStream(WindowedStream):
                 exports.append({"folder": folder, "export": window.export,
                                 **file_set(window.files)})
             else:
-                read = {*state.get("read_files", []), *(f"{folder}/{f}" for f in window.files)}
+                read = {*state.get("read_files", []), *(store.path(f) for f in window.files)}
                 state["read_files"] = sorted(read)
         self.write_state_now()
         self._account(window)
@@ -213,20 +215,20 @@ class ActivityStream(WindowedStream):
             except (KeyError, TypeError):
                 self.logger.warning("A malformed `read_exports` entry in the STATE: kept its files")
                 continue
-            if folder != runner.folder.rstrip("/") or not export:
+            if folder != runner.store.path("").rstrip("/") or not export:
                 self.logger.warning(
-                    "The files of export %r (in %r) are kept: `sftp_path` is now %r",
+                    "The files of export %r (in %r) are kept: the export folder is now %s",
                     export, folder, runner.folder,
                 )
                 continue
             files = runner.export_files(export, {})
             if file_set(files) != wanted:
                 self.logger.warning(
-                    "The files of export %r are kept: SFTP folder %r holds %d of its files, not "
-                    "the %s read", export, folder, len(files), entry["count"],
+                    "The files of export %r are kept: %s holds %d of its files, not the %s "
+                    "read", export, runner.folder, len(files), entry["count"],
                 )
                 continue
-            paths.extend(f"{folder}/{f}" for f in files)
+            paths.extend(runner.store.path(f) for f in files)
         return paths
 
     def _account(self, window: Window) -> None:
@@ -300,9 +302,9 @@ class ActivityStream(WindowedStream):
         total = 0
         with counter, batch_counter, self.get_sync_timer():
             try:
-                # Log in (and verify the host key) before asking Cordial for anything, so a bad
-                # SFTP setting fails without leaving export jobs behind.
-                runner.sftp.connect()
+                # Log in (and verify the host key, or list the bucket) before asking Cordial for
+                # anything, so a bad SFTP or S3 setting fails without leaving export jobs behind.
+                runner.store.connect()
                 if write_messages:
                     # Listed files leave the STATE whether or not they are deleted.
                     read_files = self.stream_state.pop("read_files", None) or []
@@ -344,13 +346,13 @@ class ActivityStream(WindowedStream):
                                 self._forget_progress()
                             raise
                         if write_messages:
-                            self._finish_window(window)
+                            self._finish_window(window, runner.store)
                             self._bound_pending_deletions(pipeline)
                 self.logger.info(
                     "%d export job(s) created in this run", runner.jobs_created
                 )
             finally:
-                runner.sftp.close()
+                runner.store.close()
                 runner.client.close()
 
     def _write_fast(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,7 +14,9 @@ from singer_sdk.tap_base import CliTestOptionValue
 from typing_extensions import override
 
 from tap_cordial_activity.client import CordialClient, RetryPolicy
-from tap_cordial_activity.errors import CordialError, SftpError, user_errors_end_the_run
+from tap_cordial_activity.destinations import export_store
+from tap_cordial_activity.errors import CordialError, user_errors_end_the_run
+from tap_cordial_activity.export_store import CHECK_RETRIES, CHECK_TIMEOUT_SECONDS
 from tap_cordial_activity.sdk_private import SettingsCheckingTap, cli_config
 from tap_cordial_activity.settings import (
     CONFIG_SCHEMA,
@@ -26,19 +27,16 @@ from tap_cordial_activity.settings import (
     setting,
     strip_secrets,
 )
-from tap_cordial_activity.sftp import SftpReader, SftpSettings
+from tap_cordial_activity.sftp import SftpReader
+from tap_cordial_activity.sftp_store import sftp_reader
 from tap_cordial_activity.streams import ActivityStream
 from tap_cordial_activity.windows import check_state_text
 
 __all__ = ["TapCordialActivity", "config_problems"]
 
-#: ``--test`` answers in seconds: each host gets this timeout and at most this many retries.
-CHECK_TIMEOUT_SECONDS = 3.0
-CHECK_RETRIES = 1
-
 
 class TapCordialActivity(SettingsCheckingTap):
-    """Cordial contact activity through the Contact Activity Export API and SFTP."""
+    """Cordial contact activity through the Contact Activity Export API and SFTP or S3."""
 
     name = "tap-cordial-activity"
     # msgspec serializes SCHEMA/STATE (and RECORD on the SDK path) several times faster than the
@@ -83,25 +81,7 @@ class TapCordialActivity(SettingsCheckingTap):
 
     def sftp_reader(self) -> SftpReader:
         """An SFTP reader built from the settings (it connects on first use)."""
-        config = self.config
-        known_hosts = config.get("sftp_known_hosts_path")
-        return SftpReader(
-            SftpSettings(
-                host=config["sftp_host"],
-                port=integer(config, "sftp_port"),
-                username=config["sftp_username"],
-                password=config.get("sftp_password") or None,
-                private_key=config.get("sftp_private_key") or None,
-                private_key_passphrase=config.get("sftp_private_key_passphrase") or None,
-                host_key=config.get("sftp_host_key") or None,
-                known_hosts_path=Path(known_hosts).expanduser() if known_hosts else None,
-                timeout_seconds=number(config, "request_timeout_seconds"),
-                max_concurrent_prefetch_requests=integer(
-                    config, "max_concurrent_prefetch_requests"
-                ),
-            ),
-            logger=self.logger,
-        )
+        return sftp_reader(self.config, self.logger)
 
     @override
     @classmethod
@@ -133,9 +113,10 @@ class TapCordialActivity(SettingsCheckingTap):
             super().invoke(**options)
 
     def check_connection(self) -> bool:
-        """Cordial access (:meth:`CordialClient.check_access`), then SFTP login and listing.
+        """Cordial access (:meth:`CordialClient.check_access`), then the export folder's listing.
 
-        The SFTP host key is verified and ``sftp_path`` listed.
+        SFTP: the login and host key are verified and ``sftp_path`` listed; S3: ``s3_prefix`` is
+        listed in ``s3_bucket`` (:meth:`ExportStore.check`).
 
         Never creates an export job. Short timeouts and at most :data:`CHECK_RETRIES` retry per
         host; the first failure raises, naming the host that failed.
@@ -157,23 +138,8 @@ class TapCordialActivity(SettingsCheckingTap):
         finally:
             client.close()
         self.logger.info("Cordial API %s: %s OK", client.api_url, checked)
-        reader = self.sftp_reader()
-        reader.settings = replace(
-            reader.settings,
-            timeout_seconds=min(reader.settings.timeout_seconds, CHECK_TIMEOUT_SECONDS),
-            reconnect_attempts=CHECK_RETRIES,
-        )
-        try:
-            with reader:
-                files = reader.list_files(self.config["sftp_path"])
-        except SftpError as exc:
-            raise type(exc)(
-                f"Connection check failed at the SFTP host {reader.address}: {exc}"
-            ) from exc
-        self.logger.info(
-            "SFTP %s@%s: login OK, host key verified, %d file(s) in %s",
-            self.config["sftp_username"], reader.address, len(files), self.config["sftp_path"],
-        )
+        # SFTP: login, host key and the folder's listing; S3: the listing under the prefix.
+        self.logger.info("%s", export_store(self.config, self.logger).check())
         return True
 
 
