@@ -67,8 +67,12 @@ class HookedTarget(Target):
 
     # -- hooks for subclasses --------------------------------------------------------------------
 
+    def clean_settings(self, config: dict[str, Any]) -> list[str]:
+        """Tidy ``config`` in place before the schema check; what cannot be tidied (as the tap)."""
+        return []
+
     def settings_problems(self, config: dict[str, Any]) -> list[str]:
-        """Problems found before the schema check (may normalize values in ``config``)."""
+        """Problems beyond the JSON types (relations, shapes), after the schema check."""
         return []
 
     def schema_problem(self, error: Any) -> str:
@@ -113,10 +117,12 @@ class HookedTarget(Target):
         """Check every setting before any call; one message per problem."""
         schema = self.config_jsonschema
         self.append_builtin_config(schema)
-        errors = self.settings_problems(self._config)
+        # One order in both plugins: tidy, then types and ranges (the schema), then relations.
+        errors = self.clean_settings(self._config)
         # Validating self._config itself (not a copy) lets the SDK's validator fill in defaults.
         validator = ConfigValidator(schema)
         errors.extend(self.schema_problem(error) for error in validator.iter_errors(self._config))
+        errors.extend(self.settings_problems(self._config))
         if errors and raise_errors:
             raise ConfigValidationError("Config validation failed", errors=errors, schema=schema)
         for error in errors:

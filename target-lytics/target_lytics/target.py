@@ -104,15 +104,19 @@ class TargetLytics(HookedTarget):
     # Settings -----------------------------------------------------------------------------------
 
     @override
+    def clean_settings(self, config: dict[str, t.Any]) -> list[str]:
+        """Numbers given as text become numbers (else a problem), before the schema check."""
+        return parse_number_settings(config, self.config_jsonschema)
+
+    @override
     def settings_problems(self, config: dict[str, t.Any]) -> list[str]:
-        """Numbers given as text become numbers (else a problem); what the schema cannot see.
+        """What the schema cannot see, after it.
 
         The token is stripped; a token or URL that could leak is refused
         (:func:`~target_lytics.settings.connection_problems`), then
         :func:`~target_lytics.settings.input_settings_problems`.
         """
-        problems = connection_problems(config) + input_settings_problems(config)
-        return [*problems, *parse_number_settings(config, self.config_jsonschema)]
+        return connection_problems(config) + input_settings_problems(config)
 
     @override
     def schema_problem(self, error: t.Any) -> str:
