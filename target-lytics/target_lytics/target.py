@@ -30,7 +30,7 @@ from target_lytics.settings import (
     schema_problem,
     setting,
 )
-from target_lytics.sinks import LyticsSink
+from target_lytics.sinks import LyticsSink, SinkContext
 
 
 class TargetLytics(HookedTarget):
@@ -80,6 +80,17 @@ class TargetLytics(HookedTarget):
         self.tap_spoke = False
         self.progress = UploadProgress(
             self.logger, float(setting(self.config, "progress_interval_seconds"))
+        )
+        #: What each sink gets from the target (the sink module never names this class).
+        self.sink_context = SinkContext(
+            client=self.client,
+            checkpoints=self.checkpoints,
+            progress=self.progress,
+            max_request_bytes=self.max_request_bytes,
+            max_concurrent_uploads=self.max_concurrent_uploads,
+            batch_file_roots=self.batch_file_roots,
+            stream_mapping=self.stream_mapping,
+            upload_failed=self.upload_failed,
         )
 
     def stream_mapping(self, stream_name: str) -> StreamMapping:
