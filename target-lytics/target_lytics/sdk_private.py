@@ -16,7 +16,23 @@
   ``singer_sdk.helpers._batch``. BATCH files themselves are opened and deleted by
   :mod:`target_lytics.batch_files` (local files under ``batch_file_roots`` only).
 
-Pinned: singer-sdk ==0.54.9 (target-lytics/pyproject.toml). tests/test_target_private_names.py
+Files that mirror singer-sdk behaviour (no private name, but a copy of what the SDK does; re-check
+them with this module), each with the test that compares it with the SDK:
+
+- ``fastpath.py`` and ``sinks.py`` (``LyticsSink.add_raws`` / ``_add_sdk_checked``) re-implement
+  ``Target._process_record_message`` and the sink's per-record checks:
+  tests/test_target_fastpath.py::test_fast_path_uploads_what_the_sdk_path_uploads and
+  ::test_invalid_record_fails_on_both_paths_with_the_field_named.
+- ``reader.py`` mirrors singer-sdk's msgspec reader (``singer_sdk.contrib.msgspec``):
+  tests/test_target_reader.py::test_floats_outside_records_are_decimals_as_in_the_sdk_reader
+  and ::test_messages_keep_their_order_whatever_the_chunk_size.
+- ``batch_files.py`` (with ``LyticsSink._add_batch_checked``) replaces
+  ``Sink.process_batch_files`` for JSON Lines:
+  tests/test_target_batch_files.py::test_batch_files_upload_what_record_lines_upload.
+- ``typed_records.py`` gives the SDK path's result without it:
+  tests/test_target_typed_records.py::test_typed_events_equal_the_general_way.
+
+Pinned: singer-sdk ~=0.54.9 (target-lytics/pyproject.toml). tests/test_target_private_names.py
 fails when one of these names disappears or changes signature, or when another module of the
 package uses a private singer-sdk name; tests/test_target_fastpath.py checks that the fast record
 path uploads what the SDK's own path uploads. Re-check this module when upgrading singer-sdk.
