@@ -12,12 +12,13 @@ from typing_extensions import override
 
 from target_lytics.batch_files import root_folders
 from target_lytics.checkpoints import StateCheckpoints
-from target_lytics.client import LyticsClient, RetryPolicy
+from target_lytics.client import LyticsClient
 from target_lytics.errors import InputError, LyticsError, user_errors_end_the_run
 from target_lytics.fastpath import FastRecordPath
 from target_lytics.mapping import StreamMapping
 from target_lytics.progress import UploadProgress
 from target_lytics.reader import SingerLineReader
+from target_lytics.retries import RetryPolicy
 from target_lytics.schema_publish import run_schema_command
 from target_lytics.sdk_private import HookedTarget, cli_config
 from target_lytics.settings import (
@@ -105,11 +106,7 @@ class TargetLytics(HookedTarget):
             api_token=str(config["api_token"]),
             timeout_seconds=float(setting(config, "request_timeout_seconds")),
             pool_size=max(32, 4 * int(setting(config, "max_concurrent_uploads"))),
-            retry=RetryPolicy(
-                max_retries=int(setting(config, "max_retries")),
-                base_delay_seconds=float(setting(config, "retry_initial_delay_seconds")),
-                max_delay_seconds=float(setting(config, "retry_max_delay_seconds")),
-            ),
+            retry=RetryPolicy.from_settings(config, setting),
         )
 
     # Settings -----------------------------------------------------------------------------------
