@@ -19,4 +19,5 @@ fi
 source scripts/bootstrap.sh
 echo "== ruff"; ruff check .
 echo "== mypy"; mypy sandbox tap-cordial-activity/tap_cordial_activity target-lytics/target_lytics benchmarks orchestrate/dagster
+echo "== import-linter"; lint-imports
 echo "== pytest"; pytest "$@"

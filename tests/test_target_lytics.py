@@ -390,7 +390,7 @@ def test_retry_after_is_honoured(lytics):
         api_url=lytics.url,
         api_token=lytics.token,
         timeout_seconds=60,
-        retry=RetryPolicy(max_retries=8, base_delay_seconds=0.01, max_delay_seconds=0.01),
+        retry=RetryPolicy(max_retries=8, initial_delay_seconds=0.01, max_delay_seconds=0.01),
     )
     started = time.monotonic()
     result = client.upload("s", b'[{"a":1}]')

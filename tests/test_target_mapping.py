@@ -321,7 +321,7 @@ def test_retry_after_and_backoff():
     assert parse_retry_after(None) is None
     assert parse_retry_after("garbage") is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
-    policy = RetryPolicy(max_retries=8, base_delay_seconds=1, max_delay_seconds=5)
+    policy = RetryPolicy(max_retries=8, initial_delay_seconds=1, max_delay_seconds=5)
     assert policy.backoff(1, rng=lambda: 1.0) == 1
     assert policy.backoff(3, rng=lambda: 1.0) == 4
     assert policy.backoff(10, rng=lambda: 1.0) == 5
@@ -356,7 +356,7 @@ def _accepted(payload: dict, count: int) -> UploadResult:
         api_url="https://api.lytics.io",
         api_token="t",
         timeout_seconds=1,
-        retry=RetryPolicy(max_retries=0, base_delay_seconds=0, max_delay_seconds=0),
+        retry=RetryPolicy(max_retries=0, initial_delay_seconds=0, max_delay_seconds=0),
     )
     url = client.collect_url("s")
     return client._accepted(_response(payload), url, "s", count, f"upload of {count} events")

@@ -40,7 +40,7 @@ def test_number_settings_accept_numbers_given_as_text():
     assert target.max_request_bytes == 20_000
     assert target.client.timeout_seconds == 0.5
     assert target.client.retry.max_retries == 3
-    assert target.client.retry.base_delay_seconds == 0.01
+    assert target.client.retry.initial_delay_seconds == 0.01
     assert target.client.retry.max_delay_seconds == 0.1
     sink = target.add_sink("s", {"type": "object", "properties": {"id": {"type": "integer"}}}, [])
     assert sink.max_size == 50

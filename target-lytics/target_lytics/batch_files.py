@@ -2,10 +2,11 @@
 
 singer-sdk's ``Sink.process_batch_files`` decodes a whole file into a list of dicts before the
 sink sees a record. Here a ``jsonl`` file (``gzip`` or uncompressed) is read in chunks and split
-by :func:`~target_lytics.reader.line_batches`, as stdin is; each line takes the way a RECORD
-line of the stream takes: the stream's :class:`~target_lytics.typed_records.TypedRecordEncoder`
-when it has one and accepts the record, else decode, the sink's ``batch_validator`` and
-``process_record``. Memory stays at a chunk plus the bodies being built or uploaded.
+by :func:`~target_lytics.reader.line_batches`, as stdin is: :func:`jsonl_line_chunks` yields
+each chunk's lines with the first one's number, and the sink takes them through its one way in
+for raw records (``LyticsSink.add_raws``, the BATCH checks: the stream's ``batch_validator``);
+:class:`BatchLines` names a failing record's file and line. This module knows no sink. Memory
+stays at a chunk plus the bodies being built or uploaded.
 
 A BATCH message can name any file, so a file is read (and deleted) only when it is a regular
 file under one of the folders of the ``batch_file_roots`` setting (none by default: BATCH
@@ -20,6 +21,7 @@ is what a failed run resumes from. A file whose record fails is kept.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import stat
@@ -33,7 +35,6 @@ from singer_sdk.exceptions import InvalidRecord
 
 from target_lytics.errors import BatchFileError, ValueConversionError, quote_line
 from target_lytics.reader import line_batches
-from target_lytics.typed_records import decode_record
 
 #: The gzip reader: ISA-L's decompresses several times faster than zlib's; the standard library's
 #: where the ``isal`` package is not installed.
@@ -50,9 +51,7 @@ except ImportError:  # pragma: no cover - isal has wheels for the usual platform
     _INFLATE_ERRORS = (zlib.error,)
 
 if t.TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
-
-    from target_lytics.sinks import LyticsSink
+    from collections.abc import Iterator, Sequence
 
 #: ``encoding.compression`` values read here: gzip, or none (singer-sdk writes None or "none").
 COMPRESSIONS = frozenset({None, "none", "gzip"})
@@ -131,88 +130,62 @@ def _open_regular(path: str) -> t.BinaryIO:
         raise
 
 
-def process_jsonl_files(
-    sink: LyticsSink, compression: str | None, files: Sequence[tuple[str, str]], *, delete: bool
-) -> None:
-    """Send the records of each JSON Lines file to ``sink``; delete each file after, if asked.
-
-    ``files`` are (URL, path) pairs, the path checked by :func:`checked_batch_file`.
+def check_compression(compression: str | None, stream: str) -> None:
+    """Refuse a BATCH message whose compression is not read here.
 
     Raises:
-        BatchFileError: A file cannot be read or one of its records fails (names the file and
-            the 1-based line).
+        BatchFileError: Names the stream and the compression.
     """
     if compression not in COMPRESSIONS:
         raise BatchFileError(
-            f"BATCH message of stream '{sink.stream_name}': compression {compression!r} is not "
+            f"BATCH message of stream '{stream}': compression {compression!r} is not "
             "supported (use gzip or none)"
         )
-    for url, path in files:
-        reader = _FileReader(sink, url)
-        try:
-            with _open_regular(path) as file:
-                if compression == "gzip":
-                    with gzip_lib.open(file, "rb") as unpacked:
-                        reader.process(line_batches(unpacked))
-                else:
-                    reader.process(line_batches(file))
-        except _READ_ERRORS as exc:
-            raise BatchFileError(
-                f"BATCH file {url} of stream '{sink.stream_name}' could not be read after "
-                f"{reader.lines} lines: {exc}"
-            ) from exc
-        sink.send_body()
-        if delete:
-            os.unlink(path)
 
 
-class _FileReader:
-    """Sends one file's lines to the sink, counting them for the error message."""
+def jsonl_line_chunks(
+    url: str, path: str, compression: str | None, stream: str
+) -> Iterator[tuple[int, list[bytes]]]:
+    """One JSON Lines file's lines, a chunk at a time: (the first line's 1-based number, lines).
 
-    def __init__(self, sink: LyticsSink, url: str) -> None:
-        """Nothing read yet."""
-        self.sink = sink
-        self.url = url
-        #: Lines read so far (the failing line's 1-based number when a record fails).
-        self.lines = 0
+    ``path`` is checked by :func:`checked_batch_file`; ``url`` names the file in errors.
 
-    def process(self, batches: Iterator[Iterable[bytes]]) -> None:
-        """Process every line, in order; the record counter grows a chunk at a time."""
-        sink = self.sink
-        typed = sink.typed_encoder
-        encode = typed.encode if typed is not None else None
-        add_event = sink.add_event
-        counter = sink.record_counter_metric
-        number = counted = 0
-        try:
-            for lines in batches:
-                for line in lines:
-                    number += 1
-                    if encode is not None:
-                        event = encode(line)
-                        if event is not None:
-                            add_event(event)
-                            continue
-                    self._general(decode_record(line))
-                counter.increment(number - counted)
-                counted = number
-        except _RECORD_ERRORS as exc:
-            # The validator's own message (InvalidRecord's str adds a generic prefix).
-            problem = exc.error_message if isinstance(exc, InvalidRecord) else str(exc)
-            raise BatchFileError(
-                f"Record at line {number} of BATCH file {self.url} (stream "
-                f"'{sink.stream_name}') failed: {problem}"
-            ) from exc
-        finally:
-            self.lines = number
+    Raises:
+        BatchFileError: The file cannot be read (names the file and the lines read before).
+    """
+    lines = 0
+    try:
+        with _open_regular(path) as file:
+            source: t.BinaryIO = gzip_lib.open(file, "rb") if compression == "gzip" else file
+            with source:
+                for chunk in line_batches(source):
+                    batch = list(chunk)
+                    yield lines + 1, batch
+                    lines += len(batch)
+    except _READ_ERRORS as exc:
+        raise BatchFileError(
+            f"BATCH file {url} of stream '{stream}' could not be read after {lines} lines: {exc}"
+        ) from exc
 
-    def _general(self, record: t.Any) -> None:
-        """Validate and process one decoded record, as a BATCH record of singer-sdk's path."""
-        sink = self.sink
-        if not isinstance(record, dict):
-            kind = type(record).__name__
-            raise InvalidRecord(f"the record is a {kind}, not a JSON object", record)
-        validator = sink.batch_validator
-        if validator is not None:
-            validator.validate(record)
-        sink.process_record(record, {})
+
+@dataclasses.dataclass(frozen=True)
+class BatchLines:
+    """A chunk of a BATCH file's lines, as a record source of ``LyticsSink.add_raws``."""
+
+    url: str
+    stream: str
+    #: The 1-based number of the chunk's first line.
+    first_line: int
+    #: BATCH records take the BATCH checks (validation always fatal), not the RECORD ones.
+    sdk_checks: t.ClassVar[bool] = False
+
+    def error(self, error: Exception, index: int) -> Exception:
+        """A failing record's error naming the file and line; other errors pass as they are."""
+        if not isinstance(error, _RECORD_ERRORS):
+            return error
+        # The validator's own message (InvalidRecord's str adds a generic prefix).
+        problem = error.error_message if isinstance(error, InvalidRecord) else str(error)
+        return BatchFileError(
+            f"Record at line {self.first_line + index} of BATCH file {self.url} (stream "
+            f"'{self.stream}') failed: {problem}"
+        )

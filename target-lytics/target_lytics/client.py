@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import email.utils
 import logging
-import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -38,6 +36,9 @@ import requests.auth
 
 from target_lytics import __version__
 from target_lytics.errors import LyticsError, RejectedEventsError
+from target_lytics.retries import RetryPolicy, Transient, parse_retry_after
+
+__all__ = ["AdaptiveLimit", "LyticsClient", "RetryPolicy", "UploadResult", "parse_retry_after"]
 
 logger = logging.getLogger(__name__)
 
@@ -142,39 +143,6 @@ class AdaptiveLimit:
                 self.limit += 1
                 self._successes = 0
                 self._changed.notify_all()
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Backoff from the retry settings: exponential with full jitter."""
-
-    max_retries: int
-    base_delay_seconds: float
-    max_delay_seconds: float
-    #: Retry-After values above this are capped, so a bad header cannot stall the run for hours.
-    max_retry_after_seconds: float = 300.0
-
-    def backoff(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
-        """Full-jitter exponential delay before retry number ``attempt`` (1-based)."""
-        ceiling = min(self.max_delay_seconds, self.base_delay_seconds * (2 ** (attempt - 1)))
-        return ceiling * rng()
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
 
 
 def lytics_error_text(payload: Any) -> str:
@@ -389,14 +357,11 @@ class LyticsClient:
         url = self.collect_url(stream)
         what = f"upload of {event_count} events to Lytics stream '{stream}'"
         slot = limit.slot if limit is not None else contextlib.nullcontext
-        attempt = 0
-        while True:
-            attempt += 1
+
+        def attempt(number: int) -> UploadResult:
+            """One POST: the result, a fatal LyticsError, or Transient (retried)."""
             if self.cancelled.is_set():
                 raise LyticsError(f"{what} was cancelled: the run is ending after an error.")
-            problem: str
-            wait: float | None = None
-            cause: Exception | None = None
             try:
                 with slot():
                     # No redirects: requests would re-send a 302'd POST as a GET elsewhere.
@@ -408,46 +373,51 @@ class LyticsClient:
                         allow_redirects=False,
                     )
             except requests.Timeout as exc:
-                problem, cause = f"timed out after {self.timeout_seconds}s", exc
+                raise Transient(f"timed out after {self.timeout_seconds}s", cause=exc) from exc
             except requests.ConnectionError as exc:
-                problem, cause = f"connection error ({_root_cause(exc)})", exc
-            else:
-                status = response.status_code
-                if 200 <= status < 400:
-                    result = self._accepted(response, url, stream, event_count, what)
-                    if limit is not None:
-                        limit.succeeded()
-                    return dataclasses.replace(result, attempts=attempt)
-                message = _error_message(response, self._secret)
-                if status in _FATAL_HINTS or status not in _RETRYABLE_STATUSES:
-                    hint = _FATAL_HINTS.get(status, "unexpected response from Lytics")
-                    detail = f" ({message})" if message else ""
-                    raise LyticsError(
-                        f"{what} failed with HTTP {status}{detail} from {self.where}: {hint}."
-                    )
-                if status == 429 and limit is not None:
-                    limit.throttled()
-                problem = f"HTTP {status}" + (f" ({message})" if message else "")
-                wait = parse_retry_after(response.headers.get("Retry-After"))
-            if attempt > self.retry.max_retries:
+                raise Transient(f"connection error ({_root_cause(exc)})", cause=exc) from exc
+            status = response.status_code
+            if 200 <= status < 400:
+                result = self._accepted(response, url, stream, event_count, what)
+                if limit is not None:
+                    limit.succeeded()
+                return dataclasses.replace(result, attempts=number)
+            message = _error_message(response, self._secret)
+            if status in _FATAL_HINTS or status not in _RETRYABLE_STATUSES:
+                hint = _FATAL_HINTS.get(status, "unexpected response from Lytics")
+                detail = f" ({message})" if message else ""
                 raise LyticsError(
-                    f"{what} failed after {attempt} attempts, last: {problem} from "
-                    f"{self.where}. Check api_url and the network; Lytics may be unavailable "
-                    "or rate limiting: try again later or raise max_retries."
-                ) from cause
-            delay = self.retry.backoff(attempt)
-            if wait is not None:
-                delay = max(delay, min(wait, self.retry.max_retry_after_seconds))
+                    f"{what} failed with HTTP {status}{detail} from {self.where}: {hint}."
+                )
+            if status == 429 and limit is not None:
+                limit.throttled()
+            raise Transient(
+                f"HTTP {status}" + (f" ({message})" if message else ""),
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            )
+
+        def on_retry(error: Transient, retry: int, delay: float) -> None:
             logger.warning(
                 "%s: %s from %s; retry %d of %d in %.2fs",
                 what,
-                problem,
+                error.problem,
                 self.host,
-                attempt,
+                retry,
                 self.retry.max_retries,
                 delay,
             )
-            self.cancelled.wait(delay)
+
+        def give_up(error: Transient, attempts: int) -> LyticsError:
+            return LyticsError(
+                f"{what} failed after {attempts} attempts, last: {error.problem} from "
+                f"{self.where}. Check api_url and the network; Lytics may be unavailable "
+                "or rate limiting: try again later or raise max_retries."
+            )
+
+        # A cancelled run ends the wait at once (the next attempt then refuses to start).
+        return self.retry.call(
+            attempt, on_retry=on_retry, give_up=give_up, sleep=self.cancelled.wait
+        )
 
     def _accepted(
         self,

@@ -4,7 +4,8 @@ For a stream with no stream maps, no flattening and no record metadata, singer-s
 that changes nothing (record copy, identity transform, context, the date-time-to-object parsing the
 mapping does itself, ``preprocess_record``, debug hook) is skipped. Kept: line checks, removal of
 ``_sdc_*`` columns, validation, key-property check, tallies, the record counter, draining a full
-sink and the max-record-age drain. Records come in runs from :mod:`target_lytics.reader`; a stream
+sink and the max-record-age drain. Records come in runs from :mod:`target_lytics.reader` and go
+to the sink's one way in for raw records (``LyticsSink.add_raws``, singer-sdk's checks): a stream
 with a :class:`~target_lytics.typed_records.TypedRecordEncoder` has its records checked and mapped
 by it, the others (and records it refuses) take the checks above. Tallies and the record counter
 are added per run part (cut where the sink fills, so drains fall where the SDK's would), and the
@@ -16,35 +17,33 @@ events. One difference: an unparseable date-time in a field that is not sent fai
 
 from __future__ import annotations
 
+import dataclasses
 import typing as t
 
-import msgspec
-from singer_sdk.exceptions import InvalidRecord
 from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.sinks import Sink
 
-from target_lytics.errors import LyticsError, RunRecordError
-from target_lytics.sdk_private import (
-    HookedTarget,
-    check_key_properties,
-    record_validator,
-    remove_sdc_metadata,
-)
+from target_lytics.errors import RunRecordError
 from target_lytics.sinks import LyticsSink
-from target_lytics.typed_records import decode_record
 
-#: singer-sdk's record metadata columns, removed from records when add_record_metadata is off.
-_SDC_COLUMNS = frozenset(
-    {
-        "_sdc_extracted_at",
-        "_sdc_received_at",
-        "_sdc_batched_at",
-        "_sdc_deleted_at",
-        "_sdc_sequence",
-        "_sdc_table_version",
-        "_sdc_sync_started_at",
-    }
-)
+if t.TYPE_CHECKING:
+    import msgspec
+
+    from target_lytics.sdk_private import HookedTarget
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPart:
+    """Part of a run of RECORD lines, as a record source of ``LyticsSink.add_raws``."""
+
+    #: Index of the part's first record in the run.
+    first: int
+    #: RECORD messages take singer-sdk's per-record checks.
+    sdk_checks: t.ClassVar[bool] = True
+
+    def error(self, error: Exception, index: int) -> Exception:
+        """The failing record's index in the run (the reader turns it into its line number)."""
+        return RunRecordError(error, self.first + index)
 
 
 class FastRecordPath:
@@ -96,30 +95,11 @@ class FastRecordPath:
         that fits in the sink, so a drain happens where the SDK's record loop would drain.
         """
         sink = self.sinks[stream_name]
-        typed = sink.typed_encoder
         done = 0
         while done < len(records):
             room = max(1, sink.max_size - sink.current_size)
             part = records[done : done + room]
-            raw: msgspec.Raw | None = None
-            try:
-                if typed is None:
-                    for raw in part:
-                        self._check_and_add(sink, decode_record(raw))
-                else:
-                    encode, add_event = typed.encode, sink.add_event
-                    for raw in part:
-                        event = encode(raw)
-                        if event is None:
-                            self._check_and_add(sink, decode_record(raw))
-                        else:
-                            add_event(event)
-            except LyticsError:
-                raise
-            except Exception as exc:
-                # The error path only: which record of the run failed, for its line number.
-                index = next((i for i, item in enumerate(part) if item is raw), 0)
-                raise RunRecordError(exc, done + index) from exc
+            sink.add_raws(part, RunPart(done))
             done += len(part)
             sink.tally_record_read(len(part))
             sink.record_counter_metric.increment(len(part))
@@ -131,28 +111,3 @@ class FastRecordPath:
                 )
                 self.target.drain_one(sink)
         self.target.drain_if_records_too_old()
-
-    @staticmethod
-    def _check_and_add(sink: LyticsSink, record: t.Any) -> None:
-        """The SDK's per-record checks (without its record copy and transforms), then the sink."""
-        if not isinstance(record, dict):
-            raise InvalidRecord(
-                f"A RECORD of stream '{sink.stream_name}' holds a {type(record).__name__}, "
-                "not a JSON object",
-                record,
-            )
-        if not _SDC_COLUMNS.isdisjoint(record):
-            remove_sdc_metadata(sink, record)
-        validator = record_validator(sink)
-        if validator is not None:
-            try:
-                validator.validate(record)
-            except InvalidRecord as exc:
-                # The error ends the run in one line (no traceback); a warning when it does not.
-                if sink.fail_on_record_validation_exception:
-                    raise
-                sink.logger.warning("Record validation failed: %s", exc.error_message)
-        for key in sink.key_properties:
-            if key not in record:
-                check_key_properties(sink, record)  # raises the SDK's error
-        sink.process_record(record, {})

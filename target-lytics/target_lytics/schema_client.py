@@ -23,17 +23,16 @@ from urllib.parse import quote
 import requests
 
 from target_lytics.client import (
-    RetryPolicy,
     describe_answer,
     json_envelope,
     lytics_error_text,
     lytics_session,
-    parse_retry_after,
     redact,
     success_status,
     url_userinfo_problem,
 )
 from target_lytics.errors import LyticsError
+from target_lytics.retries import RetryPolicy, Transient, parse_retry_after
 
 logger = logging.getLogger(__name__)
 
@@ -189,49 +188,52 @@ class LyticsSchemaClient:
         Transient failures are retried; an answer that is not Lytics' success envelope is not.
         """
         url = self.api_url + path
-        attempt = 0
-        while True:
-            attempt += 1
-            wait: float | None = None
+
+        def attempt(number: int) -> Any:
+            """One call: the data, a fatal SchemaApiError, or Transient (retried)."""
             try:
                 response = self.session.request(
                     method, url, json=body, timeout=self.timeout_seconds, allow_redirects=False
                 )
-            except requests.Timeout:
-                problem = f"timed out after {self.timeout_seconds}s"
+            except requests.Timeout as exc:
+                raise Transient(f"timed out after {self.timeout_seconds}s") from exc
             except requests.ConnectionError as exc:
-                problem = f"connection error ({type(exc).__name__}) reaching {self.api_url}"
-            else:
-                status = response.status_code
-                if 200 <= status < 400:
-                    return self._data(response, url, what, expect)
-                payload = _error_payload(response)
-                if status not in _RETRYABLE:
-                    hint = _HINTS.get(status, "unexpected answer")
-                    raise SchemaApiError(
-                        f"{what} failed with HTTP {status}: {hint}. "
-                        f"{redact(lytics_said(payload), self._secret)}",
-                        status=status,
-                    )
-                problem = f"HTTP {status}. {redact(lytics_said(payload), self._secret)}"
-                wait = parse_retry_after(response.headers.get("Retry-After"))
-            if attempt > self.retry.max_retries:
+                raise Transient(
+                    f"connection error ({type(exc).__name__}) reaching {self.api_url}"
+                ) from exc
+            status = response.status_code
+            if 200 <= status < 400:
+                return self._data(response, url, what, expect)
+            payload = _error_payload(response)
+            if status not in _RETRYABLE:
+                hint = _HINTS.get(status, "unexpected answer")
                 raise SchemaApiError(
-                    f"{what} failed after {attempt} attempts (api_url {self.api_url}); "
-                    f"last: {problem}"
+                    f"{what} failed with HTTP {status}: {hint}. "
+                    f"{redact(lytics_said(payload), self._secret)}",
+                    status=status,
                 )
-            delay = self.retry.backoff(attempt)
-            if wait is not None:
-                delay = max(delay, min(wait, self.retry.max_retry_after_seconds))
+            raise Transient(
+                f"HTTP {status}. {redact(lytics_said(payload), self._secret)}",
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            )
+
+        def on_retry(error: Transient, retry: int, delay: float) -> None:
             logger.warning(
                 "%s: %s; retry %d of %d in %.2fs",
                 what,
-                problem,
-                attempt,
+                error.problem,
+                retry,
                 self.retry.max_retries,
                 delay,
             )
-            self._sleep(delay)
+
+        def give_up(error: Transient, attempts: int) -> SchemaApiError:
+            return SchemaApiError(
+                f"{what} failed after {attempts} attempts (api_url {self.api_url}); "
+                f"last: {error.problem}"
+            )
+
+        return self.retry.call(attempt, on_retry=on_retry, give_up=give_up, sleep=self._sleep)
 
     def _data(self, response: requests.Response, url: str, what: str, expect: type | None) -> Any:
         """The ``data`` of a verified success envelope (SchemaApiError otherwise)."""

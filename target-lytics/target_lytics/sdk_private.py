@@ -16,7 +16,23 @@
   ``singer_sdk.helpers._batch``. BATCH files themselves are opened and deleted by
   :mod:`target_lytics.batch_files` (local files under ``batch_file_roots`` only).
 
-Pinned: singer-sdk ==0.54.9 (target-lytics/pyproject.toml). tests/test_target_private_names.py
+Files that mirror singer-sdk behaviour (no private name, but a copy of what the SDK does; re-check
+them with this module), each with the test that compares it with the SDK:
+
+- ``fastpath.py`` and ``sinks.py`` (``LyticsSink.add_raws`` / ``_add_sdk_checked``) re-implement
+  ``Target._process_record_message`` and the sink's per-record checks:
+  tests/test_target_fastpath.py::test_fast_path_uploads_what_the_sdk_path_uploads and
+  ::test_invalid_record_fails_on_both_paths_with_the_field_named.
+- ``reader.py`` mirrors singer-sdk's msgspec reader (``singer_sdk.contrib.msgspec``):
+  tests/test_target_reader.py::test_floats_outside_records_are_decimals_as_in_the_sdk_reader
+  and ::test_messages_keep_their_order_whatever_the_chunk_size.
+- ``batch_files.py`` (with ``LyticsSink._add_batch_checked``) replaces
+  ``Sink.process_batch_files`` for JSON Lines:
+  tests/test_target_batch_files.py::test_batch_files_upload_what_record_lines_upload.
+- ``typed_records.py`` gives the SDK path's result without it:
+  tests/test_target_typed_records.py::test_typed_events_equal_the_general_way.
+
+Pinned: singer-sdk ~=0.54.9 (target-lytics/pyproject.toml). tests/test_target_private_names.py
 fails when one of these names disappears or changes signature, or when another module of the
 package uses a private singer-sdk name; tests/test_target_fastpath.py checks that the fast record
 path uploads what the SDK's own path uploads. Re-check this module when upgrading singer-sdk.
@@ -67,8 +83,12 @@ class HookedTarget(Target):
 
     # -- hooks for subclasses --------------------------------------------------------------------
 
+    def clean_settings(self, config: dict[str, Any]) -> list[str]:
+        """Tidy ``config`` in place before the schema check; what cannot be tidied (as the tap)."""
+        return []
+
     def settings_problems(self, config: dict[str, Any]) -> list[str]:
-        """Problems found before the schema check (may normalize values in ``config``)."""
+        """Problems beyond the JSON types (relations, shapes), after the schema check."""
         return []
 
     def schema_problem(self, error: Any) -> str:
@@ -113,10 +133,12 @@ class HookedTarget(Target):
         """Check every setting before any call; one message per problem."""
         schema = self.config_jsonschema
         self.append_builtin_config(schema)
-        errors = self.settings_problems(self._config)
+        # One order in both plugins: tidy, then types and ranges (the schema), then relations.
+        errors = self.clean_settings(self._config)
         # Validating self._config itself (not a copy) lets the SDK's validator fill in defaults.
         validator = ConfigValidator(schema)
         errors.extend(self.schema_problem(error) for error in validator.iter_errors(self._config))
+        errors.extend(self.settings_problems(self._config))
         if errors and raise_errors:
             raise ConfigValidationError("Config validation failed", errors=errors, schema=schema)
         for error in errors:

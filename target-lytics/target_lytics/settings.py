@@ -232,10 +232,9 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
 
 
 def setting(config: Mapping[str, Any], name: str) -> Any:
-    """The value of setting ``name``: the configured one, else the schema's default."""
-    if name in config:
-        return config[name]
-    return CONFIG_SCHEMA["properties"][name].get("default")
+    """The setting's value, or its schema default when it is unset (missing or null), as the tap."""
+    value = config.get(name)
+    return CONFIG_SCHEMA["properties"][name].get("default") if value is None else value
 
 
 def parse_number_settings(config: dict[str, Any], schema: Mapping[str, Any]) -> list[str]:

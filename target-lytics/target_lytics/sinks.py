@@ -12,8 +12,10 @@ it does not wait. STATE waits for Lytics instead through the sink's
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
+import os
 import re
 import time
 import typing as t
@@ -25,22 +27,87 @@ from singer_sdk.exceptions import InvalidJSONSchema, InvalidRecord
 from singer_sdk.sinks import Sink
 from typing_extensions import override
 
-from target_lytics.batch_files import checked_batch_file, process_jsonl_files
+from target_lytics.batch_files import (
+    BatchLines,
+    check_compression,
+    checked_batch_file,
+    jsonl_line_chunks,
+)
 from target_lytics.errors import InputError, LyticsError
 from target_lytics.mapping import RecordMapper, StreamMapping, json_default
-from target_lytics.sdk_private import BaseJSONSchemaValidator, JSONSchemaValidator
+from target_lytics.sdk_private import (
+    BaseJSONSchemaValidator,
+    JSONSchemaValidator,
+    check_key_properties,
+    record_validator,
+    remove_sdc_metadata,
+)
 from target_lytics.settings import lytics_stream_problem, setting
-from target_lytics.typed_records import TypedRecordEncoder
+from target_lytics.typed_records import TypedRecordEncoder, decode_record
 from target_lytics.uploads import Body, UploadPool
 
 if t.TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    import msgspec
+    from singer_sdk import Target
+
+    from target_lytics.checkpoints import StateCheckpoints
     from target_lytics.client import AdaptiveLimit, LyticsClient
+    from target_lytics.progress import UploadProgress
     from target_lytics.sdk_private import BaseBatchFileEncoding
-    from target_lytics.target import TargetLytics
 
 _OPEN = b"["
 _SEPARATOR = b","
 _CLOSE = b"]"
+
+#: singer-sdk's record metadata columns, removed from records when add_record_metadata is off.
+_SDC_COLUMNS = frozenset(
+    {
+        "_sdc_extracted_at",
+        "_sdc_received_at",
+        "_sdc_batched_at",
+        "_sdc_deleted_at",
+        "_sdc_sequence",
+        "_sdc_table_version",
+        "_sdc_sync_started_at",
+    }
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkContext:
+    """What a sink needs from the target, built once by ``target.py`` (the sink never sees it)."""
+
+    #: The one Lytics client (one keep-alive session) shared by every sink's upload threads.
+    client: LyticsClient
+    #: STATE checkpoints: each sink's ledger comes from here.
+    checkpoints: StateCheckpoints
+    #: Counts for the progress lines and the summary.
+    progress: UploadProgress
+    max_request_bytes: int
+    max_concurrent_uploads: int
+    #: Real paths of the folders BATCH files may be read from.
+    batch_file_roots: Sequence[str]
+    #: A Singer stream's resolved mapping.
+    stream_mapping: Callable[[str], StreamMapping]
+    #: Called (from an upload thread) when an upload failed for good.
+    upload_failed: Callable[[], None]
+
+
+class RecordSource(t.Protocol):
+    """Where a sequence of raw records came from: which checks they take, how an error names it."""
+
+    #: True: singer-sdk's RECORD checks (validation per fail_on_record_validation_exception,
+    #: ``_sdc_*`` removal, key properties); False: a BATCH file's (validation, always fatal).
+    @property
+    def sdk_checks(self) -> bool:
+        """Whether the records take singer-sdk's RECORD checks."""
+        ...
+
+    def error(self, error: Exception, index: int) -> Exception:
+        """The error to raise for the record at ``index`` (0-based) that failed with ``error``."""
+        ...
 
 
 class FastJSONSchemaValidator(BaseJSONSchemaValidator):
@@ -144,20 +211,25 @@ class LyticsSink(Sink):
     # Rows between the SDK's sink drains when batch_size_rows is not set (see the settings).
     MAX_SIZE_DEFAULT = setting({}, "batch_size_rows")
 
-    target: TargetLytics
-
     @override
     def __init__(
         self,
-        target: TargetLytics,
+        target: Target,
         stream_name: str,
         schema: dict,
         key_properties: t.Sequence[str] | None,
     ) -> None:
-        """Resolve this stream's mapping and compile the record mapper."""
-        self.target = target
+        """Resolve this stream's mapping and compile the record mapper.
+
+        ``target`` must carry a :class:`SinkContext` as ``sink_context``.
+        """
+        context = getattr(target, "sink_context", None)
+        if not isinstance(context, SinkContext):
+            msg = f"{type(target).__name__} has no sink_context (a SinkContext) for LyticsSink"
+            raise TypeError(msg)
+        self.context = context
         super().__init__(target, stream_name, schema, key_properties)
-        self.stream_mapping: StreamMapping = target.stream_mapping(stream_name)
+        self.stream_mapping: StreamMapping = context.stream_mapping(stream_name)
         problem = lytics_stream_problem(self.stream_mapping.lytics_stream)
         if problem:
             raise InputError(
@@ -182,21 +254,21 @@ class LyticsSink(Sink):
         )
         self.dry_run = bool(setting(self.config, "dry_run"))
         self.delete_batch_files = bool(setting(self.config, "delete_batch_files"))
-        self.body = BodyBuilder(target.max_request_bytes)
-        self.counts = target.progress.add_stream(stream_name, self.stream_mapping.lytics_stream)
-        self.ledger = target.checkpoints.new_ledger()
+        self.body = BodyBuilder(context.max_request_bytes)
+        self.counts = context.progress.add_stream(stream_name, self.stream_mapping.lytics_stream)
+        self.ledger = context.checkpoints.new_ledger()
         #: Number of the first record in the body being built (records count from 0).
         self._body_first = 0
         #: When a partial body was last sent (monotonic seconds).
         self.flushed_at = time.monotonic()
         self.uploads = UploadPool(
-            client=target.client,
-            size=target.max_concurrent_uploads,
+            client=context.client,
+            size=context.max_concurrent_uploads,
             upload=self._upload,
             ledger=self.ledger,
             counts=self.counts,
             name=stream_name,
-            on_error=target.upload_failed,
+            on_error=context.upload_failed,
         )
 
     def _refuse_unmapped_collisions(self) -> None:
@@ -224,7 +296,7 @@ class LyticsSink(Sink):
     @property
     def client(self) -> LyticsClient:
         """The target's shared client (one keep-alive session)."""
-        return self.target.client
+        return self.context.client
 
     @override
     def get_validator(self) -> BaseJSONSchemaValidator | None:
@@ -250,6 +322,73 @@ class LyticsSink(Sink):
         """Map, serialize and buffer one record (sending the body first when it is full)."""
         self.add_event(orjson.dumps(self.mapper.map(record), default=json_default))
 
+    def add_raws(self, raws: Sequence[bytes | msgspec.Raw], source: RecordSource) -> None:
+        """The one way in for raw records (RECORD runs, BATCH lines): checked, mapped, buffered.
+
+        The typed encoder turns a record it accepts into its event directly; any other record is
+        decoded (floats as Decimal) and takes the checks ``source`` asks for, then
+        :meth:`process_record`. A record that fails raises ``source.error`` (which names its
+        place in the input); an upload's :class:`LyticsError` passes as it is.
+        """
+        add = self._add_sdk_checked if source.sdk_checks else self._add_batch_checked
+        typed = self.typed_encoder
+        raw: bytes | msgspec.Raw | None = None
+        try:
+            if typed is None:
+                for raw in raws:
+                    add(decode_record(raw))
+            else:
+                encode, add_event = typed.encode, self.add_event
+                for raw in raws:
+                    event = encode(raw)
+                    if event is None:
+                        add(decode_record(raw))
+                    else:
+                        add_event(event)
+        except LyticsError:
+            raise
+        except Exception as exc:
+            # The error path only: which record failed, for its place in the input.
+            index = next((i for i, item in enumerate(raws) if item is raw), 0)
+            error = source.error(exc, index)
+            if error is exc:
+                raise
+            raise error from exc
+
+    def _add_sdk_checked(self, record: t.Any) -> None:
+        """singer-sdk's per-record checks (without its record copy and transforms), then map."""
+        if not isinstance(record, dict):
+            raise InvalidRecord(
+                f"A RECORD of stream '{self.stream_name}' holds a {type(record).__name__}, "
+                "not a JSON object",
+                record,
+            )
+        if not _SDC_COLUMNS.isdisjoint(record):
+            remove_sdc_metadata(self, record)
+        validator = record_validator(self)
+        if validator is not None:
+            try:
+                validator.validate(record)
+            except InvalidRecord as exc:
+                # The error ends the run in one line (no traceback); a warning when it does not.
+                if self.fail_on_record_validation_exception:
+                    raise
+                self.logger.warning("Record validation failed: %s", exc.error_message)
+        for key in self.key_properties:
+            if key not in record:
+                check_key_properties(self, record)  # raises the SDK's error
+        self.process_record(record, {})
+
+    def _add_batch_checked(self, record: t.Any) -> None:
+        """Validate a BATCH record (as singer-sdk's BATCH path), then map."""
+        if not isinstance(record, dict):
+            kind = type(record).__name__
+            raise InvalidRecord(f"the record is a {kind}, not a JSON object", record)
+        validator = self.batch_validator
+        if validator is not None:
+            validator.validate(record)
+        self.process_record(record, {})
+
     def add_event(self, event: bytes) -> None:
         """Buffer one serialized event (sending the body first when it is full)."""
         if not self.body.add(event):
@@ -272,12 +411,23 @@ class LyticsSink(Sink):
         (parquet) take singer-sdk's way: a whole file's records to
         :meth:`process_batch`.
         """
-        roots = self.target.batch_file_roots
+        roots = self.context.batch_file_roots
         checked = [(url, checked_batch_file(url, roots, self.stream_name)) for url in files]
         if encoding.format != "jsonl":
             super().process_batch_files(encoding, [Path(path).as_uri() for _, path in checked])
             return
-        process_jsonl_files(self, encoding.compression, checked, delete=self.delete_batch_files)
+        check_compression(encoding.compression, self.stream_name)
+        counter = self.record_counter_metric
+        for url, path in checked:
+            for first_line, lines in jsonl_line_chunks(
+                url, path, encoding.compression, self.stream_name
+            ):
+                self.add_raws(lines, BatchLines(url, self.stream_name, first_line))
+                counter.increment(len(lines))
+            self.send_body()
+            if self.delete_batch_files:
+                # The tap's STATE, not the file, is what a failed run resumes from.
+                os.unlink(path)
 
     @override
     def process_batch(self, context: dict) -> None:
@@ -287,13 +437,8 @@ class LyticsSink(Sink):
         file's records in ``context["records"]``: they are validated and uploaded like RECORD
         messages.
         """
-        records = context.get("records")
-        if records:
-            validator = self.batch_validator
-            for record in records:
-                if validator is not None:
-                    validator.validate(record)
-                self.process_record(record, context)
+        for record in context.get("records") or ():
+            self._add_batch_checked(record)
         self.send_body()
 
     @functools.cached_property

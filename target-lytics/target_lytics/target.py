@@ -12,12 +12,13 @@ from typing_extensions import override
 
 from target_lytics.batch_files import root_folders
 from target_lytics.checkpoints import StateCheckpoints
-from target_lytics.client import LyticsClient, RetryPolicy
+from target_lytics.client import LyticsClient
 from target_lytics.errors import InputError, LyticsError, user_errors_end_the_run
 from target_lytics.fastpath import FastRecordPath
 from target_lytics.mapping import StreamMapping
 from target_lytics.progress import UploadProgress
 from target_lytics.reader import SingerLineReader
+from target_lytics.retries import RetryPolicy
 from target_lytics.schema_publish import run_schema_command
 from target_lytics.sdk_private import HookedTarget, cli_config
 from target_lytics.settings import (
@@ -30,7 +31,7 @@ from target_lytics.settings import (
     schema_problem,
     setting,
 )
-from target_lytics.sinks import LyticsSink
+from target_lytics.sinks import LyticsSink, SinkContext
 
 
 class TargetLytics(HookedTarget):
@@ -81,6 +82,17 @@ class TargetLytics(HookedTarget):
         self.progress = UploadProgress(
             self.logger, float(setting(self.config, "progress_interval_seconds"))
         )
+        #: What each sink gets from the target (the sink module never names this class).
+        self.sink_context = SinkContext(
+            client=self.client,
+            checkpoints=self.checkpoints,
+            progress=self.progress,
+            max_request_bytes=self.max_request_bytes,
+            max_concurrent_uploads=self.max_concurrent_uploads,
+            batch_file_roots=self.batch_file_roots,
+            stream_mapping=self.stream_mapping,
+            upload_failed=self.upload_failed,
+        )
 
     def stream_mapping(self, stream_name: str) -> StreamMapping:
         """The resolved mapping of a Singer stream (pass-through when not configured)."""
@@ -94,25 +106,25 @@ class TargetLytics(HookedTarget):
             api_token=str(config["api_token"]),
             timeout_seconds=float(setting(config, "request_timeout_seconds")),
             pool_size=max(32, 4 * int(setting(config, "max_concurrent_uploads"))),
-            retry=RetryPolicy(
-                max_retries=int(setting(config, "max_retries")),
-                base_delay_seconds=float(setting(config, "retry_initial_delay_seconds")),
-                max_delay_seconds=float(setting(config, "retry_max_delay_seconds")),
-            ),
+            retry=RetryPolicy.from_settings(config, setting),
         )
 
     # Settings -----------------------------------------------------------------------------------
 
     @override
+    def clean_settings(self, config: dict[str, t.Any]) -> list[str]:
+        """Numbers given as text become numbers (else a problem), before the schema check."""
+        return parse_number_settings(config, self.config_jsonschema)
+
+    @override
     def settings_problems(self, config: dict[str, t.Any]) -> list[str]:
-        """Numbers given as text become numbers (else a problem); what the schema cannot see.
+        """What the schema cannot see, after it.
 
         The token is stripped; a token or URL that could leak is refused
         (:func:`~target_lytics.settings.connection_problems`), then
         :func:`~target_lytics.settings.input_settings_problems`.
         """
-        problems = connection_problems(config) + input_settings_problems(config)
-        return [*problems, *parse_number_settings(config, self.config_jsonschema)]
+        return connection_problems(config) + input_settings_problems(config)
 
     @override
     def schema_problem(self, error: t.Any) -> str:

@@ -21,22 +21,41 @@ from typing import Any
 
 from singer_sdk.exceptions import ConfigValidationError
 
+
+@dataclass(frozen=True)
+class LyticsType:
+    """One Lytics field type: its mapping expression and the Singer JSON type it derives from.
+
+    The values themselves are converted by the Singer schema's JSON type and format
+    (:func:`target_lytics.mapping.converter_for`), whatever the Lytics type.
+    """
+
+    #: The mapping expression from the stream key (``{key}`` stands for it).
+    expression: str = "{key}"
+    #: A Singer property of only this JSON type derives this Lytics type (see derive_type).
+    json_type: str | None = None
+
+
+#: Every Lytics field type the setting accepts: adding a type is one entry here.
+LYTICS_TYPES: dict[str, LyticsType] = {
+    "string": LyticsType(json_type="string"),
+    "bool": LyticsType("tobool({key})", json_type="boolean"),
+    "int": LyticsType(json_type="integer"),
+    "number": LyticsType(json_type="number"),
+    "date": LyticsType("todate({key})"),
+    "[]string": LyticsType(),
+    "[]int": LyticsType(),
+    "[]time": LyticsType(),
+    "map[string]string": LyticsType(),
+    "map[string]int": LyticsType(),
+    "map[string]number": LyticsType(),
+    "map[string]bool": LyticsType(),
+    "map[string]time": LyticsType(),
+}
 #: Lytics field types the setting accepts.
-FIELD_TYPES = (
-    "string",
-    "bool",
-    "int",
-    "number",
-    "date",
-    "[]string",
-    "[]int",
-    "[]time",
-    "map[string]string",
-    "map[string]int",
-    "map[string]number",
-    "map[string]bool",
-    "map[string]time",
-)
+FIELD_TYPES = tuple(LYTICS_TYPES)
+#: The Lytics type a Singer JSON type derives (strings: by their format, see derive_type).
+_DERIVED_TYPES = {spec.json_type: name for name, spec in LYTICS_TYPES.items() if spec.json_type}
 #: ``schema_workflow`` values: read the account setting, write then publish, or one patch.
 WORKFLOWS = ("auto", "direct", "patch")
 #: Lytics merge operations the setting accepts.
@@ -140,12 +159,9 @@ class FieldDefinition:
 
     @property
     def expr(self) -> str:
-        """The mapping expression from the stream key to the field."""
-        if self.type == "date":
-            return f"todate({self.key})"
-        if self.type == "bool":
-            return f"tobool({self.key})"
-        return self.key
+        """The mapping expression from the stream key to the field (its type's, in LYTICS_TYPES)."""
+        spec = LYTICS_TYPES.get(self.type) or LyticsType()
+        return spec.expression.format(key=self.key)
 
     def field_body(self) -> dict[str, Any]:
         """The body of ``POST /v2/schema/user/field``."""
@@ -196,7 +212,7 @@ def derive_type(prop: Mapping[str, Any] | None) -> str | None:
     if only == "array":
         items = prop.get("items") or {}
         return "[]string" if isinstance(items, Mapping) and items.get("type") == "string" else None
-    return {"boolean": "bool", "integer": "int", "number": "number"}.get(only)
+    return _DERIVED_TYPES.get(only)
 
 
 def field_definitions(
