@@ -25,6 +25,7 @@ import importlib
 import importlib.util
 import json
 import re
+import subprocess
 from collections import defaultdict
 from functools import cache
 from pathlib import Path
@@ -205,9 +206,18 @@ def problem(span: str) -> str | None:
     return None
 
 
+@cache
+def tracked_top_level() -> frozenset[str]:
+    """The checkout's top-level names (not what a run left there, such as `.sandbox/`)."""
+    listed = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    return frozenset(line.split("/")[0] for line in listed.splitlines())
+
+
 def _path_problem(span: str) -> str | None:
     first = span.split("/")[0]
-    if not ((ROOT / first).exists() or first in PACKAGES):
+    if first not in tracked_top_level() and first not in PACKAGES:
         return None  # a path on the user's machine or a server (/v2/jobs, ~/.ssh/...)
     for base in (ROOT, ROOT / "tap-cordial-activity", ROOT / "target-lytics"):
         if list(base.glob(span.rstrip("/"))):
