@@ -18,18 +18,38 @@ ENV_FILE="$WORK/env.sh"
 STATE_ID="sandbox:tap-cordial-activity-to-target-lytics"
 
 if [ -t 1 ]; then bold=$'\033[1m'; dim=$'\033[2m'; reset=$'\033[0m'; else bold=; dim=; reset=; fi
-step() { printf '\n%s== %s%s\n' "$bold" "$*" "$reset"; }
-note() { printf '%s%s%s\n' "$dim" "$*" "$reset"; }
+# fd 3 is the terminal even where a step's output goes to its log file.
+exec 3>&1
+step() { printf '\n%s== %s%s\n' "$bold" "$*" "$reset" >&3; }
+note() { printf '%s%s%s\n' "$dim" "$*" "$reset" >&3; }
+# Runs a quiet command and says every 10 s that it still runs (a fresh machine's installs take a
+# minute or more); its exit status is the command's.
+heartbeat() {
+  local what="$1"; shift
+  local start=$SECONDS next=10 pid
+  "$@" &
+  pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 1
+    if kill -0 "$pid" 2>/dev/null && [ $((SECONDS - start)) -ge "$next" ]; then
+      note "   ... $what ($((SECONDS - start)) s)"
+      next=$((next + 10))
+    fi
+  done
+  wait "$pid"
+}
 # The lines of a `meltano run` log that tell the story: windows, jobs, files, records, state.
 highlights() {
   grep -E "Exporting activity|: Done,|Read .* bytes|done: [0-9]+ records|completed processing|state has been updated|No state was found|Resuming" "$1" \
-    | sed -E 's/^[0-9T:.-]+Z \[[a-z ]+\] /   /' | cut -c1-160 || true
+    | sed -E 's/^[0-9T:.-]+Z \[[a-z ]+\] /   /' \
+    | awk -v width=160 'length($0) <= width { print; next }
+        { line = substr($0, 1, width); sub(/ [^ ]*$/, "", line); print line " ..." }' || true
 }
 # Runs a command with its output in a log file; on failure shows the end of the log and stops.
 logged() {
   local log="$1"; shift
   local start=$SECONDS
-  if ! "$@" >"$log" 2>&1; then
+  if ! heartbeat "still running: $*" "$@" >"$log" 2>&1; then
     echo "FAILED: $* (exit status above; last lines of $log):" >&2
     tail -n 40 "$log" >&2
     exit 1
@@ -38,6 +58,10 @@ logged() {
 }
 
 step "Setting up .venv (meltano, both plugins, the sandbox)"
+note "   on a fresh machine this downloads and installs packages: a minute or two"
+# Installed by a child first (so the heartbeat can run beside it), then sourced for PATH: quick,
+# since the child left it up to date.
+heartbeat "installing packages into .venv" bash scripts/bootstrap.sh
 source scripts/bootstrap.sh
 export MELTANO_SEND_ANONYMOUS_USAGE_STATS=false
 mkdir -p "$WORK"

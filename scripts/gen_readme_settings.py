@@ -1,8 +1,9 @@
-"""Keep the README's settings tables in step with the plugins' own `--about --format=markdown`.
+"""Keep each plugin README's settings table in step with its `--about --format=markdown`.
 
-Usage: `python scripts/gen_readme_settings.py` rewrites README.md between the markers
-`<!-- BEGIN GENERATED: <plugin> -->` and `<!-- END GENERATED: <plugin> -->`;
-`--check` only compares and exits 1 when the README is stale (tests/test_readme.py runs the same).
+Usage: `python scripts/gen_readme_settings.py` rewrites `tap-cordial-activity/README.md` and
+`target-lytics/README.md` between the markers `<!-- BEGIN GENERATED: <plugin> ... -->` and
+`<!-- END GENERATED: <plugin> -->`; `--check` only compares and exits 1 when one is stale
+(tests/test_readme.py runs the same).
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
 PLUGINS = ("tap-cordial-activity", "target-lytics")
+
+
+def readme_of(plugin: str) -> Path:
+    """The plugin's own README (also its page on the package index), which holds its table."""
+    return ROOT / plugin / "README.md"
 
 
 def _executable(plugin: str) -> str:
@@ -68,7 +73,7 @@ def _section(markdown: str, heading: str) -> list[str]:
 
 
 def settings_block(plugin: str, markdown: str, secrets: list[str]) -> str:
-    """The generated README text for one plugin: capabilities, secrets and the settings table."""
+    """The generated text for one plugin: capabilities, secrets and the settings table."""
     capabilities = [
         line.strip()[2:] for line in _section(markdown, "Capabilities") if line.startswith("- ")
     ]
@@ -95,53 +100,55 @@ def _markers(plugin: str) -> tuple[str, str]:
     )
 
 
-def render(readme: str, blocks: dict[str, str]) -> str:
-    """Return the README text with each plugin's block replaced between its markers."""
-    for plugin, block in blocks.items():
-        begin, end = _markers(plugin)
-        pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
-        match = pattern.search(readme)
-        if match is None:
-            raise RuntimeError(f"README.md lacks the markers for {plugin}: {begin} ... {end}")
-        readme = f"{readme[: match.start()]}{begin}\n{block}\n{end}{readme[match.end() :]}"
-    return readme
+def render(readme: str, plugin: str, block: str) -> str:
+    """Return the README text with the plugin's block replaced between its markers."""
+    begin, end = _markers(plugin)
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+    match = pattern.search(readme)
+    if match is None:
+        raise RuntimeError(f"{plugin}/README.md lacks the markers: {begin} ... {end}")
+    return f"{readme[: match.start()]}{begin}\n{block}\n{end}{readme[match.end() :]}"
 
 
-def expected_readme() -> tuple[str, str]:
-    """Return (current README text, the README text with freshly generated tables)."""
-    current = README.read_text(encoding="utf-8")
-    blocks = {
-        plugin: settings_block(
+def expected_readmes() -> dict[Path, tuple[str, str]]:
+    """Per plugin README: (its current text, its text with a freshly generated table)."""
+    result: dict[Path, tuple[str, str]] = {}
+    for plugin in PLUGINS:
+        path = readme_of(plugin)
+        current = path.read_text(encoding="utf-8")
+        block = settings_block(
             plugin, about(plugin, "markdown"), secret_settings(about(plugin, "json"))
         )
-        for plugin in PLUGINS
-    }
-    return current, render(current, blocks)
+        result[path] = (current, render(current, plugin, block))
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Rewrite README.md, or with --check report whether it is stale."""
+    """Rewrite the plugin READMEs, or with --check report whether one is stale."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if README.md is stale")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a README is stale")
     args = parser.parse_args(argv)
-    current, wanted = expected_readme()
-    if current == wanted:
-        print("README.md settings tables are up to date")
-        return 0
-    if args.check:
-        sys.stdout.writelines(
-            difflib.unified_diff(
-                current.splitlines(keepends=True),
-                wanted.splitlines(keepends=True),
-                "README.md",
-                "README.md (generated)",
+    stale = 0
+    for path, (current, wanted) in expected_readmes().items():
+        name = str(path.relative_to(ROOT))
+        if current == wanted:
+            print(f"{name}: settings table up to date")
+            continue
+        stale += 1
+        if args.check:
+            sys.stdout.writelines(
+                difflib.unified_diff(
+                    current.splitlines(keepends=True),
+                    wanted.splitlines(keepends=True),
+                    name,
+                    f"{name} (generated)",
+                )
             )
-        )
-        print("README.md is stale: run 'python scripts/gen_readme_settings.py'", file=sys.stderr)
-        return 1
-    README.write_text(wanted, encoding="utf-8")
-    print("README.md settings tables regenerated")
-    return 0
+            print(f"{name} is stale: run 'python scripts/gen_readme_settings.py'", file=sys.stderr)
+        else:
+            path.write_text(wanted, encoding="utf-8")
+            print(f"{name}: settings table regenerated")
+    return 1 if stale and args.check else 0
 
 
 if __name__ == "__main__":

@@ -170,7 +170,7 @@ def test_killed_meltano_run_then_next_run_delivers_every_event(
     assert len(duplicated) <= min(delivered_by_killed, bound)
     assert max(received.values()) <= 2
     assert all(received[i] == 1 for i in before), "an event before the checkpoint came twice"
-    print(  # shown with `pytest -rP`: the figures the README's Reliability section quotes
+    print(  # shown with `pytest -rP`: the figures docs/reliability.md quotes
         f"{sig.name}, checkpoint every {interval}: {len(expected)} events, {len(before)} before "
         f"the checkpoint, killed run delivered {delivered_by_killed}, duplicates after recovery "
         f"{len(duplicated)} (bodies of up to {largest_body} events)"

@@ -1,4 +1,8 @@
-"""The README stays in step with the plugins and keeps the two commands it promises."""
+"""The docs stay in step with the plugins, and the README keeps the two commands it promises.
+
+The README is the front door; the rest is one link away: docs/*.md, each plugin's README (with its
+generated settings table) and benchmarks/README.md. The checks here cover all of those pages.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,19 @@ from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+TROUBLESHOOTING = ROOT / "docs" / "troubleshooting.md"
+# Every page the README links to for what moved out of it (and the README itself).
+PAGES = (
+    README,
+    ROOT / "docs" / "settings.md",
+    ROOT / "docs" / "operations.md",
+    ROOT / "docs" / "reliability.md",
+    TROUBLESHOOTING,
+    ROOT / "docs" / "design.md",
+    ROOT / "benchmarks" / "README.md",
+    ROOT / "tap-cordial-activity" / "README.md",
+    ROOT / "target-lytics" / "README.md",
+)
 
 
 def _generator() -> ModuleType:
@@ -24,34 +41,85 @@ def _generator() -> ModuleType:
 
 
 def test_settings_tables_match_the_plugins_about_output():
-    current, wanted = _generator().expected_readme()
-    assert current == wanted, (
-        "README.md settings tables are stale: run 'python scripts/gen_readme_settings.py'"
-    )
+    for path, (current, wanted) in _generator().expected_readmes().items():
+        assert current == wanted, (
+            f"{path.relative_to(ROOT)} settings table is stale: "
+            "run 'python scripts/gen_readme_settings.py'"
+        )
 
 
 def test_settings_tables_name_every_setting_of_both_plugins():
     gen = _generator()
-    text = README.read_text(encoding="utf-8")
     for plugin, must_have in {
         "tap-cordial-activity": ("api_key", "sftp_host_key", "export_window_hours"),
         "target-lytics": ("api_token", "streams", "max_request_bytes"),
     }.items():
+        text = gen.readme_of(plugin).read_text(encoding="utf-8")
         begin, end = gen._markers(plugin)
         block = text[text.index(begin) : text.index(end)]
         rows = {m.group(1) for m in re.finditer(r"^\| *([a-z_.]+) *\|", block, re.MULTILINE)}
-        assert set(must_have) <= rows, f"{plugin}: {set(must_have) - rows} missing from README"
+        assert set(must_have) <= rows, f"{plugin}: {set(must_have) - rows} missing from its README"
 
 
-def test_readme_gives_exactly_the_two_commands_and_the_placeholders():
-    text = README.read_text(encoding="utf-8")
-    quick_start = text[text.index("## Try it") : text.index("## The Meltano project")]
+def _section(text: str, heading: str) -> str:
+    """The text under a `## heading` (matched by its start), up to the next `## ` heading."""
+    start = text.index(f"\n{heading}")
+    following = text.find("\n## ", start + 1)
+    return text[start : following if following >= 0 else len(text)]
+
+
+def test_readme_gives_exactly_the_two_commands():
+    quick_start = _section(README.read_text(encoding="utf-8"), "## Try it")
     commands = re.findall(r"^bash (\S+)", quick_start, re.MULTILINE)
     assert commands == ["scripts/demo.sh", "scripts/test.sh"]
     for script in commands:
         assert (ROOT / script).is_file(), script
-    for marker in ("<!-- PERFORMANCE -->", "<!-- RELIABILITY -->"):
-        assert marker in text
+
+
+def test_readme_is_a_front_door_with_every_moved_section_one_link_away():
+    text = README.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 300, "README.md is over 300 lines: move a section to a page"
+    for heading in (
+        "## Try it",
+        "## Run it by hand",
+        "## Use it in your own Meltano project",
+        "## Going to production",
+        "## Documentation",
+    ):
+        assert f"\n{heading}" in text, heading
+    links = set(re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text))
+    for page in PAGES[1:]:
+        assert str(page.relative_to(ROOT)) in links, f"README.md does not link {page}"
+    # The moved sections' placeholders, where other work adds rows and figures.
+    assert "<!-- RELIABILITY -->" in (ROOT / "docs" / "reliability.md").read_text("utf-8")
+    assert "<!-- PERFORMANCE -->" in (ROOT / "benchmarks" / "README.md").read_text("utf-8")
+
+
+def test_links_between_the_pages_reach_a_file_and_a_heading():
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", text):
+            if target.startswith(("http://", "https://")):
+                continue
+            linked = (page.parent / target).resolve() if target else page
+            assert linked.exists(), f"{page.relative_to(ROOT)} links {target}, which is not there"
+            if anchor and linked.suffix == ".md":
+                assert anchor in _anchors(linked.read_text(encoding="utf-8")), (
+                    f"{page.relative_to(ROOT)} links {target}#{anchor}: no such heading"
+                )
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces to dashes."""
+    anchors = set()
+    in_code = False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+        elif not in_code and line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
 
 
 # Distinctive parts of the messages that README's Troubleshooting explains: each must still be in
@@ -103,11 +171,10 @@ TROUBLESHOOTING_PHRASES = {
 
 
 def test_troubleshooting_messages_are_still_the_plugins_messages():
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index("## Troubleshooting") : text.index("## Development")]
+    section = TROUBLESHOOTING.read_text(encoding="utf-8")
     for plugin, phrases in TROUBLESHOOTING_PHRASES.items():
         package = ROOT / plugin / plugin.replace("-", "_")
         source = "\n".join(p.read_text(encoding="utf-8") for p in sorted(package.glob("*.py")))
         for phrase in phrases:
-            assert phrase in source, f"{plugin} no longer says {phrase!r}: update the README"
-            assert phrase in section, f"README Troubleshooting does not explain {phrase!r}"
+            assert phrase in source, f"{plugin} no longer says {phrase!r}: update the docs"
+            assert phrase in section, f"docs/troubleshooting.md does not explain {phrase!r}"

@@ -1,8 +1,8 @@
 """Two workers, one pipeline: the state lives outside either worker (PostgreSQL or S3).
 
 Worker A and worker B are two separate copies of the Meltano project, each with its own plugin
-installs, as two machines of an orchestrator would have. They share only what the README's
-production section says to share: the PostgreSQL system database (`MELTANO_DATABASE_URI`), or the
+installs, as two machines of an orchestrator would have. They share only what docs/operations.md
+("State backend") says to share: the PostgreSQL system database (`MELTANO_DATABASE_URI`), or the
 S3 state backend (`MELTANO_STATE_BACKEND_URI`). The servers are real: Debian's PostgreSQL and
 moto's S3 server, each a separate process on 127.0.0.1.
 """
