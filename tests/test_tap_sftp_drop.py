@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from tap_cordial_activity import connections
 from tap_cordial_activity.errors import SftpError
 from tap_cordial_activity.export import ExportRunner
 from tap_cordial_activity.tap import TapCordialActivity
@@ -98,7 +99,10 @@ def test_killed_session_mid_read_reconnects_every_time(
     for round_number in range(ROUNDS):
         caplog.clear()
         runner = ExportRunner(
-            tap.config, tap.cordial_client(), tap.sftp_reader(), logger,
+            tap.config,
+            connections.cordial_client(tap.config, tap.logger),
+            connections.sftp_reader(tap.config, tap.logger),
+            logger,
             checkpoint_records=10**9,
         )
         runner.sftp.settings.reconnect_backoff_seconds = 0.05
@@ -155,7 +159,7 @@ def test_listing_deleting_and_closing_after_a_killed_session(sandbox: Sandbox):
     tap = TapCordialActivity(config=sandbox.tap_config(**FAST))
     folder = sandbox.sftp.sftp_path
     for _ in range(5):
-        reader = tap.sftp_reader()
+        reader = connections.sftp_reader(tap.config, tap.logger)
         reader.settings.reconnect_backoff_seconds = 0.05
         reader.connect()
         assert kill_sessions(sandbox.sftp) >= 1

@@ -1,11 +1,10 @@
-"""TapCordialActivity: the plugin class, its clients, discovery and the connection test."""
+"""TapCordialActivity: the plugin class, discovery, the connection test and the run wrapper."""
 
 from __future__ import annotations
 
 import io
 import logging
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,19 +13,15 @@ from singer_sdk.contrib.msgspec import MsgSpecWriter
 from singer_sdk.tap_base import CliTestOptionValue
 from typing_extensions import override
 
-from tap_cordial_activity.client import CordialClient, RetryPolicy
+from tap_cordial_activity import connections
 from tap_cordial_activity.errors import CordialError, SftpError, user_errors_end_the_run
 from tap_cordial_activity.sdk_private import SettingsCheckingTap, cli_config
 from tap_cordial_activity.settings import (
     CONFIG_SCHEMA,
     config_problems,
-    integer,
-    number,
     schema_error,
-    setting,
     strip_secrets,
 )
-from tap_cordial_activity.sftp import SftpReader, SftpSettings
 from tap_cordial_activity.streams import ActivityStream
 from tap_cordial_activity.windows import check_state_text
 
@@ -66,43 +61,6 @@ class TapCordialActivity(SettingsCheckingTap):
         """The one stream, ``activity``."""
         return [ActivityStream(tap=self)]
 
-    def cordial_client(self) -> CordialClient:
-        """A Cordial client built from the settings."""
-        config = self.config
-        return CordialClient(
-            setting(config, "api_url"),
-            config["api_key"],
-            retry=RetryPolicy(
-                max_retries=integer(config, "max_retries"),
-                initial_delay_seconds=number(config, "retry_initial_delay_seconds"),
-                max_delay_seconds=number(config, "retry_max_delay_seconds"),
-            ),
-            timeout_seconds=number(config, "request_timeout_seconds"),
-            logger=self.logger,
-        )
-
-    def sftp_reader(self) -> SftpReader:
-        """An SFTP reader built from the settings (it connects on first use)."""
-        config = self.config
-        known_hosts = config.get("sftp_known_hosts_path")
-        return SftpReader(
-            SftpSettings(
-                host=config["sftp_host"],
-                port=integer(config, "sftp_port"),
-                username=config["sftp_username"],
-                password=config.get("sftp_password") or None,
-                private_key=config.get("sftp_private_key") or None,
-                private_key_passphrase=config.get("sftp_private_key_passphrase") or None,
-                host_key=config.get("sftp_host_key") or None,
-                known_hosts_path=Path(known_hosts).expanduser() if known_hosts else None,
-                timeout_seconds=number(config, "request_timeout_seconds"),
-                max_concurrent_prefetch_requests=integer(
-                    config, "max_concurrent_prefetch_requests"
-                ),
-            ),
-            logger=self.logger,
-        )
-
     @override
     @classmethod
     def cb_test(cls, ctx: click.Context, param: click.Option, value: str) -> None:
@@ -140,7 +98,7 @@ class TapCordialActivity(SettingsCheckingTap):
         Never creates an export job. Short timeouts and at most :data:`CHECK_RETRIES` retry per
         host; the first failure raises, naming the host that failed.
         """
-        client = self.cordial_client()
+        client = connections.cordial_client(self.config, self.logger)
         client.retry = replace(
             client.retry, max_retries=min(client.retry.max_retries, CHECK_RETRIES),
             max_delay_seconds=min(client.retry.max_delay_seconds, 0.5),
@@ -157,7 +115,7 @@ class TapCordialActivity(SettingsCheckingTap):
         finally:
             client.close()
         self.logger.info("Cordial API %s: %s OK", client.api_url, checked)
-        reader = self.sftp_reader()
+        reader = connections.sftp_reader(self.config, self.logger)
         reader.settings = replace(
             reader.settings,
             timeout_seconds=min(reader.settings.timeout_seconds, CHECK_TIMEOUT_SECONDS),
