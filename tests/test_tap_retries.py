@@ -36,7 +36,8 @@ def test_call_retries_retriable_failures_then_gives_up_with_the_attempt_count():
 
     with pytest.raises(Retriable) as caught:
         policy.call(failing, on_retry=lambda failure, retry, delay: seen.append((retry, delay)))
-    assert len(calls) == 3 and caught.value.attempts == 3
+    assert len(calls) == 3
+    assert caught.value.attempts == 3
     assert [retry for retry, _ in seen] == [1, 2]
 
     answers = iter([Retriable("reset"), "ok"])
