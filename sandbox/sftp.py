@@ -23,65 +23,19 @@ import time
 from pathlib import Path
 from typing import Self
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sandbox.sftp_base import SftpServer, generate_ed25519_key
+from sandbox.sftp_fallback import ParamikoSftpServer
 
-from sandbox.service import LocalService
+__all__ = [
+    "OpenSshSftpServer", "SftpServer", "find_sshd", "free_port", "generate_ed25519_key",
+    "remove_stale_users", "start_sftp_server",
+]
 
 #: Local user names are ``sbx-<owner pid>-<6 hex>``: unique per server, and the pid lets a later
 #: start remove users whose owning process is gone.
 _USER_PREFIX = "sbx-"
 _USER_RE = re.compile(r"^sbx-(\d+)-[0-9a-f]{6}$")
 _INSTALL_HINT = "install it with 'apt-get install openssh-server' (Debian/Ubuntu)"
-
-
-class SftpServer(LocalService):
-    """What every sandbox SFTP server offers (see docs/design.md, "sandbox.sftp")."""
-
-    kind: str = ""
-
-    def __init__(self) -> None:
-        self.host = "127.0.0.1"
-        self.port = 0
-        self.username = ""
-        self.password = ""
-        self.root = Path()
-        self.sftp_path = ""
-        self.private_key = ""
-        self.host_key_line = ""
-
-    def start(self) -> Self:
-        """Start serving (idempotent)."""
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        """Stop serving and remove everything the server created."""
-        raise NotImplementedError
-
-    def drop_connections(self) -> None:
-        """Kill every live client session (the listener keeps running)."""
-        raise NotImplementedError
-
-
-    def __repr__(self) -> str:
-        """No secrets in the representation."""
-        return f"<{type(self).__name__} {self.kind} {self.host}:{self.port} user={self.username}>"
-
-
-def generate_ed25519_key() -> tuple[str, str]:
-    """A new Ed25519 key: (OpenSSH private key text, ``ssh-ed25519 AAAA...`` public key)."""
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    ).decode()
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        .decode()
-    )
-    return private, public
 
 
 def free_port() -> int:
@@ -407,7 +361,5 @@ def start_sftp_server(*, allow_fallback: bool = False, tmp_dir: Path | None = No
     """
     require = os.environ.get("SANDBOX_REQUIRE_OPENSSH", "") not in ("", "0")
     if allow_fallback and not require and (find_sshd() is None or os.geteuid() != 0):
-        from sandbox.sftp_fallback import ParamikoSftpServer
-
         return ParamikoSftpServer(tmp_dir=tmp_dir).start()
     return OpenSshSftpServer(tmp_dir=tmp_dir).start()

@@ -29,7 +29,7 @@ from paramiko.common import (
 from paramiko.sftp import SFTP_OK
 from paramiko.sftp_attr import SFTPAttributes
 
-from sandbox.sftp import SftpServer, generate_ed25519_key
+from sandbox.sftp_base import SftpServer, generate_ed25519_key
 
 _FALLBACK_USER = "cordialsftp"
 

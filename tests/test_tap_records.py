@@ -7,7 +7,8 @@ import io
 
 import orjson
 import pytest
-from tap_cordial_activity import records
+from tap_cordial_activity import file_chunks, records
+from tap_cordial_activity import normalize as normalization
 from tap_cordial_activity.records import ExportDataError, read_records
 from tap_cordial_activity.schema import KNOWN_FIELDS
 
@@ -69,7 +70,7 @@ def test_concatenated_gzip_members():
 
 
 def test_json_array_streamed_across_chunks(monkeypatch):
-    monkeypatch.setattr(records, "CHUNK_SIZE", 7)  # elements are cut by every chunk boundary
+    monkeypatch.setattr(file_chunks, "CHUNK_SIZE", 7)  # elements are cut by every chunk boundary
     events = [{**EVENT, "_id": f"e{i}", "subject": "é ✓ 限时"} for i in range(50)]
     data = b"[\n" + b",\n".join(orjson.dumps(e) for e in events) + b"\n]\n"
     recs = read(gzip.compress(data))
@@ -173,14 +174,15 @@ def test_memory_is_flat_for_large_input(monkeypatch):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert seen == count
-    assert peak < 5 * records.CHUNK_SIZE  # a few chunks, not the ~6 MB input
+    assert peak < 5 * file_chunks.CHUNK_SIZE  # a few chunks, not the ~6 MB input
 
 
-def test_cached_times_normalize_like_normalize(monkeypatch):
+def test_cached_times_normalize_like_normalize():
     """Records whose times were seen before take the inline path; it agrees with normalize()."""
     from sandbox.events import generate_events
 
-    monkeypatch.setattr(records, "_TIMESTAMP_CACHE", {})
+    # The cache the JSON reader shares with normalize(), emptied for this test.
+    normalization.TIMESTAMP_CACHE.clear()
     events = list(generate_events(3000, seed=11))
     events[5] = {**events[4], "_id": "same-time-empty-sent", "message_sent": ""}
     events[6] = {**events[4], "_id": "same-time-text-first", "first": "0"}
@@ -188,10 +190,10 @@ def test_cached_times_normalize_like_normalize(monkeypatch):
     expected = []
     for line_no, event in enumerate(events, 1):
         copy = orjson.loads(orjson.dumps(event))
-        records._TIMESTAMP_CACHE.clear()
+        normalization.TIMESTAMP_CACHE.clear()
         moment = records.normalize(copy, "f.json", line_no)
         expected.append((copy, moment, line_no))
-    records._TIMESTAMP_CACHE.clear()
+    normalization.TIMESTAMP_CACHE.clear()
     got = list(read_records(io.BytesIO(gzip.compress(jsonl(*events))), "f.json", "json"))
     assert got == expected
     assert got[5][0].get("message_sent", "absent") == "absent"
@@ -211,10 +213,10 @@ def test_bad_second_record_of_a_known_time(second, message):
 
 def test_standard_library_inflate_reads_the_same(monkeypatch):
     """ISA-L inflates by default; without the isal package zlib gives the same records."""
-    assert records.inflate_lib.__name__ == "isal.isal_zlib"
+    assert file_chunks.inflate_lib.__name__ == "isal.isal_zlib"
     data = gzip.compress(jsonl(*[{**EVENT, "_id": f"e{i}"} for i in range(500)]))
     with_isal = read(data)
-    monkeypatch.setattr(records, "inflate_lib", __import__("zlib"))
+    monkeypatch.setattr(file_chunks, "inflate_lib", __import__("zlib"))
     assert read(data) == with_isal
     corrupt = bytearray(data)
     corrupt[20:40] = b"\x00" * 20
@@ -225,7 +227,7 @@ def test_standard_library_inflate_reads_the_same(monkeypatch):
 @pytest.mark.parametrize("chunk_size", [1, 5, 64, 1 << 20])
 def test_json_lines_across_chunk_boundaries(monkeypatch, chunk_size):
     """Lines cut anywhere by the source's reads (longer or shorter than a chunk) read alike."""
-    monkeypatch.setattr(records, "CHUNK_SIZE", chunk_size)
+    monkeypatch.setattr(file_chunks, "CHUNK_SIZE", chunk_size)
     events = [{**EVENT, "_id": f"e{i}", "subject": "x" * (i * 37 % 200)} for i in range(60)]
     data = jsonl(*events[:30]) + b"\n\r\n" + jsonl(*events[30:]).rstrip(b"\n")
     got = list(read_records(io.BytesIO(data), "f.json", "json"))

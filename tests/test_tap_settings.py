@@ -6,6 +6,7 @@ import json
 import subprocess
 
 import pytest
+from tap_cordial_activity import connections
 from tap_cordial_activity.tap import TapCordialActivity, config_problems
 from test_tap_helpers import TAP, run_tap
 
@@ -121,8 +122,8 @@ def test_number_settings_accept_numeric_strings():
     tap = TapCordialActivity(config={**BASE, **texts})
     assert number(tap.config, "poll_interval_seconds") == 0.1
     assert integer(tap.config, "sftp_port") == 2222
-    assert tap.cordial_client().retry.max_retries == 3
-    assert tap.sftp_reader().settings.timeout_seconds == 30.0
+    assert connections.cordial_client(tap.config, tap.logger).retry.max_retries == 3
+    assert connections.sftp_reader(tap.config, tap.logger).settings.timeout_seconds == 30.0
     window = Window(parse_moment("2024-01-01"), parse_moment("2024-01-02"))
     body = export_body(tap.config, "n", window)
     assert body["destination"]["port"] == 2222

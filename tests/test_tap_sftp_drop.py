@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from tap_cordial_activity import connections
 from tap_cordial_activity.errors import SftpError
 from tap_cordial_activity.export import ExportRunner
 from tap_cordial_activity.sftp_store import SftpStore
@@ -98,10 +99,14 @@ def test_killed_session_mid_read_reconnects_every_time(
     caplog.set_level(logging.INFO, logger=logger.name)
     for round_number in range(ROUNDS):
         caplog.clear()
-        store = SftpStore(tap.sftp_reader(), tap.config["sftp_path"])
+        store = SftpStore(connections.sftp_reader(tap.config, tap.logger), tap.config["sftp_path"])
         store.reader.settings.reconnect_backoff_seconds = 0.05
         runner = ExportRunner(
-            tap.config, tap.cordial_client(), store, logger, checkpoint_records=10**9
+            tap.config,
+            connections.cordial_client(tap.config, tap.logger),
+            store,
+            logger,
+            checkpoint_records=10**9,
         )
         window = Window(done.start, done.end, resume=dict(progress))
         ids: set[str] = set()
@@ -156,7 +161,7 @@ def test_listing_deleting_and_closing_after_a_killed_session(sandbox: Sandbox):
     tap = TapCordialActivity(config=sandbox.tap_config(**FAST))
     folder = sandbox.sftp.sftp_path
     for _ in range(5):
-        reader = tap.sftp_reader()
+        reader = connections.sftp_reader(tap.config, tap.logger)
         reader.settings.reconnect_backoff_seconds = 0.05
         reader.connect()
         assert kill_sessions(sandbox.sftp) >= 1

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import requests
 
 from tap_cordial_activity.errors import CordialError
+from tap_cordial_activity.retries import Retriable, RetryPolicy, retry_after_seconds
 
 __all__ = ["CordialClient", "CordialError", "RetryPolicy"]
 
@@ -22,39 +20,6 @@ _AUTH_HINT = (
     " Check the Cordial API key (`api_key`) and that this machine's public IP address is in the"
     " key's IP allow-list, and that the key may call this endpoint."
 )
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how long to retry 429, 5xx and connection errors."""
-
-    max_retries: int
-    initial_delay_seconds: float
-    max_delay_seconds: float
-
-    def backoff(self, attempt: int) -> float:
-        """Exponential backoff with full jitter for retry ``attempt`` >= 1.
-
-        A random delay between 0 and ``initial_delay_seconds * 2 ** (attempt - 1)``, capped at
-        ``max_delay_seconds``: clients retrying at once spread out instead of colliding again.
-        """
-        ceiling = min(self.max_delay_seconds, self.initial_delay_seconds * 2 ** (attempt - 1))
-        return random.uniform(0, ceiling)
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """``Retry-After`` as seconds: a number or an HTTP date; ``None`` when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def cordial_message(response: requests.Response) -> str:
@@ -75,6 +40,17 @@ def cordial_message(response: requests.Response) -> str:
         if parts:
             return " ".join(parts)
     return str(body)[:500]
+
+
+class RetriableAnswer(Retriable):
+    """A 429 or 5xx answer: repeated, and described from ``response`` once retries run out."""
+
+    def __init__(self, response: requests.Response, *, retry_after: float | None) -> None:
+        """Keep the answer for the final error message."""
+        super().__init__(
+            f"HTTP {response.status_code} ({cordial_message(response)})", retry_after=retry_after
+        )
+        self.response = response
 
 
 class CordialClient:
@@ -122,29 +98,19 @@ class CordialClient:
         """
         url = f"{self.api_url}/{path.lstrip('/')}"
         job = f" (job {job_id})" if job_id else ""
-        attempt = 0
-        while True:
-            attempt += 1
+        attempts = 0
+
+        def attempt() -> Any:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1 and before_retry is not None:
+                before_retry()
             try:
                 response = self.session.request(
                     method, url, json=json_body, timeout=self.timeout_seconds
                 )
             except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt > self.retry.max_retries:
-                    raise CordialError(
-                        f"Cordial API unreachable while {what}{job}: {method} {url} failed "
-                        f"{attempt} times, last with {type(exc).__name__}.",
-                        job_id=job_id,
-                    ) from exc
-                delay = self.retry.backoff(attempt)
-                self.logger.warning(
-                    "Cordial %s %s: %s; retry %d/%d in %.1fs",
-                    method, path, type(exc).__name__, attempt, self.retry.max_retries, delay,
-                )
-                self.sleep(delay)
-                if before_retry is not None:
-                    before_retry()
-                continue
+                raise Retriable(type(exc).__name__) from exc
             status = response.status_code
             if status < 400:
                 try:
@@ -156,30 +122,48 @@ class CordialClient:
                         status=status,
                         job_id=job_id,
                     ) from exc
-            retryable = status == 429 or status >= 500
-            if retryable and attempt <= self.retry.max_retries:
-                delay = self.retry.backoff(attempt)
-                if status == 429:
-                    # Cordial says when to come back; the backoff only covers a missing header.
-                    delay = retry_after_seconds(response.headers.get("Retry-After")) or delay
-                self.logger.warning(
-                    "Cordial %s %s: HTTP %d (%s); retry %d/%d in %.1fs",
-                    method, path, status, cordial_message(response), attempt,
-                    self.retry.max_retries, delay,
+            if status == 429 or status >= 500:
+                # Cordial says when to come back (429); the backoff covers a missing header.
+                after = retry_after_seconds(response.headers.get("Retry-After"))
+                raise RetriableAnswer(
+                    response, retry_after=after if status == 429 and after else None
                 )
-                self.sleep(delay)
-                if before_retry is not None:
-                    before_retry()
-                continue
-            message = (
-                f"Cordial API error while {what}{job}: HTTP {status} from {method} {url}: "
-                f"{cordial_message(response)}."
+            raise self._error(status, method, url, what, job, cordial_message(response), job_id)
+
+        def warn(failure: Retriable, retry: int, delay: float) -> None:
+            self.logger.warning(
+                "Cordial %s %s: %s; retry %d/%d in %.1fs",
+                method, path, failure.reason, retry, self.retry.max_retries, delay,
             )
-            if retryable:
-                message += f" Gave up after {attempt} attempts."
-            if status in {401, 403}:
-                message += _AUTH_HINT
-            raise CordialError(message, status=status, job_id=job_id)
+
+        try:
+            return self.retry.call(attempt, on_retry=warn)
+        except Retriable as failure:
+            if not isinstance(failure, RetriableAnswer):
+                raise CordialError(
+                    f"Cordial API unreachable while {what}{job}: {method} {url} failed "
+                    f"{failure.attempts} times, last with {failure.reason}.",
+                    job_id=job_id,
+                ) from failure.__cause__
+            response = failure.response
+            error = self._error(
+                response.status_code, method, url, what, job, cordial_message(response), job_id,
+                gave_up=failure.attempts,
+            )
+            raise error from None
+
+    @staticmethod
+    def _error(
+        status: int, method: str, url: str, what: str, job: str, said: str, job_id: str | None,
+        gave_up: int = 0,
+    ) -> CordialError:
+        """The error of a call Cordial refused with HTTP ``status``."""
+        message = f"Cordial API error while {what}{job}: HTTP {status} from {method} {url}: {said}."
+        if gave_up:
+            message += f" Gave up after {gave_up} attempts."
+        if status in {401, 403}:
+            message += _AUTH_HINT
+        return CordialError(message, status=status, job_id=job_id)
 
     def health(self) -> Any:
         """``GET /health``: a cheap check of the URL, the key and its IP allow-list.

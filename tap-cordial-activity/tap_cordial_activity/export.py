@@ -25,6 +25,7 @@ from tap_cordial_activity.errors import (
     StoreError,
 )
 from tap_cordial_activity.export_store import ExportStore
+from tap_cordial_activity.formats import FORMATS
 from tap_cordial_activity.progress import ReadProgress
 from tap_cordial_activity.records import read_records
 from tap_cordial_activity.schema import KNOWN_FIELDS
@@ -107,8 +108,7 @@ def export_body(config: Mapping[str, Any], name: str, window: Window) -> dict[st
     sent = ActionSelection.from_config(config).sent
     if sent is not None:
         body["selected_action_names"] = sent
-    if export_format == "csv":
-        body["showHeader"] = True
+    body.update(FORMATS[export_format].request_extras)
     limit = integer(config, "limit_records_per_file")
     if limit:
         body["limitRecordsPerFile"] = limit

@@ -3,16 +3,39 @@
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 import paramiko
 from paramiko.sftp import CMD_DATA
 
 from tap_cordial_activity.errors import CONNECTION_ERRORS, SftpError
 from tap_cordial_activity.paramiko_private import ReadRequests
+from tap_cordial_activity.sftp_settings import SftpSettings
 
-if TYPE_CHECKING:
-    from tap_cordial_activity.sftp import SftpReader
+T = TypeVar("T")
+
+
+class SftpSession(Protocol):
+    """What a :class:`RemoteFile` needs of its session (:class:`~.sftp.SftpReader` is one)."""
+
+    @property
+    def settings(self) -> SftpSettings:
+        """The login and read settings."""
+
+    @property
+    def address(self) -> str:
+        """``host:port``, for messages."""
+
+    @property
+    def sftp(self) -> paramiko.SFTPClient:
+        """The live SFTP client, connecting first if needed."""
+
+    def retrying(self, call: Callable[[], T]) -> T:
+        """Run ``call``; after a dropped connection, reconnect and run it once more."""
+
+    def reconnect(self, reason: BaseException) -> None:
+        """Reconnect after a dropped connection."""
 
 
 class RemoteFile:
@@ -34,7 +57,7 @@ class RemoteFile:
     #: Bytes per read request: paramiko's ``SFTPFile.MAX_REQUEST_SIZE``, which every server takes.
     BLOCK_SIZE = 32768
 
-    def __init__(self, reader: SftpReader, path: str) -> None:
+    def __init__(self, reader: SftpSession, path: str) -> None:
         """Open the file now, so a missing file fails early."""
         self.reader = reader
         self.path = path

@@ -8,21 +8,20 @@ under the prefix, as the SFTP side lists one folder), ``GetObject`` with ``Range
 
 boto3 retries the requests themselves (its "standard" mode, ``max_retries``); a connection that
 drops while an object's bytes stream is retried here, from the byte reached, with the tap's
-backoff (:class:`~tap_cordial_activity.client.RetryPolicy`).
+backoff (:class:`~tap_cordial_activity.retries.RetryPolicy`).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tap_cordial_activity.client import RetryPolicy
 from tap_cordial_activity.errors import S3Error, StoreError
 from tap_cordial_activity.export_store import CHECK_RETRIES, CHECK_TIMEOUT_SECONDS
-from tap_cordial_activity.settings import DEFAULTS, integer, number
+from tap_cordial_activity.retries import Retriable, RetryPolicy
+from tap_cordial_activity.settings import DEFAULTS, number
 
 #: Bytes asked for per ranged GET: few requests per file, each streamed in 1 MB reads.
 RANGE_BYTES = 8 << 20
@@ -115,11 +114,7 @@ class S3Store:
                 access_key_id=config.get("s3_access_key_id") or None,
                 secret_access_key=config.get("s3_secret_access_key") or None,
                 timeout_seconds=number(config, "request_timeout_seconds"),
-                retry=RetryPolicy(
-                    max_retries=integer(config, "max_retries"),
-                    initial_delay_seconds=number(config, "retry_initial_delay_seconds"),
-                    max_delay_seconds=number(config, "retry_max_delay_seconds"),
-                ),
+                retry=RetryPolicy.from_config(config),
             ),
             logger,
         )
@@ -289,7 +284,6 @@ class S3Object:
         self.size: int | None = None
         self._body: Any = None
         self._range_end = 0
-        self._failures = 0
 
     @property
     def _where(self) -> str:
@@ -332,40 +326,48 @@ class S3Object:
         return length > 0
 
     def read(self, size: int) -> bytes:
-        """Up to ``size`` bytes from the offset; ``b""`` at the end of the object."""
-        retry = self.store.settings.retry
-        while True:
+        """Up to ``size`` bytes from the offset; ``b""`` at the end of the object.
+
+        A dropped stream is retried from the byte reached, through the tap's one retry
+        mechanism (:class:`~tap_cordial_activity.retries.RetryPolicy`).
+        """
+
+        def attempt() -> bytes:
             try:
-                if self._body is None and not self._get():
+                while True:
+                    if self._body is None and not self._get():
+                        self._drop_body()
+                        return b""
+                    data = self._body.read(min(size, self._range_end - self.offset))
+                    if data:
+                        break
+                    # This range is done: the next GET asks for the following one.
                     self._drop_body()
-                    return b""
-                data = self._body.read(min(size, self._range_end - self.offset))
-                if not data:
-                    # This range is done: the next read asks for the following one.
-                    self._drop_body()
-                    continue
             except S3Error:
                 raise
             except self.store.connection_errors as exc:
                 self._drop_body()
                 self.reconnects += 1
-                self._failures += 1
-                if self._failures > retry.max_retries:
-                    raise S3Error(
-                        f"reading {self._where} failed at byte {self.offset} after "
-                        f"{self._failures - 1} retries in a row: {type(exc).__name__}: {exc}"
-                    ) from exc
-                delay = retry.backoff(self._failures)
-                self.store.logger.warning(
-                    "S3 read of %s dropped at byte %d (%s); retrying from there in %.1f s, "
-                    "attempt %d/%d", self._where, self.offset, type(exc).__name__, delay,
-                    self._failures, retry.max_retries,
-                )
-                time.sleep(delay)
-                continue
-            self._failures = 0
+                raise Retriable(f"{type(exc).__name__}: {exc}") from exc
             self.offset += len(data)
             return bytes(data)
+
+        retry = self.store.settings.retry
+
+        def dropped(failure: Retriable, number: int, delay: float) -> None:
+            self.store.logger.warning(
+                "S3 read of %s dropped at byte %d (%s); retrying from there in %.1f s, "
+                "attempt %d/%d", self._where, self.offset, failure.reason, delay, number,
+                retry.max_retries,
+            )
+
+        try:
+            return retry.call(attempt, on_retry=dropped)
+        except Retriable as exc:
+            raise S3Error(
+                f"reading {self._where} failed at byte {self.offset} after "
+                f"{exc.attempts - 1} retries in a row: {exc.reason}"
+            ) from exc.__cause__
 
     def _drop_body(self) -> None:
         body, self._body = self._body, None

@@ -10,6 +10,19 @@
   every settings problem is listed at once with no secret echoed, validating ``_config`` itself
   (the SDK's validator fills in defaults there); :func:`cli_config` reads ``_ConfigInput``.
 
+Files that mirror singer-sdk behaviour without naming its private parts, each with the test that
+compares it with the SDK:
+
+- ``streams.py`` (``ActivityStream.sync_all`` / ``windows``): the windowed sync that replaces
+  ``Stream._sync_records`` (record and batch counters, sync timer, dry-run limit, STATE after
+  records) -- tests/test_tap_standard.py (singer-sdk's own tap test suite) and
+  tests/test_tap_fast_path.py.
+- ``writers.py``: ``FastWriter`` builds RECORD JSON by hand as ``RecordMessage.to_dict()``
+  through the msgspec writer does -- tests/test_tap_fast_path.py (both paths give the same
+  messages); ``BatchWriter`` writes BATCH messages and JSONL files in the SDK's batch format --
+  tests/test_tap_batch_files.py checks the files and messages (not yet against the SDK's own
+  batch writer, which the windowed sync turns off).
+
 Pinned: singer-sdk ~=0.54.9 (see the tap's pyproject). tests/test_tap_private_names.py fails when
 one of these names or signatures changes; tests/test_tap_fast_path.py checks that both record
 paths give the same messages. Re-check this module when upgrading singer-sdk.

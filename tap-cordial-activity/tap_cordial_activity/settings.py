@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from singer_sdk import typing as th
 
+from tap_cordial_activity.formats import FORMATS
 from tap_cordial_activity.keys import load_private_key, parse_host_keys
 from tap_cordial_activity.timeutil import MomentRangeError, parse_moment
 
@@ -76,7 +77,7 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         "not exported.",
     ),
     th.Property(
-        "export_format", th.StringType, default="json", allowed_values=["json", "csv"],
+        "export_format", th.StringType, default="json", allowed_values=list(FORMATS),
         description="File format Cordial writes: json (JSON Lines) or csv.",
     ),
     th.Property("compress", th.BooleanType, default=True, description="Ask for gzip files."),

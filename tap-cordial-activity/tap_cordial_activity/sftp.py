@@ -10,9 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import stat
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeVar
@@ -23,32 +21,12 @@ from tap_cordial_activity.errors import CONNECTION_ERRORS, HostKeyError, SftpErr
 from tap_cordial_activity.keys import HostKey, fingerprint, load_private_key, parse_host_keys
 from tap_cordial_activity.paramiko_private import use_bytearray_receive_buffer
 from tap_cordial_activity.remote_file import RemoteFile
-from tap_cordial_activity.settings import DEFAULTS
+from tap_cordial_activity.retries import spaced_out
+from tap_cordial_activity.sftp_settings import SftpSettings
 
 __all__ = ["HostKeyError", "RemoteFile", "SftpError", "SftpReader", "SftpSettings"]
 
 T = TypeVar("T")
-
-
-@dataclass
-class SftpSettings:
-    """Where and how to log in."""
-
-    host: str
-    port: int
-    username: str
-    password: str | None = None
-    private_key: str | None = None
-    private_key_passphrase: str | None = None
-    host_key: str | None = None
-    known_hosts_path: Path | None = None
-    timeout_seconds: float = field(default_factory=lambda: DEFAULTS["request_timeout_seconds"])
-    #: Read requests in flight per file; with 32 KB blocks this bounds a read's memory (2 MB).
-    max_concurrent_prefetch_requests: int = field(
-        default_factory=lambda: DEFAULTS["max_concurrent_prefetch_requests"]
-    )
-    reconnect_attempts: int = 5
-    reconnect_backoff_seconds: float = 1.0
 
 
 class SftpReader:
@@ -203,24 +181,43 @@ class SftpReader:
         return self._sftp
 
     def reconnect(self, reason: BaseException) -> None:
-        """Reconnect after a dropped connection, with a few spaced attempts."""
+        """Reconnect after a dropped connection, with a few attempts spaced out exponentially.
+
+        ``reconnect_backoff_seconds`` after the first failed attempt, doubling after each; a
+        host key that no longer matches is not retried.
+        """
         s = self.settings
-        for attempt in range(1, s.reconnect_attempts + 1):
+        attempts = 0
+        last: list[BaseException] = [reason]
+
+        def attempt() -> None:
+            nonlocal attempts
+            attempts += 1
             self.logger.warning(
                 "SFTP connection to %s lost (%s); reconnecting, attempt %d/%d",
-                self.address, type(reason).__name__, attempt, s.reconnect_attempts,
+                self.address, type(last[-1]).__name__, attempts, s.reconnect_attempts,
             )
             try:
                 self.connect()
+            except SftpError as exc:
+                last.append(exc)
+                raise
+
+        if s.reconnect_attempts > 0:
+            try:
+                spaced_out(
+                    attempt, tries=s.reconnect_attempts,
+                    first_delay_seconds=s.reconnect_backoff_seconds,
+                    retry_on=SftpError, give_up=lambda exc: isinstance(exc, HostKeyError),
+                )
                 return
             except HostKeyError:
                 raise
-            except SftpError as exc:
-                reason = exc
-                time.sleep(s.reconnect_backoff_seconds * 2 ** (attempt - 1))
+            except SftpError:
+                pass
         raise SftpError(
             f"SFTP connection to {self.address} lost and {s.reconnect_attempts} reconnects failed: "
-            f"{reason}"
+            f"{last[-1]}"
         )
 
     def close(self) -> None:

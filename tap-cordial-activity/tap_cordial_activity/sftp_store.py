@@ -10,34 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
+from tap_cordial_activity import connections
 from tap_cordial_activity.errors import SftpError, StoreError
 from tap_cordial_activity.export_store import CHECK_RETRIES, CHECK_TIMEOUT_SECONDS
 from tap_cordial_activity.remote_file import RemoteFile
-from tap_cordial_activity.settings import integer, number
-from tap_cordial_activity.sftp import SftpReader, SftpSettings
-
-
-def sftp_reader(config: Mapping[str, Any], logger: logging.Logger) -> SftpReader:
-    """An SFTP reader built from the settings (it connects on first use)."""
-    known_hosts = config.get("sftp_known_hosts_path")
-    return SftpReader(
-        SftpSettings(
-            host=config["sftp_host"],
-            port=integer(config, "sftp_port"),
-            username=config["sftp_username"],
-            password=config.get("sftp_password") or None,
-            private_key=config.get("sftp_private_key") or None,
-            private_key_passphrase=config.get("sftp_private_key_passphrase") or None,
-            host_key=config.get("sftp_host_key") or None,
-            known_hosts_path=Path(known_hosts).expanduser() if known_hosts else None,
-            timeout_seconds=number(config, "request_timeout_seconds"),
-            max_concurrent_prefetch_requests=integer(config, "max_concurrent_prefetch_requests"),
-        ),
-        logger=logger,
-    )
+from tap_cordial_activity.sftp import SftpReader
 
 
 class SftpStore:
@@ -53,7 +32,7 @@ class SftpStore:
     @classmethod
     def from_config(cls, config: Mapping[str, Any], logger: logging.Logger) -> SftpStore:
         """The store the settings describe."""
-        return cls(sftp_reader(config, logger), str(config["sftp_path"]))
+        return cls(connections.sftp_reader(config, logger), str(config["sftp_path"]))
 
     @property
     def location(self) -> str:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import datetime
 import logging
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import closing
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from singer_sdk import metrics
 from singer_sdk.mapper import SameRecordTransform
 from typing_extensions import override
 
+from tap_cordial_activity import connections
 from tap_cordial_activity.batch_files import BatchFileWriter
 from tap_cordial_activity.destinations import export_store
 from tap_cordial_activity.errors import USER_ERRORS, ExportCountError, ExportDataError
@@ -34,16 +36,18 @@ from tap_cordial_activity.windows import (
     progress_of,
     sync_range,
 )
+from tap_cordial_activity.writers import (
+    BatchWriter,
+    FastWriter,
+    RecordWriter,
+    SdkWriter,
+    write_window,
+)
 
 if TYPE_CHECKING:
     from singer_sdk.helpers.types import Context
 
-    from tap_cordial_activity.tap import TapCordialActivity
-
 __all__ = ["SCHEMA", "ActivityStream"]
-
-#: Records are written in batches of this many lines (fewer syscalls, bounded memory).
-_WRITE_BATCH = 1000
 
 
 class ActivityStream(WindowedStream):
@@ -124,25 +128,54 @@ class ActivityStream(WindowedStream):
 
     def export_runner(self) -> ExportRunner:
         """An export runner with fresh clients (the caller closes them)."""
-        tap: TapCordialActivity = self.owning_tap  # type: ignore[assignment]
         return ExportRunner(
-            self.config, tap.cordial_client(), export_store(self.config, self.logger), self.logger,
+            self.config,
+            connections.cordial_client(self.config, self.logger),
+            export_store(self.config, self.logger),
+            self.logger,
             checkpoint_records=self.CHECKPOINT_RECORDS,
         )
 
     @override
     def get_records(self, context: Context | None) -> Iterable[dict[str, Any]]:
         """Every record of every window (the state is handled by :meth:`sync_all`)."""
+        with closing(self.windows(self.planned_range(), write_messages=False)) as windows:
+            for _window, records in windows:
+                yield from (record for record in records if record is not None)
+
+    def windows(
+        self, planned: SyncRange, *, write_messages: bool
+    ) -> Generator[tuple[Window, Iterator[dict[str, Any] | None]], None, None]:
+        """Each window with its records (``None`` marks a checkpoint); the one run loop.
+
+        Fresh clients, closed at the end; the export store (SFTP or S3) checked first. With
+        ``write_messages`` the files a previous run read are deleted first, and each window's
+        bookmark STATE follows once the caller took its records. Close this generator
+        (``contextlib.closing``) so an error in the caller names the jobs ahead and closes the
+        clients at once.
+        """
         runner = self.export_runner()
         try:
-            pipeline = self.pipeline(runner)
+            # Log in (and verify the host key, or list the bucket) before asking Cordial for
+            # anything, so a bad SFTP or S3 setting fails without leaving export jobs behind.
+            runner.store.connect()
+            if write_messages:
+                # Listed files leave the STATE whether or not they are deleted.
+                read_files = self.stream_state.pop("read_files", None) or []
+                read_exports = self.stream_state.pop("read_exports", None) or []
+                if setting(self.config, "delete_exported_files"):
+                    runner.delete_confirmed_files(read_files)
+                    runner.delete_confirmed_files(self._read_export_paths(runner, read_exports))
+            pipeline = self.pipeline(runner, planned)
             if pipeline is None:
                 return
             with pipeline:
                 for window in pipeline.windows():
-                    for record in runner.window_records(window):
-                        if record is not None:
-                            yield record
+                    yield window, runner.window_records(window)
+                    if write_messages:
+                        self._finish_window(window, runner.store)
+                        self._bound_pending_deletions(pipeline)
+            self.logger.info("%d export job(s) created in this run", runner.jobs_created)
         finally:
             runner.store.close()
             runner.client.close()
@@ -263,7 +296,7 @@ class ActivityStream(WindowedStream):
         if self.stream_state.pop("progress", None) is not None:
             self.write_state_now()
 
-    def batch_writer(self) -> BatchFileWriter | None:
+    def batch_files(self) -> BatchFileWriter | None:
         """The BATCH file writer when ``batch_config`` is set and records go out unchanged.
 
         BATCH files hold records as read: with a stream map, flattening or deselected
@@ -281,188 +314,59 @@ class ActivityStream(WindowedStream):
         tap_name = self.owning_tap.name
         return BatchFileWriter(batch_config, tap_name, self.name)
 
+    def record_writer(
+        self, *, write_messages: bool, counters: tuple[Any, Any]
+    ) -> RecordWriter:
+        """The writer of this run's records: BATCH files, orjson RECORD lines or singer-sdk.
+
+        ``counters`` are the record and the batch counters.
+        """
+        if not write_messages:
+            return SdkWriter(None, counters[0])
+        files = self.batch_files()
+        out = sys.stdout.buffer
+        if files is not None:
+            self.logger.info(
+                "Record output: BATCH files (jsonl%s) in %s",
+                ", gzip" if files.gzip else "", files.storage.root,
+            )
+            return BatchWriter(files, out, counters, self.mark_state_pending)
+        if self.fast_path_applies():
+            self.logger.info("Record output: orjson fast path")
+            return FastWriter(self.name, out, counters[0], self.mark_state_pending)
+        self.logger.info("Record output: singer-sdk")
+        return SdkWriter(self.write_record, counters[0])
+
     @override
     def sync_all(self, *, write_messages: bool) -> Iterator[dict[str, Any]]:
         """Sync every window: records, then a STATE message with the window's end."""
-        fast = write_messages and self.fast_path_applies()
-        batches = self.batch_writer() if write_messages else None
-        if batches is not None:
-            self.logger.info(
-                "Record output: BATCH files (jsonl%s) in %s",
-                ", gzip" if batches.gzip else "", batches.storage.root,
-            )
-        elif write_messages:
-            self.logger.info("Record output: %s", "orjson fast path" if fast else "singer-sdk")
-        limit = self.ABORT_AT_RECORD_COUNT
         counter = self.get_record_counter()
         batch_counter = self.get_batch_counter()
+        writer = self.record_writer(
+            write_messages=write_messages, counters=(counter, batch_counter)
+        )
         # A corrupt STATE is refused before any SFTP or Cordial call.
         planned = self.planned_range()
-        runner = self.export_runner()
         total = 0
-        with counter, batch_counter, self.get_sync_timer():
-            try:
-                # Log in (and verify the host key, or list the bucket) before asking Cordial for
-                # anything, so a bad SFTP or S3 setting fails without leaving export jobs behind.
-                runner.store.connect()
-                if write_messages:
-                    # Listed files leave the STATE whether or not they are deleted.
-                    read_files = self.stream_state.pop("read_files", None) or []
-                    read_exports = self.stream_state.pop("read_exports", None) or []
-                    if setting(self.config, "delete_exported_files"):
-                        runner.delete_confirmed_files(read_files)
-                        runner.delete_confirmed_files(self._read_export_paths(runner, read_exports))
-                pipeline = self.pipeline(runner, planned)
-                if pipeline is None:
-                    return
-                with pipeline:
-                    for window in pipeline.windows():
-                        records = runner.window_records(window)
-                        try:
-                            if batches is not None:
-                                total = self._write_batches(
-                                    window, records, (counter, batch_counter), total, limit,
-                                    batches,
-                                )
-                            elif fast:
-                                total = self._write_fast(window, records, counter, total, limit)
-                            else:
-                                for record in records:
-                                    if record is None:
-                                        if write_messages:
-                                            self._checkpoint(window)
-                                        continue
-                                    if limit is not None and total >= limit:
-                                        self.abort_at_limit(limit)
-                                    if write_messages:
-                                        self.write_record(record)
-                                    counter.increment()
-                                    total += 1
-                                    yield record
-                        except (ExportDataError, ExportCountError):
-                            # The files are bad: a later run exports the window again rather
-                            # than resuming from them.
-                            if write_messages:
-                                self._forget_progress()
-                            raise
-                        if write_messages:
-                            self._finish_window(window, runner.store)
-                            self._bound_pending_deletions(pipeline)
-                self.logger.info(
-                    "%d export job(s) created in this run", runner.jobs_created
+        with counter, batch_counter, self.get_sync_timer(), closing(
+            self.windows(planned, write_messages=write_messages)
+        ) as windows:
+            for window, records in windows:
+                checkpoint: Callable[[], None] = (
+                    partial(self._checkpoint, window) if write_messages else _nothing
                 )
-            finally:
-                runner.store.close()
-                runner.client.close()
+                try:
+                    total = yield from write_window(
+                        writer, records, checkpoint=checkpoint, total=total,
+                        limit=self.ABORT_AT_RECORD_COUNT, stop_at_limit=self.abort_at_limit,
+                    )
+                except (ExportDataError, ExportCountError):
+                    # The files are bad: a later run exports the window again rather than
+                    # resuming from them.
+                    if write_messages:
+                        self._forget_progress()
+                    raise
 
-    def _write_fast(
-        self,
-        window: Window,
-        records: Iterator[dict[str, Any] | None],
-        counter: Any,
-        total: int,
-        limit: int | None,
-    ) -> int:
-        """Write RECORD lines straight to stdout's byte buffer; return the running total."""
-        dumps = orjson.dumps
-        now = datetime.datetime.now
-        utc = datetime.UTC
-        # msgspec (the SDK path's writer) spells UTC as Z; orjson needs this option to agree.
-        utc_z = orjson.OPT_UTC_Z
-        head = b'{"type":"RECORD","stream":' + dumps(self.name) + b',"record":'
-        out = sys.stdout.buffer
-        batch: list[bytes] = []
 
-        def tail() -> bytes:
-            """The extraction time, stamped once per batch rather than per record.
-
-            The batch's records are read a few ms apart: the only way these lines differ
-            from the SDK's.
-            """
-            return b',"time_extracted":' + dumps(now(utc), option=utc_z) + b"}\n"
-
-        end = tail()
-        # As in the SDK's record writer: records went out, so STATE is due again.
-        self.mark_state_pending()
-        for record in records:
-            if record is None:
-                # The checkpoint covers every record read so far: write them out first.
-                counter.increment(len(batch))
-                self._flush(out, batch)
-                self._checkpoint(window)
-                self.mark_state_pending()
-                continue
-            if limit is not None and total >= limit:
-                self._flush(out, batch)
-                self.abort_at_limit(limit)
-            # Same JSON as RecordMessage.to_dict() through the msgspec writer.
-            batch.append(head + dumps(record) + end)
-            total += 1
-            if len(batch) >= _WRITE_BATCH:
-                self._flush(out, batch)
-                counter.increment(_WRITE_BATCH)
-                end = tail()
-        counter.increment(len(batch))
-        self._flush(out, batch)
-        return total
-
-    def _write_batches(
-        self,
-        window: Window,
-        records: Iterator[dict[str, Any] | None],
-        counters: tuple[Any, Any],
-        total: int,
-        limit: int | None,
-        batches: BatchFileWriter,
-    ) -> int:
-        """Write records into BATCH files, each named by a BATCH message before the next STATE.
-
-        ``counters`` are the record and the batch counters. Returns the running total.
-        """
-        dumps = orjson.dumps
-        newline = orjson.OPT_APPEND_NEWLINE
-        out = sys.stdout.buffer
-        lines: list[bytes] = []
-        take = min(_WRITE_BATCH, batches.room)
-        for record in records:
-            if record is None:
-                # The checkpoint covers every record read so far: their file goes out first.
-                self._send_batch(batches, lines, counters, out)
-                self._checkpoint(window)
-                take = min(_WRITE_BATCH, batches.room)
-                continue
-            if limit is not None and total >= limit:
-                self._send_batch(batches, lines, counters, out)
-                self.abort_at_limit(limit)
-            lines.append(dumps(record, option=newline))
-            total += 1
-            if len(lines) >= take:
-                counters[0].increment(len(lines))
-                batches.add(lines)
-                if batches.pending >= batches.batch_size:
-                    self._send_batch(batches, lines, counters, out)
-                take = min(_WRITE_BATCH, batches.room)
-        self._send_batch(batches, lines, counters, out)
-        return total
-
-    def _send_batch(
-        self, batches: BatchFileWriter, lines: list[bytes], counters: tuple[Any, Any], out: Any
-    ) -> None:
-        """Write the records collected so far as one file and its BATCH message."""
-        counters[0].increment(len(lines))
-        batches.add(lines)
-        message = batches.write_file()
-        if message is not None:
-            out.write(message)
-            out.flush()
-            # As in the SDK's batch writer: records went out, so STATE is due again.
-            self.mark_state_pending()
-            counters[1].increment()
-
-    @staticmethod
-    def _flush(out: Any, batch: list[bytes]) -> None:
-        """Write and clear ``batch``."""
-        if batch:
-            out.write(b"".join(batch))
-            out.flush()
-            batch.clear()
+def _nothing() -> None:
+    """No checkpoint: nothing is written."""

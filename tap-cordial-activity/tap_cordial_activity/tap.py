@@ -1,4 +1,4 @@
-"""TapCordialActivity: the plugin class, its clients, discovery and the connection test."""
+"""TapCordialActivity: the plugin class, discovery, the connection test and the run wrapper."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from singer_sdk.contrib.msgspec import MsgSpecWriter
 from singer_sdk.tap_base import CliTestOptionValue
 from typing_extensions import override
 
-from tap_cordial_activity.client import CordialClient, RetryPolicy
+from tap_cordial_activity import connections
 from tap_cordial_activity.destinations import export_store
 from tap_cordial_activity.errors import CordialError, user_errors_end_the_run
 from tap_cordial_activity.export_store import CHECK_RETRIES, CHECK_TIMEOUT_SECONDS
@@ -21,14 +21,9 @@ from tap_cordial_activity.sdk_private import SettingsCheckingTap, cli_config
 from tap_cordial_activity.settings import (
     CONFIG_SCHEMA,
     config_problems,
-    integer,
-    number,
     schema_error,
-    setting,
     strip_secrets,
 )
-from tap_cordial_activity.sftp import SftpReader
-from tap_cordial_activity.sftp_store import sftp_reader
 from tap_cordial_activity.streams import ActivityStream
 from tap_cordial_activity.windows import check_state_text
 
@@ -63,25 +58,6 @@ class TapCordialActivity(SettingsCheckingTap):
     def discover_streams(self) -> list[ActivityStream]:
         """The one stream, ``activity``."""
         return [ActivityStream(tap=self)]
-
-    def cordial_client(self) -> CordialClient:
-        """A Cordial client built from the settings."""
-        config = self.config
-        return CordialClient(
-            setting(config, "api_url"),
-            config["api_key"],
-            retry=RetryPolicy(
-                max_retries=integer(config, "max_retries"),
-                initial_delay_seconds=number(config, "retry_initial_delay_seconds"),
-                max_delay_seconds=number(config, "retry_max_delay_seconds"),
-            ),
-            timeout_seconds=number(config, "request_timeout_seconds"),
-            logger=self.logger,
-        )
-
-    def sftp_reader(self) -> SftpReader:
-        """An SFTP reader built from the settings (it connects on first use)."""
-        return sftp_reader(self.config, self.logger)
 
     @override
     @classmethod
@@ -121,7 +97,7 @@ class TapCordialActivity(SettingsCheckingTap):
         Never creates an export job. Short timeouts and at most :data:`CHECK_RETRIES` retry per
         host; the first failure raises, naming the host that failed.
         """
-        client = self.cordial_client()
+        client = connections.cordial_client(self.config, self.logger)
         client.retry = replace(
             client.retry, max_retries=min(client.retry.max_retries, CHECK_RETRIES),
             max_delay_seconds=min(client.retry.max_delay_seconds, 0.5),

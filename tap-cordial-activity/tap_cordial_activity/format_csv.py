@@ -1,0 +1,72 @@
+"""The ``csv`` export format: a header line, then one row per record (JSON columns decoded)."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+from tap_cordial_activity.errors import ExportDataError
+from tap_cordial_activity.file_chunks import iter_lines
+from tap_cordial_activity.normalize import Parsed, normalize
+
+#: CSV columns whose text is JSON (an object or a list) in the JSON export.
+JSON_COLUMNS = frozenset({"properties", "sp", "d", "mTags"})
+
+
+def _csv_value(column: str, value: str, file_name: str, line: int) -> Any:
+    """A CSV cell as the JSON export would carry it."""
+    if column in JSON_COLUMNS:
+        if value[0] in "{[":
+            try:
+                return orjson.loads(value)
+            except orjson.JSONDecodeError as exc:
+                raise ExportDataError(
+                    file_name, line, f"column `{column}` holds invalid JSON ({exc})"
+                ) from exc
+        if column == "mTags":
+            # A plain tag list without JSON brackets: keep each tag rather than one odd string.
+            return [tag.strip() for tag in value.split(",") if tag.strip()]
+    return value
+
+
+def read_csv(lines: Iterator[bytes], file_name: str) -> Iterator[Parsed]:
+    """Records of a CSV stream with a header line; empty values are left out."""
+    text_lines = (line.decode("utf-8") + "\n" for line in lines)
+    reader = csv.reader(text_lines)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as exc:
+        raise ExportDataError(file_name, reader.line_num, f"bad CSV header ({exc})") from exc
+    header = [name.strip().lstrip("\ufeff") for name in header]
+    width = len(header)
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise ExportDataError(file_name, reader.line_num, f"bad CSV ({exc})") from exc
+        line_no = reader.line_num
+        if not row:
+            continue
+        if len(row) != width:
+            raise ExportDataError(
+                file_name, line_no, f"{len(row)} columns where the header has {width}"
+            )
+        record = {
+            column: _csv_value(column, value, file_name, line_no)
+            for column, value in zip(header, row, strict=True)
+            if value != ""
+        }
+        yield record, normalize(record, file_name, line_no), line_no
+
+
+
+def read_csv_file(chunks: Iterator[bytes], file_name: str) -> Iterator[Parsed]:
+    """Records of a ``csv`` export file (its byte chunks)."""
+    return read_csv(iter_lines(chunks), file_name)
