@@ -6,7 +6,8 @@ recorded, 413 above 10,000,000 bytes, events holding an array of objects, events
 over ``max_event_bytes_in_batch`` (Lytics' limits page: "16 KB per record inside a batch"; default
 16,384, the generous reading of KB) and events matching ``refuse_where`` (``{"field": F, "equals":
 V}``: Lytics refusing for a reason it does not state) refused and counted in ``rejected_count``, in
-real and dry-run requests alike (a dry run stores nothing), answers in Lytics' envelope ``{"status", "message", "data"}``. Errors come in
+real and dry-run requests alike (a dry run stores nothing), answers in Lytics' envelope
+``{"status", "message", "data"}``. Errors come in
 the published ``models.ApiErrorResponse`` shape ``{"errors": [{"code", "level", "message",
 "timestamp"}], "request_id", "status"}`` (``openapi/lytics-schema-api-openapi.yml`` in
 ``api-evangelist/lytics``), or with ``error_shape="message"`` in the older documented shape
@@ -192,12 +193,14 @@ def _rejected_positions(
     rejected = []
     for position, raw in enumerate(items):
         view = memoryview(raw)
-        if view[:1] != b"{":
-            rejected.append(position)
-        elif is_array and max_event_bytes is not None and len(view) > max_event_bytes:
-            rejected.append(position)
-        elif refused_field is not None and (
-            orjson.loads(view.tobytes()).get(refused_field, _ABSENT) == refused_value
+        oversized = is_array and max_event_bytes is not None and len(view) > max_event_bytes
+        if (
+            view[:1] != b"{"
+            or oversized
+            or (
+                refused_field is not None
+                and orjson.loads(view.tobytes()).get(refused_field, _ABSENT) == refused_value
+            )
         ):
             rejected.append(position)
         elif suspicious:
