@@ -2,8 +2,12 @@
 
 Faithful to ../shared/reference/lytics-api.md: the raw token in ``Authorization`` (401
 otherwise), a JSON object or array body, ``dryrun`` (validate, store nothing), ``timestamp_field``
-recorded, 413 above 10,000,000 bytes, events holding an array of objects refused and counted in
-``rejected_count``, answers in Lytics' envelope ``{"status", "message", "data"}``. Errors come in
+recorded, 413 above 10,000,000 bytes, events holding an array of objects, events of an array body
+over ``max_event_bytes_in_batch`` (Lytics' limits page: "16 KB per record inside a batch"; default
+16,384, the generous reading of KB) and events matching ``refuse_where`` (``{"field": F, "equals":
+V}``: Lytics refusing for a reason it does not state) refused and counted in ``rejected_count``, in
+real and dry-run requests alike (a dry run stores nothing), answers in Lytics' envelope
+``{"status", "message", "data"}``. Errors come in
 the published ``models.ApiErrorResponse`` shape ``{"errors": [{"code", "level", "message",
 "timestamp"}], "request_id", "status"}`` (``openapi/lytics-schema-api-openapi.yml`` in
 ``api-evangelist/lytics``), or with ``error_shape="message"`` in the older documented shape
@@ -65,8 +69,13 @@ OPTION_NAMES = frozenset(
         "error_shape",
         "id_ranks",
         "wrong_answer",
+        "max_event_bytes_in_batch",
+        "refuse_where",
     }
 )
+#: Lytics' platform limits page: "16 KB per record inside a batch"; the stand-in's default reads
+#: KB as 1,024 bytes (the target sets aside above 16,000: it holds under either reading).
+MAX_EVENT_BYTES_IN_BATCH = 16 * 1024
 #: ``error_shape`` values: the published envelope, or the older top-level ``message``.
 ERROR_SHAPES = ("errors", "message")
 #: ``wrong_answer`` values (None: answer as Lytics).
@@ -87,6 +96,7 @@ _LOGIN_PAGE = (
 # an event with an array of objects, so the exact per-event check is skipped for most bodies.
 _ARRAY_OF_OBJECTS = re.compile(rb"\[\s*\{")
 _TRUE = {"true", "1", "yes"}
+_ABSENT = object()
 _RAW_ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
 _RAW_VALUE = msgspec.json.Decoder(msgspec.Raw)
 
@@ -159,14 +169,39 @@ def _split_body(body: bytes) -> list[msgspec.Raw] | str | None:
     return [raw] if first == b"{" else None
 
 
-def _rejected_positions(body: bytes, items: list[msgspec.Raw]) -> frozenset[int]:
-    """Positions of events Lytics refuses: not an object, or holding an array of objects."""
-    inner_start = body.find(b"[") + 1 if body.lstrip()[:1] == b"[" else 0
+def _rejected_positions(
+    body: bytes,
+    items: list[msgspec.Raw],
+    *,
+    max_event_bytes: int | None = None,
+    refuse_where: Mapping[str, Any] | None = None,
+) -> frozenset[int]:
+    """Positions of events Lytics refuses: not an object, or holding an array of objects.
+
+    Also, in an array body, an event over ``max_event_bytes``; and any event whose field
+    ``refuse_where["field"]`` equals ``refuse_where["equals"]`` (a refusal Lytics does not explain).
+    """
+    is_array = body.lstrip()[:1] == b"["
+    inner_start = body.find(b"[") + 1 if is_array else 0
     suspicious = _ARRAY_OF_OBJECTS.search(body, inner_start) is not None
+    refused_field = refused_value = None
+    if refuse_where:
+        refused_field, refused_value = refuse_where["field"], refuse_where["equals"]
+        # Only events holding the value's JSON text can match: decode those alone.
+        if orjson.dumps(refused_value) not in body:
+            refused_field = None
     rejected = []
     for position, raw in enumerate(items):
         view = memoryview(raw)
-        if view[:1] != b"{":
+        oversized = is_array and max_event_bytes is not None and len(view) > max_event_bytes
+        if (
+            view[:1] != b"{"
+            or oversized
+            or (
+                refused_field is not None
+                and orjson.loads(view.tobytes()).get(refused_field, _ABSENT) == refused_value
+            )
+        ):
             rejected.append(position)
         elif suspicious:
             text = view.tobytes()
@@ -210,6 +245,9 @@ class LyticsStandIn(HttpStandIn):
         super().__init__()
         self.error_shape = "errors"
         self.wrong_answer: str | None = None
+        #: None: no size limit per event (the other reading of the limits page).
+        self.max_event_bytes_in_batch: int | None = MAX_EVENT_BYTES_IN_BATCH
+        self.refuse_where: dict[str, Any] | None = None
         self.token = token
         self.count_only = count_only
         self.latency_seconds = float(latency_seconds)
@@ -394,7 +432,12 @@ class LyticsStandIn(HttpStandIn):
             return self.error(400, "the body must be a JSON object or an array of objects")
         if isinstance(items, str):
             return self.error(400, f"invalid JSON body: {items}")
-        rejected = _rejected_positions(request.body, items)
+        rejected = _rejected_positions(
+            request.body,
+            items,
+            max_event_bytes=self.max_event_bytes_in_batch,
+            refuse_where=self.refuse_where,
+        )
         counted = len(items)
         if self.wrong_answer == "short_count" and items:
             # The last event goes missing: counted nowhere, stored nowhere.
@@ -470,6 +513,8 @@ class LyticsStandIn(HttpStandIn):
             "error_shape": self.error_shape,
             "id_ranks": self.schema.id_ranks,
             "wrong_answer": self.wrong_answer,
+            "max_event_bytes_in_batch": self.max_event_bytes_in_batch,
+            "refuse_where": self.refuse_where,
         }
 
     def set_options(self, **values: Any) -> dict[str, Any]:
@@ -502,6 +547,18 @@ class LyticsStandIn(HttpStandIn):
             if values["wrong_answer"] not in (None, *WRONG_ANSWERS):
                 raise ValueError(f"wrong_answer must be null or one of {', '.join(WRONG_ANSWERS)}")
             self.wrong_answer = values["wrong_answer"]
+        if "max_event_bytes_in_batch" in values:
+            limit = values["max_event_bytes_in_batch"]
+            if limit is not None and int(limit) < 1:
+                raise ValueError("max_event_bytes_in_batch must be >= 1 (or null: no limit)")
+            self.max_event_bytes_in_batch = None if limit is None else int(limit)
+        if "refuse_where" in values:
+            where = values["refuse_where"]
+            if where is not None and not (
+                isinstance(where, dict) and set(where) == {"field", "equals"}
+            ):
+                raise ValueError('refuse_where must be {"field": name, "equals": value} or null')
+            self.refuse_where = None if where is None else dict(where)
         if "id_ranks" in values:
             ranks = values["id_ranks"]
             if ranks is not None and not (

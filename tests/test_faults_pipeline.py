@@ -341,14 +341,8 @@ def test_lytics_rejected_events_end_the_run_and_state_does_not_cover_them(
     added = day2_events(200)
     quiet.cordial.add_events(added)
     victim = added[150]["_id"]
-    original = sandbox.lytics._rejected_positions
-
-    def reject_victim(body: bytes, items: list[Any]) -> frozenset[int]:
-        refused = set(original(body, items))
-        refused.update(i for i, raw in enumerate(items) if victim.encode() in bytes(raw))
-        return frozenset(refused)
-
-    monkeypatch.setattr(sandbox.lytics, "_rejected_positions", reject_victim)
+    # Lytics refuses it without saying why (the stand-in's switch for that).
+    quiet.lytics.set_options(refuse_where={"field": "cr_system_event_id", "equals": victim})
     run = run_pipeline(tmp_path, day2_config(quiet),
                        quiet.target_config(max_request_bytes=10_000), state=PRIOR_STATE)
     assert run.target_returncode != 0
@@ -361,6 +355,29 @@ def test_lytics_rejected_events_end_the_run_and_state_does_not_cover_them(
 
 
 # -- 5. bad files -------------------------------------------------------------------------------
+
+
+def test_lytics_refused_event_set_aside_with_a_limit_and_the_pipeline_goes_on(
+    quiet: Sandbox, tmp_path
+):
+    """The same refusal with max_rejected_records: the event is in cordial_activity_rejects."""
+    added = day2_events(200)
+    quiet.cordial.add_events(added)
+    victim = added[150]["_id"]
+    quiet.lytics.set_options(refuse_where={"field": "cr_system_event_id", "equals": victim})
+    target = quiet.target_config(max_request_bytes=10_000, max_rejected_records=1)
+    run = run_pipeline(tmp_path, day2_config(quiet), target, state=PRIOR_STATE)
+    assert run.target_returncode == 0, run.target_stderr[-2000:]
+    stored = lytics_ids(quiet.lytics)
+    assert sorted(stored) == sorted(e["_id"] for e in added if e["_id"] != victim)
+    [reject] = quiet.lytics.events["cordial_activity_rejects"]
+    assert reject["key"] == {"_id": victim}
+    # Each event went out in one real request; the dry runs that found it stored nothing.
+    real = [r for r in quiet.lytics.requests if r.stream == LYTICS_STREAM and not r.dryrun]
+    assert sum(r.message_count for r in real) == len(added)
+    assert bookmark_of(run.states[-1]) != bookmark_of(PRIOR_STATE)
+    assert "1 set aside" in run.target_stderr
+    run.assert_no_secrets(quiet.secrets())
 
 
 def _add_extra_csv_column(monkeypatch: pytest.MonkeyPatch, line: int) -> None:

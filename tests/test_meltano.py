@@ -438,6 +438,7 @@ def test_every_setting_of_both_plugins_from_environment_variables(meltano, sandb
         "include_unmapped_fields": True,
         "dry_run": False,
         "max_request_bytes": 20000,
+        "max_rejected_records": 3,
         "request_timeout_seconds": "15.5",
         "max_retries": 2,
         "retry_initial_delay_seconds": "0.1",

@@ -649,8 +649,9 @@ def test_cli_test_flag_checks_the_connection(lytics, tmp_path):
     result = _cli(["--test"], config_for(lytics), tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Connection check passed" in result.stderr
-    assert [r.stream for r in lytics.requests] == ["cordial_activity"]
-    assert lytics.requests[0].query["dryrun"] == "true"
+    # Every default stream: the tap's activity_rejects go to cordial_activity_rejects.
+    assert [r.stream for r in lytics.requests] == ["cordial_activity", "cordial_activity_rejects"]
+    assert all(r.query["dryrun"] == "true" for r in lytics.requests)
     assert lytics.total() == 0
 
 

@@ -368,6 +368,7 @@ def test_summary_and_metric_counts_in_a_normal_run(lytics, caplog):
         ("activity", "received"): 2000,
         ("activity", "accepted"): 2000,
         ("activity", "rejected"): 0,
+        ("activity", "set_aside"): 0,
         ("activity", "requests"): requests_made,
     }
     assert (
@@ -396,6 +397,7 @@ def test_summary_and_metric_counts_after_a_lytics_rejection(lytics, monkeypatch,
         ("orders", "received"): 3,
         ("orders", "accepted"): 2,
         ("orders", "rejected"): 1,
+        ("orders", "set_aside"): 0,
         ("orders", "requests"): 1,
     }
     summary = next(r.getMessage() for r in caplog.records if "upload summary" in r.getMessage())

@@ -24,6 +24,8 @@ from dagster import (
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
+    Failure,
+    build_op_context,
     build_run_status_sensor_context,
     build_schedule_context,
 )
@@ -258,3 +260,27 @@ def test_failed_run_alerts_the_webhook(dagster_instance, monkeypatch, tmp_path):
     assert alert["text"].startswith(
         f"Dagster run {result.run_id} of cordial_activity_to_lytics failed"
     )
+    # The alert says what failed, not only which step.
+    assert f"cannot start {missing}" in alert["text"]
+
+
+def test_a_run_failing_over_refused_events_names_them(tmp_path):
+    """The failure (and so the alert) quotes target-lytics' line about set-aside events."""
+    definitions = _load_definitions()
+    line = (
+        "Lytics rejected 1 of 200 events sent to stream 'cordial_activity' (accepted 199); ... "
+        "To set such events aside into Lytics stream 'cordial_activity_rejects' and go on, set "
+        "max_rejected_records (default 0: none)."
+    )
+    fake = tmp_path / "meltano"
+    output = tmp_path / "output.txt"
+    output.write_text(f"target-lytics | {line}\n")
+    fake.write_text(f"#!/bin/sh\ncat '{output}'\nexit 1\n")
+    fake.chmod(0o755)
+    project = definitions.MeltanoProject(project_root=str(tmp_path), executable=str(fake))
+    with pytest.raises(Failure) as failure:
+        project.run_job(build_op_context(), "cordial-activity-to-lytics")
+    description = failure.value.description or ""
+    assert description.startswith("meltano run cordial-activity-to-lytics exited 1; target-lytics")
+    assert "cordial_activity_rejects" in description
+    assert line in description

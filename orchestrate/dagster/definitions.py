@@ -17,6 +17,7 @@ import yaml
 from dagster import (
     Backoff,
     ConfigurableResource,
+    DagsterEventType,
     DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
@@ -91,10 +92,45 @@ class MeltanoProject(ConfigurableResource):
                 tail.append(line.rstrip("\n"))
                 context.log.info(tail[-1])
         if process.returncode != 0:
+            description = f"meltano run {job_name} exited {process.returncode}"
+            description += _set_aside_clause(tail)
             raise Failure(
-                description=f"meltano run {job_name} exited {process.returncode}",
+                description=description,
                 metadata={"output_tail": "\n".join(tail)},
             )
+
+
+# target-lytics' error names this setting whenever a run fails over events Lytics refused or could
+# not take (too many to set aside into `<stream>_rejects`, or none allowed).
+TARGET_REJECTS_SETTING = "max_rejected_records"
+
+
+def _set_aside_clause(tail: "deque[str]") -> str:
+    """The target's line about refused or set-aside events, for the failure and its alert."""
+    lines = [line for line in tail if TARGET_REJECTS_SETTING in line]
+    if not lines:
+        return ""
+    return (
+        "; target-lytics: Lytics refused events (set-aside events are in the Lytics stream "
+        f"<stream>_rejects, e.g. cordial_activity_rejects): {lines[-1].strip()}"
+    )
+
+
+def _step_failures(context: RunFailureSensorContext) -> list[str]:
+    """The failed steps' own descriptions (the run's failure event names only the steps)."""
+    descriptions = []
+    records = context.instance.all_logs(
+        context.dagster_run.run_id, of_type=DagsterEventType.STEP_FAILURE
+    )
+    for record in records:
+        event = record.dagster_event
+        data = event.event_specific_data if event is not None else None
+        user = getattr(data, "user_failure_data", None)
+        error = getattr(data, "error", None)
+        text = getattr(user, "description", None) or getattr(error, "message", None)
+        if text:
+            descriptions.append(str(text).strip())
+    return descriptions
 
 
 def _meltano_schedule_cron(project_root: str, job_name: str) -> str:
@@ -154,6 +190,9 @@ def alert_on_failed_run(context: RunFailureSensorContext) -> SkipReason | None:
         raise ValueError(f"{ALERT_WEBHOOK_ENV} must be an http(s) URL")
     run = context.dagster_run
     text = f"Dagster run {run.run_id} of {run.job_name} failed: {context.failure_event.message}"
+    # Say what failed (e.g. events Lytics refused, see _set_aside_clause), not only which step.
+    for description in _step_failures(context):
+        text += f"\n{description}"
     request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
         url,
         data=json.dumps({"text": text}).encode(),

@@ -144,6 +144,10 @@ def _has_object_in_array(value: Any) -> bool:
     return False
 
 
+#: The check :mod:`target_lytics.rejects` applies to an event before it is sent.
+holds_object_in_array = _has_object_in_array
+
+
 def _is_or_has_object(value: Any) -> bool:
     if isinstance(value, dict):
         return True

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from singer_sdk import metrics
 
+from target_lytics.settings import rejects_stream
 from target_lytics.uploads import UploadCounts
 
 _MB = 1_000_000
@@ -60,6 +61,7 @@ class UploadProgress:
             total.received += counts.received
             total.accepted += counts.accepted
             total.rejected += counts.rejected
+            total.set_aside += counts.set_aside
             total.requests += counts.requests
             total.retried += counts.retried
             total.bytes_sent += counts.bytes_sent
@@ -67,10 +69,11 @@ class UploadProgress:
         return total
 
     def line(self, total: UploadCounts) -> str:
-        """Events accepted, requests, MB sent, events/s, requests in flight, retried."""
+        """Events accepted (and set aside), requests, MB sent, events/s, in flight, retried."""
         elapsed = max(time.monotonic() - self.started, 1e-9)
+        aside = f" ({total.set_aside:,} set aside)" if total.set_aside else ""
         return (
-            f"{total.accepted:,} events accepted by Lytics in {total.requests:,} requests, "
+            f"{total.accepted:,} events accepted by Lytics{aside} in {total.requests:,} requests, "
             f"{total.bytes_sent / _MB:,.1f} MB sent, {total.accepted / elapsed:,.0f} events/s, "
             f"{total.in_flight} requests in flight, {total.retried} retried"
         )
@@ -94,18 +97,23 @@ class UploadProgress:
             counts = entry.counts
             self.logger.info(
                 "Stream '%s' -> Lytics stream '%s': %d records received, %d events accepted, "
-                "%d rejected, %d requests",
+                "%d rejected, %d requests%s",
                 entry.stream,
                 entry.lytics_stream,
                 counts.received,
                 counts.accepted,
                 counts.rejected,
                 counts.requests,
+                f", {counts.set_aside} set aside into Lytics stream "
+                f"'{rejects_stream(entry.lytics_stream)}'"
+                if counts.set_aside
+                else "",
             )
             values = {
                 "received": counts.received,
                 "accepted": counts.accepted,
                 "rejected": counts.rejected,
+                "set_aside": counts.set_aside,
                 "requests": counts.requests,
             }
             for name, value in values.items():

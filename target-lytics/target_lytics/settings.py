@@ -36,6 +36,9 @@ DEFAULT_STREAMS: dict[str, dict[str, Any]] = {
         "fields": ACTIVITY_FIELDS,
         "timestamp_field": "cr_event_timestamp",
     },
+    # The tap's set-aside records go where the target sets events aside (rejects.rejects_stream),
+    # so one Lytics stream holds everything set aside.
+    "activity_rejects": {"lytics_stream": "cordial_activity_rejects"},
 }
 
 SECRET_SETTINGS = frozenset({"api_token"})
@@ -109,6 +112,20 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         th.BooleanType,
         default=False,
         description="Send dryrun=true: Lytics validates the events but stores nothing.",
+    ),
+    _number(
+        "max_rejected_records",
+        whole=True,
+        default=0,
+        minimum=0,
+        description=(
+            "Events per run that may be set aside instead of failing the run: one Lytics cannot "
+            "take (over 16 KB, or objects inside an array: not sent) or one it refused "
+            "(rejected_count, found by dry-run halves, so nothing is stored twice). Each goes "
+            "to the Lytics stream <stream>_rejects (stream, key, reason, bytes, head, "
+            "rejected_at) and STATE moves past it; one more fails the run. 0: the first fails "
+            "the run."
+        ),
     ),
     _number(
         "max_request_bytes",
@@ -229,6 +246,15 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         description="Records between sink drains (a drain sends the partial body).",
     ),
 ).to_dict()
+
+
+def rejects_stream(lytics_stream: str) -> str:
+    """The Lytics stream of ``lytics_stream``'s set-aside events (``max_rejected_records``).
+
+    A stream already named ``*_rejects`` (the tap's ``activity_rejects`` goes to
+    ``cordial_activity_rejects``) keeps its name: one place holds everything set aside.
+    """
+    return lytics_stream if lytics_stream.endswith("_rejects") else f"{lytics_stream}_rejects"
 
 
 def setting(config: Mapping[str, Any], name: str) -> Any:

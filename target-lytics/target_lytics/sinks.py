@@ -17,6 +17,7 @@ import functools
 import logging
 import os
 import re
+import threading
 import time
 import typing as t
 from pathlib import Path
@@ -33,8 +34,19 @@ from target_lytics.batch_files import (
     checked_batch_file,
     jsonl_line_chunks,
 )
-from target_lytics.errors import InputError, LyticsError
+from target_lytics.client import ShortCountError
+from target_lytics.errors import InputError, LyticsError, RejectedEventsError
 from target_lytics.mapping import RecordMapper, StreamMapping, json_default
+from target_lytics.rejects import (
+    ARRAY_OF_OBJECTS,
+    MAX_EVENT_BYTES_IN_BATCH,
+    Refused,
+    RejectBudget,
+    RejectWriter,
+    body_events,
+    limit_hint,
+    unsendable_reason,
+)
 from target_lytics.sdk_private import (
     BaseJSONSchemaValidator,
     JSONSchemaValidator,
@@ -93,6 +105,8 @@ class SinkContext:
     stream_mapping: Callable[[str], StreamMapping]
     #: Called (from an upload thread) when an upload failed for good.
     upload_failed: Callable[[], None]
+    #: The run's max_rejected_records, shared by every sink.
+    reject_budget: RejectBudget = dataclasses.field(default_factory=lambda: RejectBudget(0))
 
 
 class RecordSource(t.Protocol):
@@ -257,6 +271,18 @@ class LyticsSink(Sink):
         self.body = BodyBuilder(context.max_request_bytes)
         self.counts = context.progress.add_stream(stream_name, self.stream_mapping.lytics_stream)
         self.ledger = context.checkpoints.new_ledger()
+        fields = self.stream_mapping.fields or {}
+        self.rejects = RejectWriter(
+            client=context.client,
+            budget=context.reject_budget,
+            singer_stream=stream_name,
+            lytics_stream=self.stream_mapping.lytics_stream,
+            timestamp_field=self.stream_mapping.timestamp_field,
+            key_fields={key: fields.get(key, key) for key in self.key_properties or ()},
+            dry_run=self.dry_run,
+        )
+        #: Guards counts.set_aside (upload threads set events aside too).
+        self._set_aside_lock = threading.Lock()
         #: Number of the first record in the body being built (records count from 0).
         self._body_first = 0
         #: When a partial body was last sent (monotonic seconds).
@@ -390,18 +416,53 @@ class LyticsSink(Sink):
         self.process_record(record, {})
 
     def add_event(self, event: bytes) -> None:
-        """Buffer one serialized event (sending the body first when it is full)."""
+        """Buffer one serialized event (sending the body first when it is full).
+
+        With max_rejected_records, an event Lytics cannot take is set aside instead (with 0 it
+        is sent, as before the setting existed, and Lytics' refusal ends the run).
+        """
+        if (
+            len(event) > MAX_EVENT_BYTES_IN_BATCH or ARRAY_OF_OBJECTS.search(event) is not None
+        ) and self.rejects.enabled:
+            reason = unsendable_reason(event)
+            if reason is not None:
+                self._set_aside_unsent(event, reason)
+                return
         if not self.body.add(event):
-            if self.body.count == 0:
+            if self.body.count:
+                self.send_body()
+            # Too large even for an empty body: before, an event arriving after others was
+            # dropped here without a word (the second add's answer went unread).
+            if not self.body.add(event):
                 raise LyticsError(
                     f"One event of stream '{self.stream_name}' is {len(event)} bytes, more than "
                     f"max_request_bytes ({self.body.max_bytes}) allows; raise max_request_bytes "
                     "(at most 10,000,000) or leave large fields out of the mapping."
                 )
-            self.send_body()
-            self.body.add(event)
         self.ledger.received += 1
-        self.counts.received = self.ledger.received
+        self.counts.received += 1
+
+    def _set_aside_unsent(self, event: bytes, reason: str) -> None:
+        """Set aside an event before sending it; it takes no place in the ledger.
+
+        Its reject event is accepted before this returns, so a STATE after it covers it.
+        """
+        key = self.rejects.reject_event(Refused(event, reason), "")["key"]
+        cause = f"One event of stream '{self.stream_name}' (key {key}) was not sent: {reason}."
+        try:
+            self.rejects.set_aside([Refused(event, reason)], cause)
+        except LyticsError:
+            self.context.upload_failed()
+            raise
+        self.counts.received += 1
+        with self._set_aside_lock:
+            self.counts.set_aside += 1
+        self.logger.warning(
+            "%s Set aside into Lytics stream '%s' (%s).",
+            cause,
+            self.rejects.rejects_stream,
+            limit_hint_short(self.rejects),
+        )
 
     @override
     def process_batch_files(self, encoding: BaseBatchFileEncoding, files: t.Sequence[str]) -> None:
@@ -483,14 +544,17 @@ class LyticsSink(Sink):
 
     def _upload(self, body: Body, limit: AdaptiveLimit) -> tuple[int, int]:
         """Upload one body (upload thread): (events accepted, requests sent); raise LyticsError."""
-        result = self.client.upload(
-            self.stream_mapping.lytics_stream,
-            body.data,
-            timestamp_field=self.stream_mapping.timestamp_field,
-            dry_run=self.dry_run,
-            event_count=body.count,
-            limit=limit,
-        )
+        try:
+            result = self.client.upload(
+                self.stream_mapping.lytics_stream,
+                body.data,
+                timestamp_field=self.stream_mapping.timestamp_field,
+                dry_run=self.dry_run,
+                event_count=body.count,
+                limit=limit,
+            )
+        except RejectedEventsError as exc:
+            return self._set_aside_refused(body, exc), 1
         if result.message_count and result.message_count != body.count:
             self.logger.warning(
                 "Lytics reported %d events for a request of %d to stream '%s'",
@@ -505,3 +569,58 @@ class LyticsSink(Sink):
             self.stream_mapping.lytics_stream,
         )
         return body.count, result.attempts
+
+    def _set_aside_refused(self, body: Body, error: RejectedEventsError) -> int:
+        """Lytics refused events of ``body`` (stored the others): set them aside, or raise.
+
+        Which ones it refused it does not say: dry runs of halves find them
+        (:meth:`RejectWriter.find_refused`), so no event is stored twice. Returns the events
+        accepted; the body then counts as done (its refused events are in the rejects stream).
+
+        Raises:
+            RejectedEventsError: max_rejected_records is 0 or too low (the message names it), the
+                dry runs did not find as many refused events as Lytics reported, or the reject
+                events' upload failed.
+        """
+        lytics_stream = self.stream_mapping.lytics_stream
+
+        def failed(message: str) -> RejectedEventsError:
+            return RejectedEventsError(message, accepted=error.accepted, rejected=error.rejected)
+
+        if not self.rejects.enabled:
+            raise failed(f"{error} {limit_hint(0, lytics_stream)}") from error
+        events = body_events(body.data)
+        positions = self.rejects.find_refused(events, error.rejected)
+        if len(positions) != error.rejected:
+            raise failed(
+                f"{error} Dry runs of parts of the body found {len(positions)} refused events, "
+                f"not {error.rejected}, so which ones were lost cannot be told and none is set "
+                "aside."
+            ) from error
+        if isinstance(error, ShortCountError):
+            reason = "Lytics left the event out of message_count (it did not say why)"
+        else:
+            reason = "Lytics refused the event (rejected_count) without saying why"
+        try:
+            self.rejects.set_aside([Refused(events[p], reason) for p in positions], str(error))
+        except LyticsError as exc:
+            raise failed(str(exc)) from exc
+        with self._set_aside_lock:
+            self.counts.set_aside += len(positions)
+        self.logger.warning(
+            "Lytics refused %d of %d events sent to stream '%s'; found them with %d dry-run "
+            "requests (nothing stored twice) and set them aside into Lytics stream '%s' (%s).",
+            len(positions),
+            body.count,
+            lytics_stream,
+            self.rejects.probes,
+            self.rejects.rejects_stream,
+            limit_hint_short(self.rejects),
+        )
+        return error.accepted
+
+
+def limit_hint_short(rejects: RejectWriter) -> str:
+    """How much of max_rejected_records this run has used."""
+    budget = rejects.budget
+    return f"{budget.used} of max_rejected_records {budget.limit} used"

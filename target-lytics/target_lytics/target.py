@@ -18,6 +18,7 @@ from target_lytics.fastpath import FastRecordPath
 from target_lytics.mapping import StreamMapping
 from target_lytics.progress import UploadProgress
 from target_lytics.reader import SingerLineReader
+from target_lytics.rejects import RejectBudget
 from target_lytics.retries import RetryPolicy
 from target_lytics.schema_publish import run_schema_command
 from target_lytics.sdk_private import HookedTarget, cli_config
@@ -92,6 +93,7 @@ class TargetLytics(HookedTarget):
             batch_file_roots=self.batch_file_roots,
             stream_mapping=self.stream_mapping,
             upload_failed=self.upload_failed,
+            reject_budget=RejectBudget(int(setting(self.config, "max_rejected_records"))),
         )
 
     def stream_mapping(self, stream_name: str) -> StreamMapping:

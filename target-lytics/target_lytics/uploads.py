@@ -32,6 +32,8 @@ class UploadCounts:
     received: int = 0
     accepted: int = 0
     rejected: int = 0
+    #: Events set aside into the rejects stream (max_rejected_records): not sent, or refused.
+    set_aside: int = 0
     requests: int = 0
     retried: int = 0
     bytes_sent: int = 0
