@@ -141,8 +141,12 @@ def test_with_a_limit_both_are_set_aside_and_every_other_event_is_stored_once(ly
 def test_more_than_the_limit_fails_the_run_and_state_stops_before(lytics):
     records, oversized, refused = two_bad_records()
     refuse(lytics, refused)
+    # One body at a time and every STATE at once: the STATEs past the first event are written
+    # before the body holding the second fails (with uploads in parallel that is a race).
     states, error = run_target(
-        config(lytics, max_rejected_records=1), activity_lines(records, state_every=25)
+        config(lytics, max_rejected_records=1, max_concurrent_uploads=1,
+               min_state_interval_seconds=0),
+        activity_lines(records, state_every=25),
     )
     assert isinstance(error, LyticsError)
     message = str(error)
