@@ -207,3 +207,25 @@ def test_deselected_rejects_stream_keeps_the_strict_behaviour(quiet, tmp_path):
     run = run_tap(tmp_path, config(quiet, max_bad_records=5), "--catalog", str(catalog))
     assert "the `activity_rejects` stream is not selected" in run.stderr
     assert_failed_holding_bookmark(run, r"line 7: not JSON")
+
+
+def test_a_resumed_window_neither_repeats_nor_loses_a_reject(quiet, tmp_path):
+    # Four files of five records: a checkpoint STATE after each of the first three files.
+    quiet.cordial.options.corrupt_line = 7
+    settings = config(quiet, max_bad_records=1, limit_records_per_file=5)
+    full = run_tap(tmp_path, settings)
+    assert full.returncode == 0, full.stderr[-3000:]
+    checkpoints = [s for s in full.states if "progress" in s["bookmarks"]["activity"]]
+    by_read = {s["bookmarks"]["activity"]["progress"]["records_read"]: s for s in checkpoints}
+    assert {5, 10} <= set(by_read), by_read.keys()
+    # Stopped after file 2 (which holds line 7 of the export): its reject is already out.
+    after = run_tap(tmp_path, settings, state=by_read[10])
+    assert after.returncode == 0, after.stderr[-3000:]
+    assert of(after, "activity_rejects") == []
+    assert len(of(after, "activity")) == 10
+    # Stopped after file 1: the resumed run sets the bad record aside.
+    before = run_tap(tmp_path, settings, state=by_read[5])
+    assert before.returncode == 0, before.stderr[-3000:]
+    (reject,) = of(before, "activity_rejects")
+    assert reject == {**of(full, "activity_rejects")[0], "rejected_at": reject["rejected_at"]}
+    assert len(of(before, "activity")) == 14
