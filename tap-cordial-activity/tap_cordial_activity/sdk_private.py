@@ -113,7 +113,8 @@ class WindowedStream(Stream):
 class SideStream(Stream):
     """A stream whose records another stream writes (``activity_rejects``).
 
-    Its own sync (after the writing stream's: streams sync in name order) writes nothing; the
+    Its own sync (after the writing stream's: streams sync in name order) writes nothing (no
+    SCHEMA, no STATE); the
     writing stream puts out its SCHEMA (:meth:`write_schema_now`) before its first record.
     """
 
@@ -137,6 +138,10 @@ class SideStream(Stream):
     ) -> Generator[dict, Any, Any]:
         """Nothing: the records went out during the other stream's sync, before its STATE."""
         yield from ()
+
+    @override
+    def finalize_state_progress_markers(self, state: dict | None = None) -> None:
+        """Nothing: the stream has no state, so its sync's end writes no STATE message."""
 
     @override
     def _write_schema_message(self) -> None:
