@@ -6,6 +6,9 @@
   ``_tap`` and ``state_manager.is_flushed`` in public methods of its own. It turns off the SDK's own
   batch sync (which would bypass the windows) and parses ``batch_config`` into the SDK's
   ``BatchConfig`` (``singer_sdk.helpers._batch``) for :mod:`tap_cordial_activity.batch_files`.
+- :class:`SideStream` (``activity_rejects``, written by ``ActivityStream``) replaces
+  ``_sync_records`` (empty) and ``_write_schema_message`` (only through ``write_schema_now``) and
+  wraps ``_write_record_message``.
 - :class:`SettingsCheckingTap` replaces ``PluginBase._validate_config`` (plugin_base.py) so that
   every settings problem is listed at once with no secret echoed, validating ``_config`` itself
   (the SDK's validator fills in defaults there); :func:`cli_config` reads ``_ConfigInput``.
@@ -114,8 +117,8 @@ class SideStream(Stream):
     """A stream whose records another stream writes (``activity_rejects``).
 
     Its own sync (after the writing stream's: streams sync in name order) writes nothing (no
-    SCHEMA, no STATE); the
-    writing stream puts out its SCHEMA (:meth:`write_schema_now`) before its first record.
+    SCHEMA, no STATE); the writing stream puts out its SCHEMA (:meth:`write_schema_now`) before
+    its first record.
     """
 
     @property
