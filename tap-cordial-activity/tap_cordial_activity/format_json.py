@@ -164,16 +164,15 @@ def read_json_array(chunks: Iterator[bytes], file_name: str) -> Iterator[Parsed]
         line_no += buffer.count("\n", pos, end)
         start, pos = pos, end
         expect_value = False
-        raw = buffer[start:end].encode()
         if not isinstance(record, dict):
             yield bad(ExportDataError(
                 file_name, element_line, "an array element that is not an object"
-            ), raw, element_line)
+            ), buffer[start:end].encode(), element_line)
             continue
         try:
             moment = normalize(record, file_name, element_line)
         except ExportDataError as exc:
-            yield bad(exc, raw, element_line)
+            yield bad(exc, buffer[start:end].encode(), element_line)
             continue
         yield record, moment, element_line
     skip_blank()
