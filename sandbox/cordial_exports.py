@@ -86,9 +86,11 @@ def write_export(job: Job, store: EventStore, selected: list[int], folder: Path)
     encoder: _Encoder
     if req["exportType"] == "csv":
         columns = [*CSV_COLUMNS, *sorted(k for k in store.keys if k not in CSV_COLUMNS)]
-        encoder = _CsvEncoder(store, columns, bool(req.get("showHeader")), opts.corrupt_line)
+        encoder = _CsvEncoder(
+            store, columns, bool(req.get("showHeader")), opts.corrupt_line, opts.corrupt_kind
+        )
     else:
-        encoder = _JsonEncoder(store, opts.json_array, opts.corrupt_line)
+        encoder = _JsonEncoder(store, opts.json_array, opts.corrupt_line, opts.corrupt_kind)
     for number, file_name in enumerate(names):
         first = number * per_file
         last = number == len(names) - 1
@@ -171,16 +173,25 @@ class _Encoder(Protocol):
     def footer(self) -> bytes: ...
 
 
-def _damaged(blob: bytes) -> bytes:
-    """A record cut in half: no longer JSON."""
+def _damaged(blob: bytes, kind: str) -> bytes:
+    """A record damaged as ``corrupt_kind`` says: cut in half, not an object, or no ``_id``."""
+    if kind == "not_object":
+        return orjson.dumps([orjson.loads(blob)])
+    if kind == "no_id":
+        event = orjson.loads(blob)
+        event.pop("_id", None)
+        return orjson.dumps(event)
     return blob[: max(1, len(blob) // 2)]
 
 
 class _JsonEncoder:
     """JSON Lines (slices of the store, as they are), or one JSON array."""
 
-    def __init__(self, store: EventStore, array: bool, corrupt_line: int | None) -> None:
+    def __init__(
+        self, store: EventStore, array: bool, corrupt_line: int | None, kind: str = "cut"
+    ) -> None:
         self._store, self._array, self._corrupt = store, array, corrupt_line
+        self._kind = kind
 
     def header(self) -> bytes:
         """``[`` for an array."""
@@ -193,7 +204,7 @@ class _JsonEncoder:
             return self._store.jsonl(indices)  # the fast path
         records = self._store.records(indices)
         if 0 <= damaged_at < len(records):
-            records[damaged_at] = _damaged(records[damaged_at])
+            records[damaged_at] = _damaged(records[damaged_at], self._kind)
         if self._array:
             return (b"" if leading or not records else b",\n") + b",\n".join(records)
         return b"".join(record + b"\n" for record in records)
@@ -207,10 +218,15 @@ class _CsvEncoder:
     """CSV rows in the documented column order; a damaged record has ``time`` not-a-time."""
 
     def __init__(
-        self, store: EventStore, columns: list[str], header: bool, corrupt_line: int | None
+        self,
+        store: EventStore,
+        columns: list[str],
+        header: bool,
+        corrupt_line: int | None,
+        kind: str = "cut",
     ) -> None:
         self._store, self._columns, self._header = store, columns, header
-        self._corrupt = corrupt_line
+        self._corrupt, self._kind = corrupt_line, kind
         self._time_column = columns.index("time")
 
     def header(self) -> bytes:
@@ -224,7 +240,12 @@ class _CsvEncoder:
             event = orjson.loads(blob)
             row = [_csv_value(event.get(column)) for column in self._columns]
             if offset == self._corrupt:
-                row[self._time_column] = "not-a-time"
+                if self._kind == "wide_row":
+                    row.append("extra")
+                elif self._kind == "no_id":
+                    row[self._columns.index("_id")] = ""
+                else:
+                    row[self._time_column] = "not-a-time"
             rows.append(row)
         return self._rows(rows)
 

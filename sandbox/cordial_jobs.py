@@ -78,6 +78,10 @@ class CordialOptions:
     write_delay_seconds: float = 0.0
     truncate_gzip: bool = False
     corrupt_line: int | None = None
+    #: How record ``corrupt_line`` is damaged: ``cut`` (JSON cut in half; CSV ``time``
+    #: ``not-a-time``), ``not_object`` (JSON: a JSON array in its place), ``no_id`` (the event
+    #: without ``_id``), ``wide_row`` (CSV: one column more than the header).
+    corrupt_kind: str = "cut"
     #: gzip level of compressed exports: 1-3 are ISA-L's (where ``isal`` is installed), the
     #: others zlib's (0 stores); 1 writes a million events in ~1.5 s of CPU (zlib's 1: ~4.5 s).
     gzip_level: int = 1

@@ -409,6 +409,7 @@ def test_every_setting_of_both_plugins_from_environment_variables(meltano, sandb
         "max_concurrent_exports": 2,
         "target_events_per_window": 0,
         "count_mismatch": "warn",
+        "max_bad_records": 2,
         "short_export_wait_seconds": "1.5",
         "progress_interval_seconds": "0.5",
         "stream_maps": {"activity": {"source_system": "config['source']"}},

@@ -39,7 +39,9 @@ def test_about_lists_every_setting_and_marks_secrets():
 
 def test_discover_without_config():
     out = subprocess.run([TAP, "--discover"], capture_output=True, text=True, check=True).stdout
-    (entry,) = json.loads(out)["streams"]
+    entry, rejects = json.loads(out)["streams"]
+    assert rejects["tap_stream_id"] == "activity_rejects"
+    assert rejects["key_properties"] == ["export_name", "file", "line"]
     assert entry["tap_stream_id"] == "activity"
     assert entry["key_properties"] == ["_id"]
     assert entry["replication_key"] == "time"

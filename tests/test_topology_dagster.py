@@ -284,3 +284,36 @@ def test_a_run_failing_over_refused_events_names_them(tmp_path):
     assert description.startswith("meltano run cordial-activity-to-lytics exited 1; target-lytics")
     assert "cordial_activity_rejects" in description
     assert line in description
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Bad export data in singer-activity-x.json line 7: not JSON (...) (`max_bad_records` is 0: "
+        "a bad record fails the run; set it to N to set up to N bad records per run aside in the "
+        "`activity_rejects` stream)",
+        "Bad export data in singer-activity-x.json line 9: not JSON (...). That is bad record 3 of "
+        "this run, over `max_bad_records` (2): the run fails and no STATE moves past the window",
+    ],
+)
+def test_a_run_failing_over_a_bad_record_names_the_tap_setting(tmp_path, line):
+    """The failure (and so the alert) quotes the tap's line about bad records."""
+    definitions = _load_definitions()
+    fake = tmp_path / "meltano"
+    output = tmp_path / "output.txt"
+    output.write_text(
+        "tap-cordial-activity | Set aside a bad record (1 of at most 2 this run, "
+        "`max_bad_records`) in `activity_rejects`: ...\n"
+        f"tap-cordial-activity | {line}\n"
+    )
+    fake.write_text(f"#!/bin/sh\ncat '{output}'\nexit 1\n")
+    fake.chmod(0o755)
+    project = definitions.MeltanoProject(project_root=str(tmp_path), executable=str(fake))
+    with pytest.raises(Failure) as failure:
+        project.run_job(build_op_context(), "cordial-activity-to-lytics")
+    description = failure.value.description or ""
+    assert description.startswith(
+        "meltano run cordial-activity-to-lytics exited 1; tap-cordial-activity: a bad record"
+    )
+    assert "activity_rejects" in description
+    assert description.endswith(line)

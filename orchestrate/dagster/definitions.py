@@ -103,17 +103,29 @@ class MeltanoProject(ConfigurableResource):
 # target-lytics' error names this setting whenever a run fails over events Lytics refused or could
 # not take (too many to set aside into `<stream>_rejects`, or none allowed).
 TARGET_REJECTS_SETTING = "max_rejected_records"
+# tap-cordial-activity's error says one of these whenever a run fails over a bad record in an
+# export (none allowed, or one more than may be set aside into `activity_rejects`); its warnings
+# about records set aside name the setting too, so they are not matched.
+TAP_REJECTS_ERRORS = ("`max_bad_records` is 0", "over `max_bad_records`")
 
 
 def _set_aside_clause(tail: "deque[str]") -> str:
-    """The target's line about refused or set-aside events, for the failure and its alert."""
+    """The plugins' lines about bad or refused records, for the failure and its alert."""
+    clause = ""
+    tap_lines = [line for line in tail if any(error in line for error in TAP_REJECTS_ERRORS)]
+    if tap_lines:
+        clause += (
+            "; tap-cordial-activity: a bad record in an export (set-aside ones are in the "
+            "activity_rejects stream, in Lytics cordial_activity_rejects): "
+            f"{tap_lines[-1].strip()}"
+        )
     lines = [line for line in tail if TARGET_REJECTS_SETTING in line]
-    if not lines:
-        return ""
-    return (
-        "; target-lytics: Lytics refused events (set-aside events are in the Lytics stream "
-        f"<stream>_rejects, e.g. cordial_activity_rejects): {lines[-1].strip()}"
-    )
+    if lines:
+        clause += (
+            "; target-lytics: Lytics refused events (set-aside events are in the Lytics stream "
+            f"<stream>_rejects, e.g. cordial_activity_rejects): {lines[-1].strip()}"
+        )
+    return clause
 
 
 def _step_failures(context: RunFailureSensorContext) -> list[str]:

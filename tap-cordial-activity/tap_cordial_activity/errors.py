@@ -59,6 +59,10 @@ class ExportDataError(Exception):
         self.problem = problem
 
 
+class BadRecordLimitError(ExportDataError):
+    """A bad record past ``max_bad_records``: the run fails (never retried by a re-read)."""
+
+
 class ExportCountError(Exception):
     """A window's files hold fewer records than Cordial reports for its export job."""
 

@@ -19,6 +19,7 @@ from typing import Any
 from tap_cordial_activity.client import CordialClient, reported_count
 from tap_cordial_activity.destinations import destination_of
 from tap_cordial_activity.errors import (
+    BadRecordLimitError,
     CordialError,
     ExportCountError,
     ExportDataError,
@@ -27,11 +28,14 @@ from tap_cordial_activity.errors import (
 from tap_cordial_activity.export_store import ExportStore
 from tap_cordial_activity.formats import FORMATS
 from tap_cordial_activity.progress import ReadProgress
-from tap_cordial_activity.records import read_records
+from tap_cordial_activity.records import BadRecord, read_records
 from tap_cordial_activity.schema import KNOWN_FIELDS
 from tap_cordial_activity.settings import integer, number, setting
 from tap_cordial_activity.timeutil import to_cordial, to_rfc3339
 from tap_cordial_activity.windows import Window, file_set
+
+#: An ``activity_rejects`` record keeps at most this much of the bad line (``raw_truncated``).
+MAX_RAW_BYTES = 64 << 10
 
 _SPLIT_INDEX = re.compile(r"-(\d+)\.")
 
@@ -179,6 +183,10 @@ class ExportRunner:
             )
         #: Export jobs this runner created.
         self.jobs_created = 0
+        #: ``max_bad_records``: bad records this run may set aside (the stream sets 0 when
+        #: ``activity_rejects`` is not selected); :attr:`rejected` counts them.
+        self.max_bad_records = integer(config, "max_bad_records")
+        self.rejected = 0
         #: Size of each export file at its last listing.
         self.sizes: dict[str, int] = {}
         self._warned_fields: set[str] = set()
@@ -314,6 +322,8 @@ class ExportRunner:
             window.resume, window.job_id, window.job, window.reported = None, "", None, None
             window.boundary_ids.clear()
             window.records_read = window.read = window.outside = window.duplicates = 0
+            self.rejected -= window.rejected
+            window.rejected, window.rejects = 0, []
             yield from self.window_records(window)
             return
         window.replayed = min(replay, window.read)
@@ -333,6 +343,8 @@ class ExportRunner:
         problem: ExportDataError | None = None
         try:
             yield from self._read_files(window, window.files, replay)
+        except BadRecordLimitError:
+            raise
         except ExportDataError as exc:
             if window.reported is None or window.read >= window.reported:
                 raise
@@ -351,6 +363,8 @@ class ExportRunner:
                 window.files, problem = files, None
                 try:
                     yield from self._read_files(window, files, window.read)
+                except BadRecordLimitError:
+                    raise
                 except ExportDataError as exc:
                     problem = exc
         self._reconcile(window, problem)
@@ -420,13 +434,25 @@ class ExportRunner:
                 remote = self.store.open(file_name)
                 progress.file = remote
                 try:
-                    for record, moment, _line in read_records(remote, file_name, export_format):
+                    for parsed, moment, line in read_records(
+                        remote, file_name, export_format, bad_records=True
+                    ):
                         read += 1
                         if not read & 1023:
                             progress.maybe_log(read)
                         if moment < start or moment > end:
+                            # A bad record's moment is before every window (BAD_MOMENT).
+                            if isinstance(parsed, BadRecord):
+                                # Set aside (counted as read), unless a resumed run did already.
+                                if read > replay:
+                                    # Not read if it fails the run: a re-read meets it again.
+                                    read -= 1
+                                    self._set_aside(window, file_name, line, parsed)
+                                    read += 1
+                                continue
                             window.outside += read > replay
                             continue
+                        record: dict[str, Any] = parsed  # type: ignore[assignment]
                         if skips(record.get("action")):
                             if read > replay:
                                 window.skipped_actions[str(record.get("action"))] += 1
@@ -460,6 +486,42 @@ class ExportRunner:
                 )
         finally:
             window.read = read
+
+    def _set_aside(self, window: Window, file_name: str, line: int, bad: BadRecord) -> None:
+        """Note a bad record for ``activity_rejects``; raise when ``max_bad_records`` is reached.
+
+        With ``max_bad_records`` 0 the :class:`ExportDataError` is raised as before the setting
+        existed (the caller does not count the line as read, so a re-read meets it again).
+        """
+        limit = self.max_bad_records
+        if limit == 0:
+            raise ExportDataError(
+                file_name, line, f"{bad.problem} (`max_bad_records` is 0: a bad record fails "
+                "the run; set it to N to set up to N bad records per run aside in the "
+                "`activity_rejects` stream)",
+            )
+        if self.rejected >= limit:
+            raise BadRecordLimitError(
+                file_name, line, f"{bad.problem}. That is bad record {self.rejected + 1} of this "
+                f"run, over `max_bad_records` ({limit}): the run fails and no STATE moves past "
+                f"the window {to_rfc3339(window.start)} .. {to_rfc3339(window.end)}",
+            )
+        self.rejected += 1
+        window.rejected += 1
+        raw: bytes = bad.raw.rstrip(b"\r\n")
+        window.rejects.append({
+            "export_name": window.export, "file": file_name, "line": line,
+            "error": bad.problem, "raw": raw[:MAX_RAW_BYTES].decode("utf-8", errors="replace"),
+            "raw_bytes": len(raw), "raw_truncated": len(raw) > MAX_RAW_BYTES,
+            "job_id": window.job_id, "window_start": to_rfc3339(window.start),
+            "window_end": to_rfc3339(window.end),
+            "rejected_at": to_rfc3339(datetime.datetime.now(datetime.UTC).replace(microsecond=0)),
+        })
+        self.logger.warning(
+            "Set aside a bad record (%d of at most %d this run, `max_bad_records`) in "
+            "`activity_rejects`: %s line %d: %s", self.rejected, limit, file_name, line,
+            bad.problem,
+        )
 
     def delete_confirmed_files(
         self, read_files: Iterable[Any], reason: str = "its window was delivered"

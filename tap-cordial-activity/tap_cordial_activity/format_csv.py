@@ -10,7 +10,7 @@ import orjson
 
 from tap_cordial_activity.errors import ExportDataError
 from tap_cordial_activity.file_chunks import iter_lines
-from tap_cordial_activity.normalize import Parsed, normalize
+from tap_cordial_activity.normalize import Parsed, bad, normalize
 
 #: CSV columns whose text is JSON (an object or a list) in the JSON export.
 JSON_COLUMNS = frozenset({"properties", "sp", "d", "mTags"})
@@ -33,9 +33,20 @@ def _csv_value(column: str, value: str, file_name: str, line: int) -> Any:
 
 
 def read_csv(lines: Iterator[bytes], file_name: str) -> Iterator[Parsed]:
-    """Records of a CSV stream with a header line; empty values are left out."""
-    text_lines = (line.decode("utf-8") + "\n" for line in lines)
-    reader = csv.reader(text_lines)
+    """Records of a CSV stream with a header line; empty values are left out.
+
+    A row that cannot be a record (wrong width, bad JSON column, no ``_id``/``time``) is a
+    :class:`~tap_cordial_activity.normalize.BadRecord` with the row's raw lines.
+    """
+    # The raw lines of the row being read (a quoted value may span lines).
+    taken: list[bytes] = []
+
+    def text_lines() -> Iterator[str]:
+        for line in lines:
+            taken.append(line)
+            yield line.decode("utf-8", errors="replace") + "\n"
+
+    reader = csv.reader(text_lines())
     try:
         header = next(reader)
     except StopIteration:
@@ -45,26 +56,33 @@ def read_csv(lines: Iterator[bytes], file_name: str) -> Iterator[Parsed]:
     header = [name.strip().lstrip("\ufeff") for name in header]
     width = len(header)
     while True:
+        taken.clear()
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            raise ExportDataError(file_name, reader.line_num, f"bad CSV ({exc})") from exc
+            error = ExportDataError(file_name, reader.line_num, f"bad CSV ({exc})")
+            yield bad(error, b"\n".join(taken), reader.line_num)
+            continue
         line_no = reader.line_num
         if not row:
             continue
-        if len(row) != width:
-            raise ExportDataError(
-                file_name, line_no, f"{len(row)} columns where the header has {width}"
-            )
-        record = {
-            column: _csv_value(column, value, file_name, line_no)
-            for column, value in zip(header, row, strict=True)
-            if value != ""
-        }
-        yield record, normalize(record, file_name, line_no), line_no
-
+        try:
+            if len(row) != width:
+                raise ExportDataError(
+                    file_name, line_no, f"{len(row)} columns where the header has {width}"
+                )
+            record = {
+                column: _csv_value(column, value, file_name, line_no)
+                for column, value in zip(header, row, strict=True)
+                if value != ""
+            }
+            moment = normalize(record, file_name, line_no)
+        except ExportDataError as exc:
+            yield bad(exc, b"\n".join(taken), line_no)
+            continue
+        yield record, moment, line_no
 
 
 def read_csv_file(chunks: Iterator[bytes], file_name: str) -> Iterator[Parsed]:

@@ -15,6 +15,7 @@ from tap_cordial_activity.file_chunks import prepend
 from tap_cordial_activity.normalize import (
     TIMESTAMP_CACHE,
     Parsed,
+    bad,
     first_flag,
     normalize,
     time_field,
@@ -35,7 +36,10 @@ def read_jsonl(chunks: Iterator[bytes], file_name: str) -> Iterator[Parsed]:
     line_no = 0
     rest = b""
     # The closing newline ends a last line that has none.
-    for chunk in itertools.chain(chunks, (b"\n",)):
+    final = False
+    for next_chunk in itertools.chain(chunks, (None,)):
+        # The closing newline ends a last line that has none.
+        chunk, final = (b"\n", True) if next_chunk is None else (next_chunk, False)
         cut = chunk.rfind(b"\n") + 1
         if not cut:
             rest += chunk  # a line longer than the chunks so far
@@ -51,27 +55,40 @@ def read_jsonl(chunks: Iterator[bytes], file_name: str) -> Iterator[Parsed]:
             except orjson.JSONDecodeError as exc:
                 if not line.strip():
                     continue
-                raise ExportDataError(file_name, line_no, f"not JSON ({exc})") from exc
-            if record.__class__ is not dict:
-                raise ExportDataError(file_name, line_no, "a JSON value that is not an object")
-            raw_time = record.get("time")
-            hit = cached(raw_time) if raw_time.__class__ is str else None
-            if hit is None or not record.get("_id"):
-                yield record, normalize(record, file_name, line_no), line_no
+                error = ExportDataError(file_name, line_no, f"not JSON ({exc})")
+                if final:
+                    # A last line without its newline is a cut file (still being written, or
+                    # truncated), never a bad record to set aside.
+                    raise error from exc
+                yield bad(error, line, line_no)
                 continue
-            record["time"] = hit[0]
-            sent = record.get("message_sent")
-            if sent is not None:
-                sent_hit = cached(sent) if sent.__class__ is str else None
-                if sent_hit is not None:
-                    record["message_sent"] = sent_hit[0]
-                elif sent == "":
-                    del record["message_sent"]
-                else:
-                    record["message_sent"] = time_field(sent, "message_sent", file_name, line_no)[0]
-            first = record.get("first")
-            if first is not None and first.__class__ is not bool:
-                record["first"] = first_flag(first, file_name, line_no)
+            if record.__class__ is not dict:
+                yield bad(ExportDataError(
+                    file_name, line_no, "a JSON value that is not an object"), line, line_no)
+                continue
+            try:
+                raw_time = record.get("time")
+                hit = cached(raw_time) if raw_time.__class__ is str else None
+                if hit is None or not record.get("_id"):
+                    yield record, normalize(record, file_name, line_no), line_no
+                    continue
+                record["time"] = hit[0]
+                sent = record.get("message_sent")
+                if sent is not None:
+                    sent_hit = cached(sent) if sent.__class__ is str else None
+                    if sent_hit is not None:
+                        record["message_sent"] = sent_hit[0]
+                    elif sent == "":
+                        del record["message_sent"]
+                    else:
+                        record["message_sent"] = time_field(
+                            sent, "message_sent", file_name, line_no)[0]
+                first = record.get("first")
+                if first is not None and first.__class__ is not bool:
+                    record["first"] = first_flag(first, file_name, line_no)
+            except ExportDataError as exc:
+                yield bad(exc, line, line_no)
+                continue
             yield record, hit[1], line_no
 
 
@@ -145,11 +162,19 @@ def read_json_array(chunks: Iterator[bytes], file_name: str) -> Iterator[Parsed]
                 more()
         element_line = line_no
         line_no += buffer.count("\n", pos, end)
-        pos = end
+        start, pos = pos, end
         expect_value = False
         if not isinstance(record, dict):
-            raise ExportDataError(file_name, element_line, "an array element that is not an object")
-        yield record, normalize(record, file_name, element_line), element_line
+            yield bad(ExportDataError(
+                file_name, element_line, "an array element that is not an object"
+            ), buffer[start:end].encode(), element_line)
+            continue
+        try:
+            moment = normalize(record, file_name, element_line)
+        except ExportDataError as exc:
+            yield bad(exc, buffer[start:end].encode(), element_line)
+            continue
+        yield record, moment, element_line
     skip_blank()
     if pos < len(buffer):
         raise ExportDataError(file_name, line_no, "data after the end of the JSON array")

@@ -13,8 +13,30 @@ from typing import Any
 from tap_cordial_activity.errors import ExportDataError
 
 Record = dict[str, Any]
-#: (record, event time, line number)
-Parsed = tuple[Record, datetime.datetime, int]
+#: (record, event time, line number); a record that cannot be read is a :class:`BadRecord`
+#: with the event time :data:`BAD_MOMENT`.
+Parsed = tuple["Record | BadRecord", datetime.datetime, int]
+
+
+class BadRecord:
+    """A line the format readers could not turn into a record: the problem and the raw bytes."""
+
+    __slots__ = ("problem", "raw")
+
+    def __init__(self, problem: str, raw: bytes) -> None:
+        """``problem`` as :class:`ExportDataError` words it; ``raw`` the line as read."""
+        self.problem = problem
+        self.raw = raw
+
+
+#: The event time given with a :class:`BadRecord`: before every window, so the reading loop
+#: meets it only on its "outside the window" branch (no extra test per good record).
+BAD_MOMENT = datetime.datetime.min.replace(tzinfo=datetime.UTC)
+
+
+def bad(exc: ExportDataError, raw: bytes, line: int) -> Parsed:
+    """A reader's answer for a line that raised ``exc``."""
+    return BadRecord(exc.problem, raw), BAD_MOMENT, line
 
 
 #: ``True == 1`` in Python, so the booleans also match the integers 1 and 0.

@@ -14,17 +14,41 @@ from collections.abc import Iterator
 from tap_cordial_activity.errors import ExportDataError
 from tap_cordial_activity.file_chunks import CHUNK_SIZE, BinarySource, byte_chunks, iter_lines
 from tap_cordial_activity.formats import FORMATS
-from tap_cordial_activity.normalize import Parsed, Record, normalize, normalize_timestamp, to_bool
+from tap_cordial_activity.normalize import (
+    BAD_MOMENT,
+    BadRecord,
+    Parsed,
+    Record,
+    normalize,
+    normalize_timestamp,
+    to_bool,
+)
 
 __all__ = [
-    "CHUNK_SIZE", "BinarySource", "ExportDataError", "Parsed", "Record", "byte_chunks",
-    "iter_lines", "normalize", "normalize_timestamp", "read_records", "to_bool",
+    "BAD_MOMENT", "CHUNK_SIZE", "BadRecord", "BinarySource", "ExportDataError", "Parsed",
+    "Record", "byte_chunks", "iter_lines", "normalize", "normalize_timestamp", "read_records",
+    "to_bool",
 ]
 
 
-def read_records(source: BinarySource, file_name: str, export_format: str) -> Iterator[Parsed]:
+def read_records(
+    source: BinarySource, file_name: str, export_format: str, *, bad_records: bool = False
+) -> Iterator[Parsed]:
     """Normalized records of one exported file, with their event time and line number.
 
-    ``export_format`` is a key of :data:`~tap_cordial_activity.formats.FORMATS`.
+    ``export_format`` is a key of :data:`~tap_cordial_activity.formats.FORMATS`. With
+    ``bad_records`` a line that is no record comes as a :class:`BadRecord` (event time
+    :data:`BAD_MOMENT`); without, it raises :class:`ExportDataError`.
     """
-    return FORMATS[export_format].reader(byte_chunks(source, file_name), file_name)
+    records = FORMATS[export_format].reader(byte_chunks(source, file_name), file_name)
+    return records if bad_records else _raising(records, file_name)
+
+
+def _raising(records: Iterator[Parsed], file_name: str) -> Iterator[Parsed]:
+    """``records`` with the first :class:`BadRecord` raised as :class:`ExportDataError`."""
+    for parsed in records:
+        if parsed[0].__class__ is BadRecord:
+            bad = parsed[0]
+            assert isinstance(bad, BadRecord)
+            raise ExportDataError(file_name, parsed[2], bad.problem)
+        yield parsed

@@ -40,3 +40,25 @@ SCHEMA: dict[str, Any] = {
 
 #: Top-level fields documented by Cordial (and typed in the schema).
 KNOWN_FIELDS: frozenset[str] = frozenset(SCHEMA["properties"])
+
+_STRING: dict[str, Any] = {"type": "string"}
+
+#: ``activity_rejects``: a bad record set aside (``max_bad_records``); key export_name, file, line.
+REJECTS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "export_name": _STRING,
+        "file": _STRING,
+        "line": {"type": "integer"},
+        "error": _STRING,
+        # The bad line as read (UTF-8, undecodable bytes replaced), at most 64 KB of it.
+        "raw": _STRING,
+        "raw_bytes": {"type": "integer"},
+        "raw_truncated": {"type": "boolean"},
+        "job_id": _NULLABLE_STRING,
+        "window_start": {"type": "string", "format": "date-time"},
+        "window_end": {"type": "string", "format": "date-time"},
+        "rejected_at": {"type": "string", "format": "date-time"},
+    },
+    "required": ["export_name", "file", "line", "error", "raw", "window_start", "window_end"],
+}

@@ -6,6 +6,9 @@
   ``_tap`` and ``state_manager.is_flushed`` in public methods of its own. It turns off the SDK's own
   batch sync (which would bypass the windows) and parses ``batch_config`` into the SDK's
   ``BatchConfig`` (``singer_sdk.helpers._batch``) for :mod:`tap_cordial_activity.batch_files`.
+- :class:`SideStream` (``activity_rejects``, written by ``ActivityStream``) replaces
+  ``_sync_records`` (empty) and ``_write_schema_message`` (only through ``write_schema_now``) and
+  wraps ``_write_record_message``.
 - :class:`SettingsCheckingTap` replaces ``PluginBase._validate_config`` (plugin_base.py) so that
   every settings problem is listed at once with no secret echoed, validating ``_config`` itself
   (the SDK's validator fills in defaults there); :func:`cli_config` reads ``_ConfigInput``.
@@ -31,7 +34,7 @@ paths give the same messages. Re-check this module when upgrading singer-sdk.
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -47,10 +50,13 @@ if TYPE_CHECKING:
 #: singer-sdk private names used here, checked by the test named in the module docstring.
 STREAM_PRIVATE_NAMES = (
     "_sync_records", "_write_record_message", "_write_state_message", "_abort_sync",
+    "_write_schema_message",
 )
 PLUGIN_PRIVATE_NAMES = ("_validate_config",)
 
-__all__ = ["BatchConfig", "SettingsCheckingTap", "WindowedStream", "cli_config"]
+__all__ = [
+    "BatchConfig", "SettingsCheckingTap", "SideStream", "WindowedStream", "cli_config",
+]
 
 
 class WindowedStream(Stream):
@@ -105,6 +111,52 @@ class WindowedStream(Stream):
                 " being reached."
             )
         )
+
+
+class SideStream(Stream):
+    """A stream whose records another stream writes (``activity_rejects``).
+
+    Its own sync (after the writing stream's: streams sync in name order) writes nothing (no
+    SCHEMA, no STATE); the writing stream puts out its SCHEMA (:meth:`write_schema_now`) before
+    its first record.
+    """
+
+    @property
+    @override
+    def emit_activate_version_messages(self) -> bool:
+        """Never: an ACTIVATE_VERSION at its own sync would let a target drop the records."""
+        return False
+
+    @override
+    def get_records(self, context: Context | None) -> Iterable[dict[str, Any]]:
+        """None of its own."""
+        return ()
+
+    @override
+    def _sync_records(
+        self,
+        context: Context | None = None,
+        *,
+        write_messages: bool = True,
+    ) -> Generator[dict, Any, Any]:
+        """Nothing: the records went out during the other stream's sync, before its STATE."""
+        yield from ()
+
+    @override
+    def finalize_state_progress_markers(self, state: dict | None = None) -> None:
+        """Nothing: the stream has no state, so its sync's end writes no STATE message."""
+
+    @override
+    def _write_schema_message(self) -> None:
+        """Nothing at its own sync: only :meth:`write_schema_now` writes the SCHEMA."""
+
+    def write_schema_now(self) -> None:
+        """Write the stream's SCHEMA message (stream maps applied)."""
+        Stream._write_schema_message(self)
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        """Write one record through the SDK (stream maps, type conformance, message writer)."""
+        self._write_record_message(record)
 
 
 class SettingsCheckingTap(Tap):

@@ -107,6 +107,13 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         "job: fail (no STATE past the window; the next run exports it again) or warn.",
     ),
     th.Property(
+        "max_bad_records", _INTEGER, default=0,
+        description="Bad records (a line that is not JSON, a JSON value that is not an object, "
+        "a CSV row of the wrong width, an event without a usable `_id` or `time`) set aside per "
+        "run as records of the `activity_rejects` stream; the window completes and its STATE "
+        "moves on. One more fails the run. 0: the first bad record fails the run.",
+    ),
+    th.Property(
         "short_export_wait_seconds", _NUMBER, default=30,
         description="How long to wait for a short export's files to stop growing before "
         "reading them again.",
@@ -255,6 +262,7 @@ NUMBER_MAXIMA: dict[str, int] = {
     "poll_interval_seconds": 3600,
     "job_timeout_seconds": 604_800,  # 7 days
     "limit_records_per_file": 1_000_000_000,
+    "max_bad_records": 1_000_000_000,
     "max_concurrent_prefetch_requests": 1024,
     "request_timeout_seconds": 3600,
     "max_retries": 100,
@@ -449,7 +457,7 @@ def config_problems(config: dict[str, Any]) -> list[str]:
         problems.append("`actions` must name at least one action.")
     for name in ("max_retries", "limit_records_per_file", "retry_initial_delay_seconds",
                  "retry_max_delay_seconds", "target_events_per_window", "settle_minutes",
-                 "short_export_wait_seconds"):
+                 "short_export_wait_seconds", "max_bad_records"):
         if name in numbers and numbers[name] < 0:
             problems.append(f"`{name}` must not be negative (got {numbers[name]}).")
     return problems

@@ -21,8 +21,8 @@ from tap_cordial_activity.errors import USER_ERRORS, ExportCountError, ExportDat
 from tap_cordial_activity.export import ExportRunner
 from tap_cordial_activity.export_store import ExportStore
 from tap_cordial_activity.pipeline import ExportPipeline
-from tap_cordial_activity.schema import SCHEMA
-from tap_cordial_activity.sdk_private import WindowedStream
+from tap_cordial_activity.schema import REJECTS_SCHEMA, SCHEMA
+from tap_cordial_activity.sdk_private import SideStream, WindowedStream
 from tap_cordial_activity.settings import integer, setting
 from tap_cordial_activity.timeutil import to_rfc3339
 from tap_cordial_activity.windows import (
@@ -47,7 +47,18 @@ from tap_cordial_activity.writers import (
 if TYPE_CHECKING:
     from singer_sdk.helpers.types import Context
 
-__all__ = ["SCHEMA", "ActivityStream"]
+__all__ = ["SCHEMA", "ActivityStream", "RejectsStream"]
+
+
+class RejectsStream(SideStream):
+    """``activity_rejects``: bad records set aside (``max_bad_records``).
+
+    :class:`ActivityStream` writes them, before the STATE of their window.
+    """
+
+    name = "activity_rejects"
+    primary_keys = ("export_name", "file", "line")
+    schema = REJECTS_SCHEMA
 
 
 class ActivityStream(WindowedStream):
@@ -71,6 +82,8 @@ class ActivityStream(WindowedStream):
         """Set up the per-run bookkeeping."""
         super().__init__(*args, **kwargs)
         self._run_started = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+        #: This run's ``max_bad_records`` (0 when ``activity_rejects`` is not selected).
+        self._max_bad_records = 0
 
     @override
     def log(self, message: str, *args: Any, level: int = logging.INFO, **kwargs: Any) -> None:
@@ -128,13 +141,35 @@ class ActivityStream(WindowedStream):
 
     def export_runner(self) -> ExportRunner:
         """An export runner with fresh clients (the caller closes them)."""
-        return ExportRunner(
+        runner = ExportRunner(
             self.config,
             connections.cordial_client(self.config, self.logger),
             export_store(self.config, self.logger),
             self.logger,
             checkpoint_records=self.CHECKPOINT_RECORDS,
         )
+        if runner.max_bad_records and self.rejects_stream() is None:
+            self.logger.warning(
+                "`max_bad_records` is %d, but the `activity_rejects` stream is not selected: "
+                "nothing can be set aside, so the first bad record fails the run",
+                runner.max_bad_records,
+            )
+            runner.max_bad_records = 0
+        self._max_bad_records = runner.max_bad_records
+        return runner
+
+    def rejects_stream(self) -> RejectsStream | None:
+        """The tap's ``activity_rejects`` stream when it is selected."""
+        stream = self.owning_tap.streams.get(RejectsStream.name)
+        return stream if isinstance(stream, RejectsStream) and stream.selected else None
+
+    def _write_rejects(self, window: Window) -> None:
+        """Write the window's set-aside records (before the STATE that follows them)."""
+        rejects, window.rejects = window.rejects, []
+        stream = self.rejects_stream() if rejects else None
+        for record in rejects:
+            if stream is not None:
+                stream.write_record(record)
 
     @override
     def get_records(self, context: Context | None) -> Iterable[dict[str, Any]]:
@@ -169,13 +204,20 @@ class ActivityStream(WindowedStream):
             pipeline = self.pipeline(runner, planned)
             if pipeline is None:
                 return
+            rejects = self.rejects_stream() if write_messages and runner.max_bad_records else None
+            if rejects is not None:
+                rejects.write_schema_now()
             with pipeline:
                 for window in pipeline.windows():
                     yield window, runner.window_records(window)
                     if write_messages:
                         self._finish_window(window, runner.store)
                         self._bound_pending_deletions(pipeline)
-            self.logger.info("%d export job(s) created in this run", runner.jobs_created)
+            self.logger.info(
+                "%d export job(s) created in this run%s", runner.jobs_created,
+                f"; {runner.rejected} bad record(s) set aside in `activity_rejects` "
+                f"(`max_bad_records` {runner.max_bad_records})" if runner.max_bad_records else "",
+            )
         finally:
             runner.store.close()
             runner.client.close()
@@ -197,11 +239,13 @@ class ActivityStream(WindowedStream):
         Every record consumed before the checkpoint must already be written: a later run
         resuming from it skips that many records of the same export files.
         """
+        self._write_rejects(window)
         self.stream_state["progress"] = progress_of(window)
         self.write_state_now()
 
     def _finish_window(self, window: Window, store: ExportStore) -> None:
         """Move the bookmark to the window's end, emit STATE, and account for the window."""
+        self._write_rejects(window)
         state = self.stream_state
         state["replication_key"] = self.replication_key
         state["replication_key_value"] = to_rfc3339(window.end)
@@ -272,15 +316,19 @@ class ActivityStream(WindowedStream):
         self.logger.info(
             "Window %s .. %s done (job %s): Cordial reported %s, read %d, emitted %d, skipped "
             "%d outside the window and %d already delivered; skipped %d of actions not "
-            "selected%s", to_rfc3339(window.start), to_rfc3339(window.end), window.job_id or "-",
-            reported, window.read, window.emitted, window.outside, delivered,
+            "selected%s%s", to_rfc3339(window.start), to_rfc3339(window.end),
+            window.job_id or "-", reported, window.read, window.emitted, window.outside, delivered,
             skipped.total(),
             f" ({', '.join(f'{a} {n}' for a, n in sorted(skipped.items()))})" if skipped else "",
+            f"; set aside {window.rejected} bad record(s) in `activity_rejects`"
+            if window.rejected else "",
         )
         counts = {
             "cordial_reported": window.reported, "read": window.read, "emitted": window.emitted,
             "skipped_outside": window.outside, "skipped_delivered": delivered,
             "skipped_action": skipped.total(),
+            # Only with a limit: at 0 the METRIC lines are as before the setting existed.
+            "rejected": window.rejected if self._max_bad_records else None,
         }
         for count, value in counts.items():
             if value is None:

@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import click
+from singer_sdk import Stream
 from singer_sdk.contrib.msgspec import MsgSpecWriter
 from singer_sdk.tap_base import CliTestOptionValue
 from typing_extensions import override
@@ -24,7 +25,7 @@ from tap_cordial_activity.settings import (
     schema_error,
     strip_secrets,
 )
-from tap_cordial_activity.streams import ActivityStream
+from tap_cordial_activity.streams import ActivityStream, RejectsStream
 from tap_cordial_activity.windows import check_state_text
 
 __all__ = ["TapCordialActivity", "config_problems"]
@@ -55,9 +56,9 @@ class TapCordialActivity(SettingsCheckingTap):
         return config_problems(config)
 
     @override
-    def discover_streams(self) -> list[ActivityStream]:
-        """The one stream, ``activity``."""
-        return [ActivityStream(tap=self)]
+    def discover_streams(self) -> list[Stream]:
+        """``activity``, and ``activity_rejects`` (bad records set aside, ``max_bad_records``)."""
+        return [ActivityStream(tap=self), RejectsStream(tap=self)]
 
     @override
     @classmethod

@@ -50,6 +50,10 @@ class Window:
     read: int = 0
     #: Records the interrupted run already emitted, read again only for ``boundary_ids``.
     replayed: int = 0
+    #: Bad records set aside in this run (``max_bad_records``), counted in ``read``.
+    rejected: int = 0
+    #: ``activity_rejects`` records not yet written (written before the next STATE).
+    rejects: list[dict[str, Any]] = field(default_factory=list)
 
 
 class SyncRange(NamedTuple):
