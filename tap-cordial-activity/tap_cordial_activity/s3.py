@@ -21,7 +21,7 @@ from typing import Any
 from tap_cordial_activity.errors import S3Error, StoreError
 from tap_cordial_activity.export_store import CHECK_RETRIES, CHECK_TIMEOUT_SECONDS
 from tap_cordial_activity.retries import Retriable, RetryPolicy
-from tap_cordial_activity.settings import DEFAULTS, number
+from tap_cordial_activity.settings import number
 
 #: Bytes asked for per ranged GET: few requests per file, each streamed in 1 MB reads.
 RANGE_BYTES = 8 << 20
@@ -63,10 +63,8 @@ class S3Settings:
     secret_access_key: str | None = None
     timeout_seconds: float = 60.0
     retry: RetryPolicy = field(
-        default_factory=lambda: RetryPolicy(
-            DEFAULTS["max_retries"], DEFAULTS["retry_initial_delay_seconds"],
-            DEFAULTS["retry_max_delay_seconds"],
-        )
+        # The settings' defaults, read the one way the tap reads the retry settings.
+        default_factory=lambda: RetryPolicy.from_config({})
     )
 
     @property
