@@ -250,6 +250,8 @@ class _Server(ThreadingHTTPServer):
         self.owner = owner
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
+        #: Set by close_connections: a handler thread that starts after it closes its own.
+        self._closing = False
         super().__init__(("127.0.0.1", 0), _Handler)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -261,14 +263,21 @@ class _Server(ThreadingHTTPServer):
 
     def track(self, conn: socket.socket, *, add: bool) -> None:
         with self._conns_lock:
-            if add:
-                self._conns.add(conn)
-            else:
+            if not add:
                 self._conns.discard(conn)
+                return
+            if not self._closing:
+                self._conns.add(conn)
+                return
+        # Accepted just before stop() and set up after it: left open, its thread would idle
+        # for the keep-alive timeout (120 s) while stop() joins it.
+        with contextlib.suppress(OSError):
+            conn.shutdown(socket.SHUT_RDWR)
 
     def close_connections(self) -> None:
         """Shut every live connection down, which ends idle keep-alive handler threads."""
         with self._conns_lock:
+            self._closing = True
             conns = list(self._conns)
         for conn in conns:
             with contextlib.suppress(OSError):
