@@ -232,17 +232,21 @@ class Bench:
         if impl in ("ours", OURS_BATCH):
             tap, target = TAP, TARGET
             tap_config = self.sb.tap_config(stock=False)
+            target_config = self.sb.target_config()
             if impl == OURS_BATCH:
+                root = (self.work / "batches").as_uri()
                 tap_config["batch_config"] = {
                     "encoding": {"format": "jsonl", "compression": "none"},
-                    "storage": {"root": (self.work / "batches").as_uri()},
+                    "storage": {"root": root},
                 }
+                # The target reads BATCH files only under the roots it is given.
+                target_config["batch_file_roots"] = [root]
             settings = {
                 **self.sb.meltano_env(
                     "TAP_CORDIAL_ACTIVITY", _meltano_settings(project, TAP, tap_config)
                 ),
                 **self.sb.meltano_env(
-                    "TARGET_LYTICS", _meltano_settings(project, TARGET, self.sb.target_config())
+                    "TARGET_LYTICS", _meltano_settings(project, TARGET, target_config)
                 ),
             }
             roles = {

@@ -1,12 +1,13 @@
 """Cordial API stand-in: health, contact activity exports written to SFTP or S3, and jobs.
 
-Faithful to ../shared/reference/cordial-api.md: HTTP Basic auth with the API key as the user name
-(401 ``{"error": "Access Denied: Authentication Failure"}``), export validation (406 for the export
-configuration, 400 for the destination, 415 for a wrong content type), jobs that move
-Pending -> Processing -> Done (or Failed, or never finish) over a configurable work time, answer
-``Throttled`` while too many others run, 404 ``RECORD_NOT_FOUND`` for an unknown job, and 429 with
-``Retry-After`` and ``X-Rate-Limit-*`` above a configurable request or export-creation rate. Events
-may be recorded late (see :data:`RECORDING_DELAY_KEY`), and files may be partial on purpose.
+Faithful to Cordial's published v2 definitions and docs (docs/design.md names them): HTTP Basic auth
+with the API key as the user name (401 ``{"error": "Access Denied: Authentication Failure"}``),
+export validation (406 for the export configuration, 400 for the destination, 415 for a wrong
+content type), jobs that move Pending -> Processing -> Done (or Failed, or never finish) over a
+configurable work time, answer ``Throttled`` while too many others run, 404 ``RECORD_NOT_FOUND`` for
+an unknown job, and 429 with ``Retry-After`` and ``X-Rate-Limit-*`` above a configurable request or
+export-creation rate. Events may be recorded late (see :data:`RECORDING_DELAY_KEY`), and files may
+be partial on purpose.
 
 This module is the HTTP API; the event store is :mod:`sandbox.cordial_events`, the jobs and their
 options :mod:`sandbox.cordial_jobs`, the request checks :mod:`sandbox.cordial_requests` and the

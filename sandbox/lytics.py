@@ -1,14 +1,14 @@
 """Lytics API stand-in: ``POST /collect/json/{stream}``, the v2 user schema and user profiles.
 
-Faithful to ../shared/reference/lytics-api.md: the raw token in ``Authorization`` (401
-otherwise), a JSON object or array body, ``dryrun`` (validate, store nothing), ``timestamp_field``
-recorded, 413 above 10,000,000 bytes, events holding an array of objects, events of an array body
-over ``max_event_bytes_in_batch`` (Lytics' limits page: "16 KB per record inside a batch"; default
-16,384, the generous reading of KB) and events matching ``refuse_where`` (``{"field": F, "equals":
-V}``: Lytics refusing for a reason it does not state) refused and counted in ``rejected_count``, in
-real and dry-run requests alike (a dry run stores nothing), answers in Lytics' envelope
-``{"status", "message", "data"}``. Errors come in
-the published ``models.ApiErrorResponse`` shape ``{"errors": [{"code", "level", "message",
+Faithful to Lytics' published definitions and docs (docs/design.md names them): the raw token in
+``Authorization`` (401 otherwise), a JSON object or array body, ``dryrun`` (validate, store
+nothing), ``timestamp_field`` recorded, 413 above 10,000,000 bytes, events holding an array of
+objects, events of an array body over ``max_event_bytes_in_batch`` (Lytics' limits page: "16 KB per
+record inside a batch"; default 16,384, the generous reading of KB) and events matching
+``refuse_where`` (``{"field": F, "equals": V}``: Lytics refusing for a reason it does not state)
+refused and counted in ``rejected_count``, in real and dry-run requests alike (a dry run stores
+nothing), answers in Lytics' envelope ``{"status", "message", "data"}``. Errors come in the
+published ``models.ApiErrorResponse`` shape ``{"errors": [{"code", "level", "message",
 "timestamp"}], "request_id", "status"}`` (``openapi/lytics-schema-api-openapi.yml`` in
 ``api-evangelist/lytics``), or with ``error_shape="message"`` in the older documented shape
 ``{"status", "message", "request_id"}``.

@@ -1,6 +1,6 @@
 """The Lytics stand-in's v2 Schema API (table ``user``), account setting and patches.
 
-Follows ../shared/reference/lytics-api.md, "From stream fields to user fields". Writes go to a
+Follows Lytics' docs on stream fields becoming user fields (docs/design.md). Writes go to a
 draft; ``GET`` of fields and mappings shows the draft (what the account holds, published or not),
 ``GET /v2/schema/user/compare`` what the draft changes, and ``POST /v2/schema/user/publish`` makes
 it the published schema, which alone builds profiles. Accounts with ``enable_schema_patches`` refuse

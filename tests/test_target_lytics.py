@@ -510,7 +510,7 @@ def test_states_within_the_interval_are_coalesced_and_the_last_is_written(lytics
 
 
 class CheckpointEveryStateTarget(TargetLytics):
-    """Sends the partial body at every STATE (the default waits while one is in flight, up to 1 s)."""
+    """Sends the partial body at every STATE (the default waits while one is in flight, to 1 s)."""
 
     STATE_CHECKPOINT_SECONDS = 0.0
 

@@ -233,6 +233,11 @@ class ActivityStream(WindowedStream):
             and all(self.mask.values())
         )
 
+    def _stop_at_limit(self, window: Window, limit: int) -> None:
+        """End a dry run at its record limit, with the bad records set aside before it."""
+        self._write_rejects(window)
+        self.abort_at_limit(limit)
+
     def _checkpoint(self, window: Window) -> None:
         """Emit STATE with the unchanged bookmark plus how far into ``window`` the run got.
 
@@ -406,7 +411,8 @@ class ActivityStream(WindowedStream):
                 try:
                     total = yield from write_window(
                         writer, records, checkpoint=checkpoint, total=total,
-                        limit=self.ABORT_AT_RECORD_COUNT, stop_at_limit=self.abort_at_limit,
+                        limit=self.ABORT_AT_RECORD_COUNT,
+                        stop_at_limit=partial(self._stop_at_limit, window),
                     )
                 except (ExportDataError, ExportCountError):
                     # The files are bad: a later run exports the window again rather than
