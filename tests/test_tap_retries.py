@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tap_cordial_activity.retries import Retriable, RetryPolicy, spaced_out
+from tap_cordial_activity.retries import RetryPolicy, Transient, parse_retry_after, spaced_out
 
 
 def test_policy_from_config_uses_the_three_settings_and_their_defaults():
@@ -14,15 +14,24 @@ def test_policy_from_config_uses_the_three_settings_and_their_defaults():
     assert default.max_retries == 8  # the settings schema's default
 
 
-def test_waits_are_full_jitter_under_a_doubling_cap_and_retry_after_replaces_them():
+def test_waits_are_full_jitter_under_a_doubling_cap_and_at_least_the_retry_after():
     policy = RetryPolicy(max_retries=9, initial_delay_seconds=1.0, max_delay_seconds=5.0)
     waits = policy.waits()
     waits.send(None)
-    delays = [waits.send(Retriable("HTTP 503")) for _ in range(200)]
+    delays = [waits.send(Transient("HTTP 503")) for _ in range(200)]
     ceilings = [min(5.0, 2.0 ** n) for n in range(200)]
     assert all(0 <= d <= c for d, c in zip(delays, ceilings, strict=True))
     assert max(delays[4:]) > 2.5  # past the doubling the cap (5 s) is reached, jittered below it
-    assert waits.send(Retriable("HTTP 429", retry_after=7.0)) == 7.0
+    assert waits.send(Transient("HTTP 429", retry_after=7.0)) == 7.0
+    assert waits.send(Transient("HTTP 429", retry_after=86400.0)) == policy.max_retry_after_seconds
+
+
+def test_retry_after_in_seconds_or_as_an_http_date():
+    assert parse_retry_after(" 12 ") == 12.0
+    assert parse_retry_after("-3") == 0.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now=1445412480.0) == 30.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
 
 
 def test_call_retries_retriable_failures_then_gives_up_with_the_attempt_count():
@@ -32,15 +41,15 @@ def test_call_retries_retriable_failures_then_gives_up_with_the_attempt_count():
 
     def failing() -> None:
         calls.append(1)
-        raise Retriable("HTTP 500")
+        raise Transient("HTTP 500")
 
-    with pytest.raises(Retriable) as caught:
+    with pytest.raises(Transient) as caught:
         policy.call(failing, on_retry=lambda failure, retry, delay: seen.append((retry, delay)))
     assert len(calls) == 3
     assert caught.value.attempts == 3
     assert [retry for retry, _ in seen] == [1, 2]
 
-    answers = iter([Retriable("reset"), "ok"])
+    answers = iter([Transient("reset"), "ok"])
 
     def flaky() -> str:
         answer = next(answers)

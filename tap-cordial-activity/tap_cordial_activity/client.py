@@ -10,7 +10,7 @@ from typing import Any
 import requests
 
 from tap_cordial_activity.errors import CordialError
-from tap_cordial_activity.retries import Retriable, RetryPolicy, retry_after_seconds
+from tap_cordial_activity.retries import RetryPolicy, Transient, parse_retry_after
 
 __all__ = ["CordialClient", "CordialError", "RetryPolicy"]
 
@@ -42,7 +42,7 @@ def cordial_message(response: requests.Response) -> str:
     return str(body)[:500]
 
 
-class RetriableAnswer(Retriable):
+class TransientAnswer(Transient):
     """A 429 or 5xx answer: repeated, and described from ``response`` once retries run out."""
 
     def __init__(self, response: requests.Response, *, retry_after: float | None) -> None:
@@ -110,7 +110,7 @@ class CordialClient:
                     method, url, json=json_body, timeout=self.timeout_seconds
                 )
             except (requests.ConnectionError, requests.Timeout) as exc:
-                raise Retriable(type(exc).__name__) from exc
+                raise Transient(type(exc).__name__) from exc
             status = response.status_code
             if status < 400:
                 try:
@@ -124,25 +124,25 @@ class CordialClient:
                     ) from exc
             if status == 429 or status >= 500:
                 # Cordial says when to come back (429); the backoff covers a missing header.
-                after = retry_after_seconds(response.headers.get("Retry-After"))
-                raise RetriableAnswer(
+                after = parse_retry_after(response.headers.get("Retry-After"))
+                raise TransientAnswer(
                     response, retry_after=after if status == 429 and after else None
                 )
             raise self._error(status, method, url, what, job, cordial_message(response), job_id)
 
-        def warn(failure: Retriable, retry: int, delay: float) -> None:
+        def warn(failure: Transient, retry: int, delay: float) -> None:
             self.logger.warning(
                 "Cordial %s %s: %s; retry %d/%d in %.1fs",
-                method, path, failure.reason, retry, self.retry.max_retries, delay,
+                method, path, failure.problem, retry, self.retry.max_retries, delay,
             )
 
         try:
             return self.retry.call(attempt, on_retry=warn)
-        except Retriable as failure:
-            if not isinstance(failure, RetriableAnswer):
+        except Transient as failure:
+            if not isinstance(failure, TransientAnswer):
                 raise CordialError(
                     f"Cordial API unreachable while {what}{job}: {method} {url} failed "
-                    f"{failure.attempts} times, last with {failure.reason}.",
+                    f"{failure.attempts} times, last with {failure.problem}.",
                     job_id=job_id,
                 ) from failure.__cause__
             response = failure.response

@@ -1,8 +1,9 @@
 """RetryPolicy: one retry mechanism (``backoff``) for every call the tap repeats.
 
 Exponential backoff with full jitter, configured from ``max_retries``,
-``retry_initial_delay_seconds`` and ``retry_max_delay_seconds``; a server's ``Retry-After``
-(RFC 9110 section 10.2.3: seconds or an HTTP date) replaces the jittered delay when given.
+``retry_initial_delay_seconds`` and ``retry_max_delay_seconds`` (the target's names and
+meaning): a server's ``Retry-After`` (RFC 9110 section 10.2.3: seconds or an HTTP date) makes the
+wait at least that long, capped at ``max_retry_after_seconds``.
 """
 
 from __future__ import annotations
@@ -17,27 +18,28 @@ import backoff
 
 from tap_cordial_activity.settings import integer, number
 
-__all__ = ["Retriable", "RetryPolicy", "retry_after_seconds", "spaced_out"]
+__all__ = ["RetryPolicy", "Transient", "parse_retry_after", "spaced_out"]
 
 T = TypeVar("T")
 
 
-class Retriable(Exception):  # noqa: N818 (a signal to the policy, not an error shown to users)
+class Transient(Exception):  # noqa: N818 (a signal to the policy, not an error shown to users)
     """A failed attempt worth repeating; ``retry_after`` is the server's wait in seconds."""
 
-    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, problem: str, *, retry_after: float | None = None) -> None:
         """Keep what failed and how long the server asked to wait."""
-        super().__init__(reason)
-        self.reason = reason
+        super().__init__(problem)
+        self.problem = problem
         self.retry_after = retry_after
         #: How many attempts were made in all, set when the policy gives up.
         self.attempts = 0
 
 
-def retry_after_seconds(value: str | None) -> float | None:
-    """``Retry-After`` as seconds: a number or an HTTP date; ``None`` when absent or unreadable."""
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
     if not value:
         return None
+    value = value.strip()
     try:
         return max(0.0, float(value))
     except ValueError:
@@ -46,7 +48,8 @@ def retry_after_seconds(value: str | None) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class RetryPolicy:
     max_retries: int
     initial_delay_seconds: float
     max_delay_seconds: float
+    #: Retry-After values above this are capped, so a bad header cannot stall the run for hours.
+    max_retry_after_seconds: float = 300.0
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> RetryPolicy:
@@ -67,10 +72,10 @@ class RetryPolicy:
         )
 
     def waits(self) -> Generator[float, Any, None]:
-        """``backoff`` wait generator: full-jitter delays, or the failure's ``Retry-After``.
+        """``backoff`` wait generator: full-jitter delays, longer when ``Retry-After`` asks.
 
-        ``backoff`` sends each failure in; a :class:`Retriable` with ``retry_after`` is waited
-        for as the server asked, the backoff only covers a missing header.
+        ``backoff`` sends each failure in; a :class:`Transient` with ``retry_after`` is waited
+        for at least as long as the server asked (capped, so a bad header cannot stall the run).
         """
         ceilings = backoff.expo(base=2, factor=self.initial_delay_seconds,
                                 max_value=self.max_delay_seconds)
@@ -78,19 +83,19 @@ class RetryPolicy:
         failure = yield 0.0
         while True:
             delay = backoff.full_jitter(min(next(ceilings), self.max_delay_seconds))
-            if isinstance(failure, Retriable) and failure.retry_after is not None:
-                delay = failure.retry_after
+            if isinstance(failure, Transient) and failure.retry_after is not None:
+                delay = max(delay, min(failure.retry_after, self.max_retry_after_seconds))
             failure = yield delay
 
     def call(
         self,
         attempt: Callable[[], T],
         *,
-        on_retry: Callable[[Retriable, int, float], None] | None = None,
+        on_retry: Callable[[Transient, int, float], None] | None = None,
     ) -> T:
-        """Call ``attempt`` until it returns or raises anything but :class:`Retriable`.
+        """Call ``attempt`` until it returns or raises anything but :class:`Transient`.
 
-        After ``max_retries`` repeats the last :class:`Retriable` is raised with ``attempts``
+        After ``max_retries`` repeats the last :class:`Transient` is raised with ``attempts``
         set. ``on_retry(failure, retry_number, delay)`` runs before each wait.
         """
 
@@ -103,7 +108,7 @@ class RetryPolicy:
             details["exception"].attempts = details["tries"]
 
         retrying = backoff.on_exception(
-            self.waits, Retriable, max_tries=self.max_retries + 1, jitter=None,
+            self.waits, Transient, max_tries=self.max_retries + 1, jitter=None,
             on_backoff=backing_off, on_giveup=giving_up, raise_on_giveup=True, logger=None,
         )(attempt)
         return retrying()

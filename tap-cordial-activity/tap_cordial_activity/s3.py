@@ -20,7 +20,7 @@ from typing import Any
 
 from tap_cordial_activity.errors import S3Error, StoreError
 from tap_cordial_activity.export_store import CHECK_RETRIES, CHECK_TIMEOUT_SECONDS
-from tap_cordial_activity.retries import Retriable, RetryPolicy
+from tap_cordial_activity.retries import RetryPolicy, Transient
 from tap_cordial_activity.settings import number
 
 #: Bytes asked for per ranged GET: few requests per file, each streamed in 1 MB reads.
@@ -346,25 +346,25 @@ class S3Object:
             except self.store.connection_errors as exc:
                 self._drop_body()
                 self.reconnects += 1
-                raise Retriable(f"{type(exc).__name__}: {exc}") from exc
+                raise Transient(f"{type(exc).__name__}: {exc}") from exc
             self.offset += len(data)
             return bytes(data)
 
         retry = self.store.settings.retry
 
-        def dropped(failure: Retriable, number: int, delay: float) -> None:
+        def dropped(failure: Transient, number: int, delay: float) -> None:
             self.store.logger.warning(
                 "S3 read of %s dropped at byte %d (%s); retrying from there in %.1f s, "
-                "attempt %d/%d", self._where, self.offset, failure.reason, delay, number,
+                "attempt %d/%d", self._where, self.offset, failure.problem, delay, number,
                 retry.max_retries,
             )
 
         try:
             return retry.call(attempt, on_retry=dropped)
-        except Retriable as exc:
+        except Transient as exc:
             raise S3Error(
                 f"reading {self._where} failed at byte {self.offset} after "
-                f"{exc.attempts - 1} retries in a row: {exc.reason}"
+                f"{exc.attempts - 1} retries in a row: {exc.problem}"
             ) from exc.__cause__
 
     def _drop_body(self) -> None:
