@@ -18,7 +18,6 @@ import time
 import tomllib
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from test_hub_definitions import PLUGINS, hub_path
 from test_meltano import (
     LYTICS_STREAM,
     PLUGIN_ENV_PREFIXES,
+    Meltano,
     _assert_mapped,
     _bookmark,
     _exported,
@@ -150,30 +150,6 @@ def test_version_comes_from_pyproject_through_version_and_about(name):
     assert uninstalled.stdout.strip() == "0+unknown"
 
 
-@dataclass
-class UserProject:
-    """A Meltano project outside this repository, as a data team has one."""
-
-    path: Path
-    env: dict[str, str]
-    secrets: list[str]
-
-    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [str(MELTANO), *args],
-            cwd=self.path,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        output = result.stdout + result.stderr
-        assert not [s for s in self.secrets if s in output], f"meltano {args} printed a secret"
-        assert result.returncode == 0, f"meltano {' '.join(args)} failed\n{output[-6000:]}"
-        return result
-
-
 def _user_env(extra: Mapping[str, str]) -> dict[str, str]:
     """The caller's environment without this repository: no venv of it on PATH, no PYTHONPATH."""
     env = {
@@ -223,9 +199,9 @@ def test_a_meltano_project_elsewhere_runs_the_plugins_from_the_wheels(
             **_setting_env("TARGET_LYTICS", sandbox.target_config(retry_initial_delay_seconds=0.2)),
         }
     )
-    init = UserProject(path=home, env=env, secrets=sandbox.secrets())
+    init = Meltano(project=home, env=env, secrets=sandbox.secrets())
     init("init", "--no_usage_stats", "project")
-    meltano = UserProject(path=home / "project", env=env, secrets=sandbox.secrets())
+    meltano = Meltano(project=home / "project", env=env, secrets=sandbox.secrets())
 
     for plugin_type, name in PLUGINS:
         # The Hub definition as published, with pip_url swapped for the wheel (clarifications).
@@ -237,8 +213,8 @@ def test_a_meltano_project_elsewhere_runs_the_plugins_from_the_wheels(
     # One install of both: Meltano installs them side by side.
     meltano("install")
     for plugin_type, name in PLUGINS:
-        _assert_installed_from_the_wheel(meltano.path, plugin_type, name)
-    assert str(ROOT) not in (meltano.path / "meltano.yml").read_text(encoding="utf-8")
+        _assert_installed_from_the_wheel(meltano.project, plugin_type, name)
+    assert str(ROOT) not in (meltano.project / "meltano.yml").read_text(encoding="utf-8")
 
     published = meltano("--environment=dev", "invoke", "target-lytics:schema-publish")
     assert "Created 8 fields and 8 mappings and published" in published.stdout

@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from target_lytics.client import describe_answer, lytics_session
-from test_target_lytics import activity_lines, cordial_records
+from test_target_lytics import _cli, activity_lines, cordial_records
 
 from sandbox.httpbase import Fault
 from sandbox.lytics import LyticsStandIn
@@ -35,17 +34,7 @@ def run(
     config: dict[str, Any], tmp_path: Path, *args: str, stdin: str = ""
 ) -> subprocess.CompletedProcess[str]:
     """The target's CLI with ``config``: its exit code, stdout (STATE) and stderr (the log)."""
-    config_file = tmp_path / "config.json"
-    config_file.write_text(json.dumps(config))
-    return subprocess.run(
-        [sys.executable, "-m", "target_lytics.target", "--config", str(config_file), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ},
-        check=False,
-    )
+    return _cli(list(args), config, tmp_path, stdin)
 
 
 def last_line(result: subprocess.CompletedProcess[str]) -> str:
