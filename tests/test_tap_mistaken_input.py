@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from tap_cordial_activity.timeutil import to_cordial
+from tap_cordial_activity.windows import sync_range
 from test_faults_helpers import assert_no_secrets
 from test_tap_helpers import TapRun, event, iso, run_tap
 from test_tap_resume import (  # noqa: F401 (fixtures)
@@ -171,6 +172,24 @@ def test_future_end_date_stops_at_the_run_horizon(
     # The next run goes on from the horizon, so nothing is skipped.
     assert datetime.fromisoformat(again.bookmark.get("replication_key_value") or
                                   run.bookmark["replication_key_value"]) >= reached
+
+
+@pytest.mark.parametrize(
+    ("end_after_horizon", "said"),
+    [(timedelta(minutes=13), "inside the settle margin"), (timedelta(days=3), "in the future")],
+)
+def test_an_end_date_after_the_horizon_is_cut_to_it(end_after_horizon, said) -> None:
+    """An `end_date` 2 minutes ago is past now minus `settle_minutes` too: cut, with a warning."""
+    started = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+    horizon = started - timedelta(minutes=15)
+    end_date = (horizon + end_after_horizon).isoformat()
+    got = sync_range({}, {"end_date": end_date, "settle_minutes": 15}, started)
+    assert got.end == horizon
+    [warning] = got.warnings
+    assert said in warning
+    assert horizon.isoformat() in warning
+    inside = sync_range({}, {"end_date": horizon.isoformat(), "settle_minutes": 15}, started)
+    assert (inside.end, inside.warnings) == (horizon, ())
 
 
 def test_cordial_dates_have_four_digit_years() -> None:

@@ -60,8 +60,8 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
     th.Property(
         "end_date", th.StringType,
         description="Optional upper bound (yyyy-mm-dd or ISO 8601), used as given when it "
-        "is not in the future; a future one is cut to the run's time minus `settle_minutes`, "
-        "with a warning (the next run goes on from there). Default: the run's time minus "
+        "is before the run's time minus `settle_minutes`; a later one is cut to that, with a "
+        "warning (the next run goes on from there). Default: the run's time minus "
         "`settle_minutes`.",
     ),
     th.Property(

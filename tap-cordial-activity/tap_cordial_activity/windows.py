@@ -86,8 +86,8 @@ def sync_range(
 ) -> SyncRange:
     """Start (bookmark, else ``start_date``, else 7 days ago), end, and ids to skip.
 
-    Never past the run's horizon (its time minus ``settle_minutes``): a future ``end_date`` is
-    cut to it, with a warning. A bookmark that is no date or lies after the run's time is
+    Never past the run's horizon (its time minus ``settle_minutes``): an ``end_date`` after it
+    is cut to it, with a warning. A bookmark that is no date or lies after the run's time is
     corrupt state: :class:`StateError`, with the way out.
     """
     warnings: list[str] = []
@@ -112,9 +112,11 @@ def sync_range(
     end_setting = config.get("end_date")
     if end_setting:
         end = parse_moment(end_setting)
-        if end > run_started:
+        if end > horizon:
+            # Inside the settle margin too: Cordial may not have recorded those events yet.
+            when = "in the future" if end > run_started else "inside the settle margin"
             warnings.append(
-                f"`end_date` {to_rfc3339(end)} is in the future: exporting up to "
+                f"`end_date` {to_rfc3339(end)} is {when}: exporting up to "
                 f"{to_rfc3339(horizon)} (the run's time minus `settle_minutes`) instead; a "
                 "later run goes on from there"
             )
