@@ -288,6 +288,45 @@ TapCordialActivity.cli()
 """
 
 
+@pytest.mark.parametrize("listed", ["as a list", "as a string"])
+def test_read_files_outside_the_export_folder_are_kept(
+    quiet_sandbox: Sandbox, tmp_path: Path, listed: str  # noqa: F811
+) -> None:
+    """A STATE's `read_files` deletes only files of the export folder: a path below it, a path
+    elsewhere or a string (whose letters a loop would walk) deletes nothing."""
+    root = quiet_sandbox.sftp.root
+    (root / "sub").mkdir()
+    for path in (root / "read.json", root / "sub" / "keep.json", root / "k"):
+        path.write_text("{}")
+    os.chown(root / "sub", root.stat().st_uid, -1)
+    inside = f"{quiet_sandbox.sftp.sftp_path}/read.json"
+    read_files: Any = (
+        [inside, f"{quiet_sandbox.sftp.sftp_path}/sub/keep.json", "k", "/etc/hostname", 7]
+        if listed == "as a list" else "k"
+    )
+    now = datetime.now(UTC).replace(microsecond=0)
+    state = {"bookmarks": {"activity": {
+        "replication_key": "time", "replication_key_value": iso(now - timedelta(hours=1)),
+        "read_files": read_files,
+    }}}
+    config = quiet_sandbox.tap_config(delete_exported_files=True)
+    run = run_tap(tmp_path, config, state=state, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (root / "sub" / "keep.json").exists()
+    assert (root / "k").exists()
+    assert Path("/etc/hostname").exists()
+    if listed == "as a list":
+        assert not (root / "read.json").exists()
+        assert "names '/etc/hostname', which is not a file of the export folder" in run.stderr
+        assert "sub/keep.json', which is not a file of the export folder" in run.stderr
+    else:
+        assert (root / "read.json").exists()
+        assert "`read_files` in the STATE is not a list: no file deleted" in run.stderr
+    # The listed paths leave the STATE: the last one lists only this run's file.
+    [read] = bookmark(run.states[-1])["read_files"]
+    assert read.startswith(f"{quiet_sandbox.sftp.sftp_path}/singer-activity-"), read
+
+
 def test_pending_deletions_stay_bounded_over_many_windows(
     quiet_sandbox: Sandbox, tmp_path: Path  # noqa: F811
 ) -> None:

@@ -33,6 +33,7 @@ from tap_cordial_activity.windows import (
     check_progress,
     export_window_span,
     file_set,
+    plain_name,
     progress_of,
     sync_range,
 )
@@ -199,7 +200,7 @@ class ActivityStream(WindowedStream):
                 read_files = self.stream_state.pop("read_files", None) or []
                 read_exports = self.stream_state.pop("read_exports", None) or []
                 if setting(self.config, "delete_exported_files"):
-                    runner.delete_confirmed_files(read_files)
+                    runner.delete_confirmed_files(self._read_file_paths(runner, read_files))
                     runner.delete_confirmed_files(self._read_export_paths(runner, read_exports))
             pipeline = self.pipeline(runner, planned)
             if pipeline is None:
@@ -282,6 +283,29 @@ class ActivityStream(WindowedStream):
             "kept in one STATE): this run ends after the windows already started; the next run "
             "deletes them and goes on from its bookmark", pending, self.MAX_PENDING_DELETIONS,
         )
+
+    def _read_file_paths(self, runner: ExportRunner, entries: Any) -> list[str]:
+        """The ``read_files`` paths that name a file in the export folder; the rest are kept.
+
+        The STATE comes from outside (a hand edit, another project's state): a path elsewhere,
+        or anything that is not a path of the folder, deletes nothing and is named in a warning.
+        """
+        if not isinstance(entries, list):
+            self.logger.warning("`read_files` in the STATE is not a list: no file deleted")
+            return []
+        folder = runner.store.path("")
+        paths: list[str] = []
+        for path in entries:
+            if isinstance(path, str) and path.startswith(folder) and plain_name(
+                path[len(folder):]
+            ):
+                paths.append(path)
+            else:
+                self.logger.warning(
+                    "`read_files` in the STATE names %r, which is not a file of the export "
+                    "folder %s: it is kept", path, runner.folder,
+                )
+        return paths
 
     def _read_export_paths(self, runner: ExportRunner, entries: Any) -> list[str]:
         """The paths of the files that ``read_exports`` entries name, each entry checked.

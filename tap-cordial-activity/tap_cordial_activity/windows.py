@@ -205,7 +205,7 @@ def progress_files(files: list[str]) -> dict[str, Any]:
     return {"file_set": file_set(files)}
 
 
-def _plain_name(name: Any) -> bool:
+def plain_name(name: Any) -> bool:
     """Whether ``name`` is a file name inside the folder (no path, not ``.`` or ``..``)."""
     return isinstance(name, str) and bool(name) and "/" not in name and name not in (".", "..")
 
@@ -214,7 +214,7 @@ def _progress_problem(progress: Mapping[str, Any]) -> str | None:
     """What is wrong with a checkpoint's own fields (None when they hold together)."""
     files, fileset = progress.get("files"), progress.get("file_set")
     if files is not None:
-        if not isinstance(files, list) or not files or not all(_plain_name(f) for f in files):
+        if not isinstance(files, list) or not files or not all(plain_name(f) for f in files):
             return "its `files` is not a list of file names"
         if len(set(files)) != len(files):
             return "its `files` lists a file twice"
