@@ -9,6 +9,8 @@ the limit the run fails before the window's STATE.
 
 from __future__ import annotations
 
+import io
+import logging
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,7 +18,10 @@ from typing import Any
 
 import orjson
 import pytest
-from tap_cordial_activity.export import MAX_RAW_BYTES
+from tap_cordial_activity.errors import S3Error
+from tap_cordial_activity.export import MAX_RAW_BYTES, ExportRunner
+from tap_cordial_activity.records import BadRecord, read_records
+from tap_cordial_activity.windows import Window
 from test_tap_helpers import TapRun, event, iso, run_tap
 
 from sandbox.cordial import CordialStandIn
@@ -229,3 +234,59 @@ def test_a_resumed_window_neither_repeats_nor_loses_a_reject(quiet, tmp_path):
     (reject,) = of(before, "activity_rejects")
     assert reject == {**of(full, "activity_rejects")[0], "rejected_at": reject["rejected_at"]}
     assert len(of(before, "activity")) == 14
+
+
+class _GrowingCsvStore:
+    """An export store whose one CSV file is cut inside its fourth row when first listed."""
+
+    error = S3Error
+    location = "a fake store"
+    header = b"_id,time,action\n"
+    rows = [f"e{i},2024-05-01T00:{i:02d}:00+0000,open\n".encode() for i in range(1, 6)]
+
+    def __init__(self) -> None:
+        self.listings = 0
+
+    def data(self) -> bytes:
+        whole = self.header + b"".join(self.rows)
+        # Cut inside row 4 ("e4,2024-05"): two of its three columns.
+        return whole if self.listings > 1 else whole[: len(self.header) + 3 * 33 + 10]
+
+    def list_files(self) -> dict[str, int]:
+        self.listings += 1
+        return {"x-1.csv": len(self.data())}
+
+    def open(self, name: str, offset: int = 0) -> io.BytesIO:
+        remote = io.BytesIO(self.data())
+        remote.offset, remote.reconnects = offset, 0  # type: ignore[attr-defined]
+        return remote
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def test_a_csv_row_cut_by_a_file_still_being_written_is_read_again_not_set_aside():
+    """A CSV export read while Cordial still writes it ends inside a row: that row is a cut
+    (read again once whole), not a bad record, even with a limit."""
+    store = _GrowingCsvStore()
+    assert not store.data().endswith(b"\n")
+    runner = ExportRunner(
+        {"export_format": "csv", "max_bad_records": 5, "short_export_wait_seconds": 0,
+         "poll_interval_seconds": 0},
+        None, store, logging.getLogger("test"), checkpoint_records=5000,  # type: ignore[arg-type]
+    )
+    window = Window(datetime(2024, 5, 1, tzinfo=UTC), datetime(2024, 5, 2, tzinfo=UTC))
+    window.export, window.job_id, window.job, window.reported = "x", "j", {"status": "Done"}, 5
+    emitted = [r["_id"] for r in runner.window_records(window) if r]
+    assert emitted == ["e1", "e2", "e3", "e4", "e5"]
+    assert window.rejects == []
+    assert window.read == 5
+
+
+def test_a_csv_row_that_is_not_utf8_is_set_aside():
+    data = b"_id,time,action\ne1,2024-05-01T00:01:00+0000,open\ne2,2024-05-01T00:02:00+0000,op\xff\n"
+    parsed = list(read_records(io.BytesIO(data), "f.csv", "csv", bad_records=True))
+    assert parsed[0][0]["_id"] == "e1"
+    assert isinstance(parsed[1][0], BadRecord)
+    assert parsed[1][0].problem.startswith("not UTF-8")
+    assert parsed[1][0].raw == b"e2,2024-05-01T00:02:00+0000,op\xff"

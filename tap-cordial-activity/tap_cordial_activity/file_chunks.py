@@ -99,17 +99,18 @@ def _gunzip(chunks: Iterator[bytes], file_name: str) -> Iterator[bytes]:
 # Line level
 
 
-def iter_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """Lines (without the newline) of a chunk stream, in flat memory."""
+def iter_lines(chunks: Iterator[bytes]) -> Iterator[tuple[bytes, bool]]:
+    """Each line of a chunk stream (no newline, flat memory) and whether a newline ended it."""
     rest = b""
     for chunk in chunks:
         parts = chunk.split(b"\n")
         if rest:
             parts[0] = rest + parts[0]
         rest = parts.pop()
-        yield from parts
+        for part in parts:
+            yield part, True
     if rest:
-        yield rest
+        yield rest, False
 
 
 # ---------------------------------------------------------------------------------------------

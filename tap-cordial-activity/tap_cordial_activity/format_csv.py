@@ -32,19 +32,32 @@ def _csv_value(column: str, value: str, file_name: str, line: int) -> Any:
     return value
 
 
-def read_csv(lines: Iterator[bytes], file_name: str) -> Iterator[Parsed]:
+def read_csv(lines: Iterator[tuple[bytes, bool]], file_name: str) -> Iterator[Parsed]:
     """Records of a CSV stream with a header line; empty values are left out.
 
-    A row that cannot be a record (wrong width, bad JSON column, no ``_id``/``time``) is a
-    :class:`~tap_cordial_activity.normalize.BadRecord` with the row's raw lines.
+    ``lines``: each line and whether its newline was there. A row that cannot be a record (not
+    UTF-8, wrong width, bad JSON column, no ``_id``/``time``) is a
+    :class:`~tap_cordial_activity.normalize.BadRecord` with the row's raw lines, except a last
+    row without its newline: that is a cut file (still being written, or truncated), as in
+    JSON Lines, and raises, so the reconciliation reads it again once it is whole.
     """
     # The raw lines of the row being read (a quoted value may span lines).
     taken: list[bytes] = []
+    undecodable: list[UnicodeDecodeError] = []
+    unterminated = False
 
     def text_lines() -> Iterator[str]:
-        for line in lines:
+        nonlocal unterminated
+        for line, ended in lines:
             taken.append(line)
-            yield line.decode("utf-8", errors="replace") + "\n"
+            unterminated = not ended
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                # Kept readable for the csv module; the row is set aside below.
+                undecodable.append(exc)
+                text = line.decode("utf-8", errors="replace")
+            yield text + "\n"
 
     reader = csv.reader(text_lines())
     try:
@@ -57,18 +70,23 @@ def read_csv(lines: Iterator[bytes], file_name: str) -> Iterator[Parsed]:
     width = len(header)
     while True:
         taken.clear()
+        undecodable.clear()
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
             error = ExportDataError(file_name, reader.line_num, f"bad CSV ({exc})")
+            if unterminated:
+                raise error from exc
             yield bad(error, b"\n".join(taken), reader.line_num)
             continue
         line_no = reader.line_num
         if not row:
             continue
         try:
+            if undecodable:
+                raise ExportDataError(file_name, line_no, f"not UTF-8 ({undecodable[0]})")
             if len(row) != width:
                 raise ExportDataError(
                     file_name, line_no, f"{len(row)} columns where the header has {width}"
@@ -80,6 +98,8 @@ def read_csv(lines: Iterator[bytes], file_name: str) -> Iterator[Parsed]:
             }
             moment = normalize(record, file_name, line_no)
         except ExportDataError as exc:
+            if unterminated:
+                raise
             yield bad(exc, b"\n".join(taken), line_no)
             continue
         yield record, moment, line_no

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from tap_cordial_activity.errors import ExportDataError
-from tap_cordial_activity.file_chunks import CHUNK_SIZE, BinarySource, byte_chunks, iter_lines
+from tap_cordial_activity.file_chunks import CHUNK_SIZE, BinarySource, byte_chunks
 from tap_cordial_activity.formats import FORMATS
 from tap_cordial_activity.normalize import (
     BAD_MOMENT,
@@ -26,7 +26,7 @@ from tap_cordial_activity.normalize import (
 
 __all__ = [
     "BAD_MOMENT", "CHUNK_SIZE", "BadRecord", "BinarySource", "ExportDataError", "Parsed",
-    "Record", "byte_chunks", "iter_lines", "normalize", "normalize_timestamp", "read_records",
+    "Record", "byte_chunks", "normalize", "normalize_timestamp", "read_records",
     "to_bool",
 ]
 
