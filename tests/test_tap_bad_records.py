@@ -284,7 +284,10 @@ def test_a_csv_row_cut_by_a_file_still_being_written_is_read_again_not_set_aside
 
 
 def test_a_csv_row_that_is_not_utf8_is_set_aside():
-    data = b"_id,time,action\ne1,2024-05-01T00:01:00+0000,open\ne2,2024-05-01T00:02:00+0000,op\xff\n"
+    data = (
+        b"_id,time,action\ne1,2024-05-01T00:01:00+0000,open\n"
+        b"e2,2024-05-01T00:02:00+0000,op\xff\n"
+    )
     parsed = list(read_records(io.BytesIO(data), "f.csv", "csv", bad_records=True))
     assert parsed[0][0]["_id"] == "e1"
     assert isinstance(parsed[1][0], BadRecord)
