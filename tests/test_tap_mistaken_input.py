@@ -66,6 +66,13 @@ SETTING_CASES = [
                  id="api-key-control-char"),
     pytest.param({"api_url": "http://admin:pw-in-url@127.0.0.1:9/v2"},
                  "`api_url` must not hold a user name or password", id="api-url-userinfo"),
+    pytest.param({"api_url": "http://127.0.0.1:9/v2?api_key=key-in-url"},
+                 "`api_url` must not hold a query or fragment", id="api-url-query"),
+    pytest.param({"export_destination": "s3", "s3_bucket": "b", "s3_prefix": "p",
+                  "s3_region": "us-east-1",
+                  "s3_endpoint_url": "http://reader:pw-in-url@127.0.0.1:9"},
+                 "`s3_endpoint_url` must not hold a user name or password",
+                 id="s3-endpoint-userinfo"),
 ]
 
 BAD_STATE = {"replication_key": "time"}
@@ -114,7 +121,7 @@ def test_malformed_setting_is_one_line_before_any_call(
     assert run.stdout == ""
     assert sandbox.cordial.request_log == []
     assert sandbox.cordial.exports == []
-    assert_no_secrets([*sandbox.secrets(), "pw-in-url", "euro", "bell"],
+    assert_no_secrets([*sandbox.secrets(), "pw-in-url", "key-in-url", "euro", "bell"],
                       stdout=run.stdout, stderr=run.stderr)
 
 
@@ -365,3 +372,27 @@ def test_pending_deletions_stay_bounded_over_many_windows(
     left = {p.name for p in quiet_sandbox.sftp.root.iterdir()}
     # Only the last run's files wait for the next run to delete them.
     assert {path.rsplit("/", 1)[-1] for path in bookmark(state)["read_files"]} == left
+
+
+def test_settings_objects_keep_their_secrets_out_of_the_repr() -> None:
+    """A `%r` of the read settings (a log line, a traceback's locals) shows no secret."""
+    from tap_cordial_activity.s3 import S3Settings
+    from tap_cordial_activity.sftp_settings import SftpSettings
+
+    s3 = S3Settings(bucket="b", prefix="p", access_key_id="AKIA", secret_access_key="s3-secret")
+    sftp = SftpSettings(host="h", port=22, username="u", password="sftp-pw",
+                        private_key="-----BEGIN key-----", private_key_passphrase="phrase")
+    shown = repr(s3) + repr(sftp)
+    assert not [s for s in ("s3-secret", "sftp-pw", "BEGIN key", "phrase") if s in shown]
+    assert "bucket='b'" in shown
+
+
+def test_every_secret_setting_loses_surrounding_whitespace() -> None:
+    """Each setting --about marks secret is stripped (a pasted newline is not part of a key)."""
+    from tap_cordial_activity.settings import CONFIG_SCHEMA, STRIPPED_SECRETS, strip_secrets
+
+    secret = {n for n, p in CONFIG_SCHEMA["properties"].items() if p.get("secret")}
+    assert secret <= set(STRIPPED_SECRETS)
+    config = {name: f" value-of-{name}\n" for name in STRIPPED_SECRETS}
+    strip_secrets(config)
+    assert config == {name: f"value-of-{name}" for name in STRIPPED_SECRETS}

@@ -60,7 +60,8 @@ class S3Settings:
     endpoint_url: str | None = None
     #: Empty: boto3's default credential chain (environment, ~/.aws, instance or task role).
     access_key_id: str | None = None
-    secret_access_key: str | None = None
+    # Out of the repr, so no log line or traceback can show it.
+    secret_access_key: str | None = field(default=None, repr=False)
     timeout_seconds: float = 60.0
     retry: RetryPolicy = field(
         # The settings' defaults, read the one way the tap reads the retry settings.

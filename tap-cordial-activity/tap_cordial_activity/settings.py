@@ -271,7 +271,11 @@ NUMBER_MAXIMA: dict[str, int] = {
 }
 
 #: Secrets whose surrounding whitespace is a paste mistake (a trailing newline, a space).
-STRIPPED_SECRETS = ("api_key", "sftp_password", "sftp_private_key", "sftp_private_key_passphrase")
+STRIPPED_SECRETS = (
+    "api_key", "sftp_password", "sftp_private_key", "sftp_private_key_passphrase",
+    "cordial_saved_key", "s3_access_key_id", "s3_secret_access_key", "cordial_s3_access_key_id",
+    "cordial_s3_secret_access_key",
+)
 
 
 def strip_secrets(config: dict[str, Any]) -> None:
@@ -464,21 +468,35 @@ def config_problems(config: dict[str, Any]) -> list[str]:
 
 
 def _api_url_problems(api_url: Any) -> list[str]:
-    """What is wrong with ``api_url``; a URL holding a password is never quoted."""
-    if not isinstance(api_url, str):
+    """What is wrong with ``api_url``."""
+    return _url_problems("api_url", api_url, "https://api.cordial.io/v2", "logs in with `api_key`")
+
+
+def _url_problems(name: str, url: Any, example: str, login: str) -> list[str]:
+    """What is wrong with the URL setting ``name``; a URL that may hold a secret is never quoted.
+
+    A user name or password (``user:password@``), a query or a fragment are refused: the tap
+    names its URLs in log lines, so they must hold no credential.
+    """
+    if not isinstance(url, str):
         return []
     try:
-        parts = urlsplit(api_url)
+        parts = urlsplit(url)
         userinfo = parts.username is not None or parts.password is not None
     except ValueError:
-        return ["`api_url` is not a URL (e.g. https://api.cordial.io/v2)."]
+        return [f"`{name}` is not a URL (e.g. {example})."]
     if userinfo or "@" in parts.netloc:
         return [
-            "`api_url` must not hold a user name or password (`user:password@`): the tap logs "
-            "in with `api_key`. Remove them from the URL."
+            f"`{name}` must not hold a user name or password (`user:password@`): the tap "
+            f"{login}. Remove them from the URL."
         ]
-    if not api_url.startswith(("https://", "http://")) or not parts.netloc:
-        return [f"`api_url` must start with https:// (got {api_url!r})."]
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        return [
+            f"`{name}` must not hold a query or fragment (`?...`, `#...`), which log lines would "
+            f"show: the tap {login}. Remove it from the URL."
+        ]
+    if not url.startswith(("https://", "http://")) or not parts.netloc:
+        return [f"`{name}` must start with https:// (got {url!r})."]
     return []
 
 
@@ -510,8 +528,11 @@ def destination_problems(config: Mapping[str, Any]) -> list[str]:
                     "neither."
                 )
         url = config.get("s3_endpoint_url")
-        if isinstance(url, str) and url and not url.startswith(("https://", "http://")):
-            problems.append(f"`s3_endpoint_url` must start with https:// (got {url!r}).")
+        if isinstance(url, str) and url:
+            problems.extend(_url_problems(
+                "s3_endpoint_url", url, "https://s3.example.com",
+                "reads with `s3_access_key_id` / `s3_secret_access_key`",
+            ))
     return problems
 
 

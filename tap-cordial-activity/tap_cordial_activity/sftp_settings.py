@@ -21,9 +21,10 @@ class SftpSettings:
     host: str
     port: int
     username: str
-    password: str | None = None
-    private_key: str | None = None
-    private_key_passphrase: str | None = None
+    # The secrets are out of the repr, so no log line or traceback can show them.
+    password: str | None = field(default=None, repr=False)
+    private_key: str | None = field(default=None, repr=False)
+    private_key_passphrase: str | None = field(default=None, repr=False)
     host_key: str | None = None
     known_hosts_path: Path | None = None
     timeout_seconds: float = field(default_factory=lambda: DEFAULTS["request_timeout_seconds"])
