@@ -293,3 +293,15 @@ def test_a_csv_row_that_is_not_utf8_is_set_aside():
     assert isinstance(parsed[1][0], BadRecord)
     assert parsed[1][0].problem.startswith("not UTF-8")
     assert parsed[1][0].raw == b"e2,2024-05-01T00:02:00+0000,op\xff"
+
+
+def test_progress_lines_count_the_records_set_aside(quiet, tmp_path):
+    quiet.cordial.add_events(
+        [event(f"p{i:04d}", T0 + timedelta(hours=4, seconds=i)) for i in range(2100)]
+    )
+    quiet.cordial.options.corrupt_line = 7
+    run = run_tap(tmp_path, config(quiet, max_bad_records=1, progress_interval_seconds=0.000001))
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [line for line in run.stderr.splitlines() if "Reading export" in line]
+    assert lines, run.stderr[-3000:]
+    assert all("records (1 set aside as bad records)," in line for line in lines), lines

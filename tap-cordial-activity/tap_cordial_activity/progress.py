@@ -44,8 +44,10 @@ class ReadProgress:
             share = f"{min(100.0, 100 * read / window.reported):.0f}% of its records"
         else:
             share = "share unknown"
+        # Bad records set aside so far (max_bad_records) are among those read.
+        aside = f" ({window.rejected} set aside as bad records)" if window.rejected else ""
         self.logger.info(
-            "Reading export %r (job %s, %s .. %s): %d records, %.1f MB, %.1f MB/s, %s",
+            "Reading export %r (job %s, %s .. %s): %d records%s, %.1f MB, %.1f MB/s, %s",
             window.export, window.job_id, to_rfc3339(window.start), to_rfc3339(window.end), read,
-            done / 1e6, done / max(now - self.began, 1e-9) / 1e6, share,
+            aside, done / 1e6, done / max(now - self.began, 1e-9) / 1e6, share,
         )
