@@ -305,3 +305,27 @@ def test_progress_lines_count_the_records_set_aside(quiet, tmp_path):
     lines = [line for line in run.stderr.splitlines() if "Reading export" in line]
     assert lines, run.stderr[-3000:]
     assert all("records (1 set aside as bad records)," in line for line in lines), lines
+
+
+def test_over_the_limit_keeps_the_checkpoint_and_a_higher_limit_resumes_there(quiet, tmp_path):
+    """Bad record 2 fails the run in the last file; the checkpoint before it stays, so the run
+    with a higher limit resumes there: nothing delivered or set aside twice."""
+    quiet.cordial.options.corrupt_line = 7
+    quiet.cordial.add_events([{"_id": "no-time", "action": "open"}])
+    settings = config(quiet, max_bad_records=1, limit_records_per_file=5)
+    failed = run_tap(tmp_path, settings)
+    assert failed.returncode != 0
+    assert "over `max_bad_records` (1)" in failed.stderr
+    last = failed.states[-1]
+    progress = last["bookmarks"]["activity"]["progress"]
+    assert progress["records_read"] == 20
+    delivered = [r["_id"] for r in of(failed, "activity")]
+    (first_reject,) = of(failed, "activity_rejects")
+
+    resumed = run_tap(tmp_path, {**settings, "max_bad_records": 2}, state=last)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming export" in resumed.stderr
+    (second_reject,) = of(resumed, "activity_rejects")
+    assert second_reject["line"] != first_reject["line"]
+    assert not set(delivered) & {r["_id"] for r in of(resumed, "activity")}
+    assert len(quiet.cordial.exports) == 1

@@ -17,7 +17,12 @@ from typing_extensions import override
 from tap_cordial_activity import connections
 from tap_cordial_activity.batch_files import BatchFileWriter
 from tap_cordial_activity.destinations import export_store
-from tap_cordial_activity.errors import USER_ERRORS, ExportCountError, ExportDataError
+from tap_cordial_activity.errors import (
+    USER_ERRORS,
+    BadRecordLimitError,
+    ExportCountError,
+    ExportDataError,
+)
 from tap_cordial_activity.export import ExportRunner
 from tap_cordial_activity.export_store import ExportStore
 from tap_cordial_activity.pipeline import ExportPipeline
@@ -438,6 +443,10 @@ class ActivityStream(WindowedStream):
                         limit=self.ABORT_AT_RECORD_COUNT,
                         stop_at_limit=partial(self._stop_at_limit, window),
                     )
+                except BadRecordLimitError:
+                    # The files are sound: the checkpoint stays, so a run with a higher
+                    # `max_bad_records` resumes there instead of sending the window again.
+                    raise
                 except (ExportDataError, ExportCountError):
                     # The files are bad: a later run exports the window again rather than
                     # resuming from them.
