@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 import pytest
-from tap_cordial_activity.errors import S3Error
+from tap_cordial_activity.errors import ExportCountError, S3Error
 from tap_cordial_activity.export import MAX_RAW_BYTES, ExportRunner
 from tap_cordial_activity.records import BadRecord, read_records
 from tap_cordial_activity.windows import Window
@@ -329,3 +329,52 @@ def test_over_the_limit_keeps_the_checkpoint_and_a_higher_limit_resumes_there(qu
     assert second_reject["line"] != first_reject["line"]
     assert not set(delivered) & {r["_id"] for r in of(resumed, "activity")}
     assert len(quiet.cordial.exports) == 1
+
+
+class _SettledStore(_GrowingCsvStore):
+    """A complete export whose last line, as Cordial wrote it, is bad and has no newline."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__()
+        self.whole, self.name = data, name
+
+    def data(self) -> bytes:
+        return self.whole
+
+    def list_files(self) -> dict[str, int]:
+        return {self.name: len(self.whole)}
+
+
+@pytest.mark.parametrize(
+    ("export_format", "data"),
+    [
+        pytest.param("json", b'{"_id":"e1","time":"2024-05-01T00:01:00+0000","action":"open"}\n'
+                     b'{"_id":"e2","time":', id="json-lines"),
+        pytest.param("csv", b"_id,time,action\ne1,2024-05-01T00:01:00+0000,open\ne2,2024-05",
+                     id="csv"),
+    ],
+)
+@pytest.mark.parametrize("limit", [0, 1])
+def test_a_bad_last_line_without_newline_in_a_file_that_holds_still(export_format, data, limit):
+    """Not a cut that a re-read would complete: with a limit it is set aside, without one the
+    window fails naming `max_bad_records` (instead of failing every run for good)."""
+    name = f"x-1.{export_format}"
+    runner = ExportRunner(
+        {"export_format": export_format, "max_bad_records": limit,
+         "short_export_wait_seconds": 0, "poll_interval_seconds": 0},
+        None, _SettledStore(data, name), logging.getLogger("test"),  # type: ignore[arg-type]
+        checkpoint_records=5000,
+    )
+    window = Window(datetime(2024, 5, 1, tzinfo=UTC), datetime(2024, 5, 2, tzinfo=UTC))
+    window.export, window.job_id, window.job, window.reported = "x", "j", {"status": "Done"}, 2
+    if limit == 0:
+        with pytest.raises(ExportCountError, match=r"hold 1 .*set `max_bad_records` to set that "
+                                                   r"line aside"):
+            list(runner.window_records(window))
+        return
+    emitted = [r["_id"] for r in runner.window_records(window) if r]
+    assert emitted == ["e1"]
+    (reject,) = window.rejects
+    assert (reject["file"], reject["line"]) == (name, 2 if export_format == "json" else 3)
+    assert reject["raw"] == data.rsplit(b"\n", 1)[1].decode()
+    assert window.read == 2

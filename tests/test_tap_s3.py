@@ -177,7 +177,11 @@ def test_object_still_being_written_is_read_whole_once(sbx, tmp_path, compress):
 
 
 def test_read_cut_mid_object_resumes_at_the_byte(quiet, s3_server, tmp_path):  # noqa: F811
-    start, end = quiet.cordial.add_generated(20_000, seed=5)
+    # Older than settle_minutes: the run exports up to its horizon (now - 15 min).
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    start, end = quiet.cordial.add_generated(
+        20_000, start=hour_ago - timedelta(hours=1), end=hour_ago, seed=5
+    )
     with s3_bucket_for(quiet, s3_server) as sbx, CuttingProxy(
         s3_server.host, s3_server.port
     ) as proxy:

@@ -14,7 +14,7 @@ import os
 import signal
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
@@ -128,7 +128,11 @@ def test_killed_session_mid_read_reconnects_every_time(
 
 def test_tap_cli_survives_a_killed_session(sandbox: Sandbox, tmp_path: Path):
     """The whole tap: killed mid-read, it reconnects, delivers every event and exits 0."""
-    start, end = sandbox.cordial.add_generated(EVENTS, seed=13)
+    # Older than settle_minutes: the run exports up to its horizon (now - 15 min).
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    start, end = sandbox.cordial.add_generated(
+        EVENTS, start=hour_ago - timedelta(hours=1), end=hour_ago, seed=13
+    )
     config = sandbox.tap_config(
         compress=False, start_date=to_rfc3339(start - timedelta(seconds=1)),
         end_date=to_rfc3339(end + timedelta(seconds=1)), **FAST,

@@ -59,6 +59,18 @@ class ExportDataError(Exception):
         self.problem = problem
 
 
+class CutLineError(ExportDataError):
+    """A file's last line has no newline and is no record: the file is cut, or still written.
+
+    ``raw`` keeps the line, so once the file holds still it can be set aside as a bad record.
+    """
+
+    def __init__(self, file_name: str, line: int, problem: str, raw: bytes) -> None:
+        """As :class:`ExportDataError`, with the line's raw bytes."""
+        super().__init__(file_name, line, problem)
+        self.raw = raw
+
+
 class BadRecordLimitError(ExportDataError):
     """A bad record past ``max_bad_records``: the run fails (never retried by a re-read)."""
 

@@ -21,6 +21,7 @@ from tap_cordial_activity.destinations import destination_of
 from tap_cordial_activity.errors import (
     BadRecordLimitError,
     CordialError,
+    CutLineError,
     ExportCountError,
     ExportDataError,
     StoreError,
@@ -367,7 +368,36 @@ class ExportRunner:
                     raise
                 except ExportDataError as exc:
                     problem = exc
+            elif self.max_bad_records and self._is_last_line_of_the_export(window, problem):
+                # The files hold still and one record is missing: Cordial wrote that last line
+                # so, without its newline. A bad record, not a cut file: set aside (or fail,
+                # naming `max_bad_records`) instead of failing every run for good.
+                assert isinstance(problem, CutLineError)
+                self._set_aside(
+                    window, problem.file_name, problem.line or 0,
+                    BadRecord(problem.problem, problem.raw),
+                )
+                window.read += 1
+                problem = None
         self._reconcile(window, problem)
+
+    @staticmethod
+    def _is_last_line_of_the_export(window: Window, problem: ExportDataError | None) -> bool:
+        """Whether ``problem`` is the unterminated last line of the last file, the one missing."""
+        return (
+            isinstance(problem, CutLineError)
+            and problem.file_name == window.files[-1]
+            and window.reported == window.read + 1
+        )
+
+    def _cut_line_hint(self, window: Window, problem: ExportDataError | None) -> str:
+        """With ``max_bad_records`` 0, how a last line Cordial wrote so can be set aside."""
+        if self.max_bad_records or not self._is_last_line_of_the_export(window, problem):
+            return ""
+        return (
+            " If the file is complete and Cordial wrote its last line so, set `max_bad_records`"
+            " to set that line aside in `activity_rejects`."
+        )
 
     def _settled_files(self, window: Window) -> list[str]:
         """Wait briefly, then list until the export's files have the same sizes twice running."""
@@ -409,7 +439,7 @@ class ExportRunner:
             return
         raise ExportCountError(
             f"{message}. The window fails: no STATE moves past it, and the next run exports it "
-            "again."
+            f"again.{self._cut_line_hint(window, problem)}"
         )
 
     def _read_files(

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from tap_cordial_activity.errors import ExportDataError
+from tap_cordial_activity.errors import CutLineError, ExportDataError
 from tap_cordial_activity.file_chunks import iter_lines
 from tap_cordial_activity.normalize import Parsed, bad, normalize
 
@@ -78,7 +78,8 @@ def read_csv(lines: Iterator[tuple[bytes, bool]], file_name: str) -> Iterator[Pa
         except csv.Error as exc:
             error = ExportDataError(file_name, reader.line_num, f"bad CSV ({exc})")
             if unterminated:
-                raise error from exc
+                raw = b"\n".join(taken)
+                raise CutLineError(file_name, reader.line_num, error.problem, raw) from exc
             yield bad(error, b"\n".join(taken), reader.line_num)
             continue
         line_no = reader.line_num
@@ -99,7 +100,7 @@ def read_csv(lines: Iterator[tuple[bytes, bool]], file_name: str) -> Iterator[Pa
             moment = normalize(record, file_name, line_no)
         except ExportDataError as exc:
             if unterminated:
-                raise
+                raise CutLineError(file_name, line_no, exc.problem, b"\n".join(taken)) from exc
             yield bad(exc, b"\n".join(taken), line_no)
             continue
         yield record, moment, line_no

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import orjson
 
-from tap_cordial_activity.errors import ExportDataError
+from tap_cordial_activity.errors import CutLineError, ExportDataError
 from tap_cordial_activity.file_chunks import prepend
 from tap_cordial_activity.normalize import (
     TIMESTAMP_CACHE,
@@ -58,8 +58,8 @@ def read_jsonl(chunks: Iterator[bytes], file_name: str) -> Iterator[Parsed]:
                 error = ExportDataError(file_name, line_no, f"not JSON ({exc})")
                 if final:
                     # A last line without its newline is a cut file (still being written, or
-                    # truncated), never a bad record to set aside.
-                    raise error from exc
+                    # truncated): not set aside unless the file holds still (the runner).
+                    raise CutLineError(file_name, line_no, error.problem, line) from exc
                 yield bad(error, line, line_no)
                 continue
             if record.__class__ is not dict:
