@@ -3,9 +3,10 @@
 Publishing creates what the plan lacks and publishes it with a kebab-case tag, or, on accounts that
 take schema changes only as patches, does the same through one patch that it applies. A conflict
 writes nothing. With nothing to create it writes nothing and does not publish, unless the draft
-holds unpublished changes to these very fields or mappings (an earlier run refused at its last
-step), which it then publishes. A draft that also holds changes that are not ours (a colleague's
-field) is refused, naming each, with nothing written: a publish makes the whole draft live.
+holds our own unpublished definitions of these fields or mappings (an earlier run refused at its
+last step), which it then publishes. A draft that also holds changes that are not ours (a
+colleague's field, or a colleague's edit of one of ours) is refused, naming each, with nothing
+written: a publish makes the whole draft live.
 ``publish_others_changes`` true publishes them anyway.
 """
 

@@ -209,8 +209,8 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         default=False,
         description=(
             "Let --schema-publish publish a draft that also holds changes this target did not "
-            "make (a colleague's unpublished field); by default it refuses, naming each, and "
-            "writes nothing, since a publish makes the whole draft live."
+            "make (a colleague's unpublished field, or their edit of one of ours); by default it "
+            "refuses, naming each, and writes nothing, since a publish makes the whole draft live."
         ),
     ),
     th.Property(
