@@ -3,6 +3,7 @@ that the published mappings build from uploaded events."""
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import os
@@ -15,8 +16,14 @@ from typing import Any
 import pytest
 import requests
 from tap_cordial_activity.streams import SCHEMA as ACTIVITY_SCHEMA
-from target_lytics.schema_plan import SchemaConflictError, make_plan
-from target_lytics.schema_publish import run_schema_command
+from target_lytics.schema_plan import (
+    FieldStep,
+    SchemaConflictError,
+    SchemaPlan,
+    StreamPlan,
+    make_plan,
+)
+from target_lytics.schema_publish import publish_tag, run_schema_command
 from target_lytics.target import DEFAULT_STREAMS, TargetLytics
 from target_lytics.user_fields import (
     ACTIVITY_FIELDS,
@@ -151,7 +158,7 @@ def test_plan_then_publish_then_publish_again_writes_nothing(lytics):
     assert exprs["cr_event_action"] == "cr_event_action"
     assert {m["stream"] for m in lytics.schema.published_mappings.values()} == {"cordial_activity"}
     (publish,) = lytics.schema.publishes
-    assert re.fullmatch(r"target-lytics-cordial-activity-\d{8}-\d{6}", publish["tag"])
+    assert re.fullmatch(r"target-lytics-cordial-activity-\d{8}-\d{6}-[0-9a-f]{6}", publish["tag"])
     assert "target-lytics" in publish["description"]
     assert "cordial_activity" in publish["description"]
 
@@ -228,6 +235,18 @@ def test_a_draft_change_is_ours_only_when_the_draft_holds_our_definition():
         "mapping f_b from stream ls (modified)",
         "mapping f_c from stream ls (created)",
     ]
+
+
+def test_two_publishes_within_a_second_get_different_tags():
+    definition = field_definitions("activity", DEFAULT_STREAMS["activity"])[0]
+    fields = [FieldStep(definition, "create")]
+    plan = SchemaPlan([StreamPlan("activity", "cordial_activity", fields=fields)])
+    moment = datetime.datetime(2026, 11, 20, 6, 0, 0, tzinfo=datetime.UTC)
+    tags = {publish_tag(plan, moment)[0] for _ in range(20)}
+    assert len(tags) == 20
+    for tag in tags:
+        assert re.fullmatch(r"target-lytics-cordial-activity-20261120-060000-[0-9a-f]{6}", tag)
+        assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", tag)  # kebab-case, as Lytics asks
 
 
 def test_a_conflicting_field_writes_nothing(lytics, tmp_path):

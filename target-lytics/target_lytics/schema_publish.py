@@ -13,6 +13,7 @@ written: a publish makes the whole draft live.
 from __future__ import annotations
 
 import re
+import secrets
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -56,10 +57,14 @@ def kebab(text: str) -> str:
 
 
 def publish_tag(plan: SchemaPlan, now: datetime | None = None) -> tuple[str, str]:
-    """A kebab-case tag and a description naming the target and the streams."""
+    """A kebab-case tag and a description naming the target and the streams.
+
+    The tag ends in six random hex digits: two publishes within one second (two projects, or a
+    run again at once) would otherwise share a tag.
+    """
     moment = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
     streams = plan.lytics_streams()
-    tag = kebab(f"target-lytics-{'-'.join(streams)}-{moment}")
+    tag = kebab(f"target-lytics-{'-'.join(streams)}-{moment}-{secrets.token_hex(3)}")
     description = (
         f"target-lytics {__version__}: user fields and mappings for the Lytics stream(s) "
         f"{', '.join(streams)}"
