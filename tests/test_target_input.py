@@ -248,7 +248,22 @@ CASES: dict[str, Case] = {
     ),
 }
 
+#: A token in api_url, as old Lytics docs show it: never printed.
+URL_TOKEN = "url-token-" + os.urandom(8).hex()
+
 SETTINGS_CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
+    "api-url-with-a-query": (
+        {"api_url": f"https://api.lytics.io/?access_token={URL_TOKEN}"},
+        ["`api_url` holds a query string or fragment", "api_token"],
+    ),
+    "api-url-with-a-fragment": (
+        {"api_url": f"https://api.lytics.io/#{URL_TOKEN}"},
+        ["`api_url` holds a query string or fragment"],
+    ),
+    "api-url-with-an-empty-query": (
+        {"api_url": "https://api.lytics.io?"},
+        ["`api_url` holds a query string or fragment"],
+    ),
     "max-concurrent-uploads-null": (
         {"max_concurrent_uploads": None},
         ["`max_concurrent_uploads` is null"],
@@ -337,6 +352,7 @@ def test_a_mistaken_setting_ends_the_run_in_one_line(lytics, tmp_path, name):
     check_one_line(result, says)
     assert written_states(result) == []
     assert not lytics.requests, "nothing is sent"
+    assert URL_TOKEN.encode() not in result.stdout + result.stderr
 
 
 def test_schema_plan_refuses_two_fields_onto_one(lytics, tmp_path):

@@ -87,7 +87,7 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         "api_url",
         th.StringType,
         default="https://api.lytics.io",
-        description="Lytics API base URL.",
+        description="Lytics API base URL, without user, password, query string or fragment.",
     ),
     th.Property(
         "streams",
@@ -319,6 +319,13 @@ def connection_problems(config: dict[str, Any]) -> list[str]:
             problems.append(
                 "`api_url` holds a user name or password (user:password@host): Lytics takes "
                 "only api_token; remove them from the URL (e.g. https://api.lytics.io)."
+            )
+        elif "?" in url or "#" in url:
+            # Old Lytics docs show ?access_token=...: every error line names api_url.
+            problems.append(
+                "`api_url` holds a query string or fragment (after '?' or '#'): the URL is "
+                "named in every error line, and Lytics takes the token only from api_token; "
+                "remove it from the URL (e.g. https://api.lytics.io)."
             )
     return problems
 
