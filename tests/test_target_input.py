@@ -234,6 +234,11 @@ CASES: dict[str, Case] = {
         ["Input line 2", "'s'", "field 'n' is not mapped", "'id' is mapped onto"],
         {"include_unmapped_fields": True, "streams": {"s": {"fields": {"id": "N"}}}},
     ),
+    "unmapped-field-outside-the-schema-onto-a-mapped-one": Case(
+        [schema(), state(BEFORE), record({"id": "ok"}), record({"id": "a", "b": "y"})],
+        ["Input line 4", "'s'", "field 'b' is not in the stream's schema", "'id' is mapped onto"],
+        {"include_unmapped_fields": True, "streams": {"s": {"fields": {"id": "b"}}}},
+    ),
     "singer-stream-dot-dot": Case(
         [state(BEFORE), schema(".."), record({"id": "a"}, "..")],
         ["Input line 2", "'..'", "relative path segment"],
