@@ -74,7 +74,8 @@ def config(lytics: LyticsStandIn, **overrides: Any) -> dict[str, Any]:
 
 
 def test_by_default_a_refused_event_fails_the_run_naming_the_setting(lytics):
-    records, _, refused = two_bad_records()
+    records = cordial_records(200)
+    refused = records[REFUSED_AT]["_id"]
     refuse(lytics, refused)
     states, error = run_target(config(lytics), activity_lines(records, state_every=25))
     assert isinstance(error, LyticsError)
@@ -82,11 +83,32 @@ def test_by_default_a_refused_event_fails_the_run_naming_the_setting(lytics):
     assert "rejected 1 of" in message
     assert "max_rejected_records" in message
     assert REJECTS in message
-    # STATE never passes the first refused event (the oversized one, record 51).
-    assert max(upto(states), default=0) <= OVERSIZED_AT
+    # STATE never passes the refused event (record 121).
+    assert max(upto(states), default=0) <= REFUSED_AT
     assert REJECTS not in lytics.counts
     # With 0 nothing is found by dry runs: the events go out as before the setting existed.
     assert not any(r.dryrun for r in lytics.requests)
+
+
+def test_by_default_an_event_lytics_cannot_take_fails_the_run_before_its_body_is_sent(lytics):
+    """Before, its body was sent: the others stored, the run failed, a rerun stored them again."""
+    records, oversized, _ = two_bad_records(100)
+    for _ in range(2):  # the run, then a rerun of the same input
+        states, error = run_target(
+            config(lytics, max_request_bytes=1_000_000), activity_lines(records)
+        )
+        assert isinstance(error, LyticsError)
+        message = str(error)
+        assert (
+            f"One event of stream 'activity' (key {{'_id': '{oversized}'}}) was not sent" in message
+        )
+        assert "16,000 bytes" in message
+        assert "set max_rejected_records (default 0: none)" in message
+        assert REJECTS in message
+        assert states == []
+        # Nothing of its body reached Lytics: no request, nothing stored.
+        assert real_requests(lytics) == []
+        assert lytics.counts.get("cordial_activity", 0) == 0
 
 
 # -- with a limit: set aside, everything else once, final STATE ------------------------------------
@@ -238,6 +260,8 @@ def test_a_failed_reject_upload_fails_the_run_without_state(lytics, monkeypatch)
 def test_an_event_over_max_request_bytes_after_others_ends_the_run(lytics):
     """Before, it was dropped without a word when the body already held events."""
     records, oversized, _ = two_bad_records()
+    # Under Lytics' 16,000 bytes (an event over that ends the run naming max_rejected_records).
+    records[OVERSIZED_AT]["properties"] = {"note": "x" * 10_000}
     states, error = run_target(
         config(lytics, max_request_bytes=8_000), activity_lines(records, state_every=25)
     )

@@ -1,10 +1,12 @@
 """Events Lytics cannot take or refused, set aside into ``<stream>_rejects`` (max_rejected_records).
 
 Before sending, an event over :data:`MAX_EVENT_BYTES_IN_BATCH` or still nesting objects inside an
-array is not sent (:func:`unsendable_reason`). After sending, ``rejected_count`` > 0 (or a count
-short of the body) does not say which events were refused: :meth:`RejectWriter.find_refused`
-sends halves of the body with ``dryrun=true`` (Lytics validates, stores nothing; see
-``lytics-api.md``) until each refused event is alone, so nothing is stored twice.
+array is not sent (:func:`unsendable_reason`); with ``max_rejected_records`` 0 the run ends there,
+before the body holding it goes out (its other events would be stored by every rerun). After
+sending, ``rejected_count`` > 0 (or a count short of the body) does not say which events were
+refused: :meth:`RejectWriter.find_refused` sends halves of the body with ``dryrun=true`` (Lytics
+validates, stores nothing; see ``lytics-api.md``) until each refused event is alone, so nothing
+is stored twice.
 
 Up to ``max_rejected_records`` such events per run (:class:`RejectBudget`, shared by every sink)
 each become a small event in the Lytics stream ``<lytics stream>_rejects`` (a stream already

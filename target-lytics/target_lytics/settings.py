@@ -124,7 +124,7 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
             "(rejected_count, found by dry-run halves, so nothing is stored twice). Each goes "
             "to the Lytics stream <stream>_rejects (stream, key, reason, bytes, head, "
             "rejected_at) and STATE moves past it; one more fails the run. 0: the first fails "
-            "the run."
+            "the run (one Lytics cannot take before its request is sent)."
         ),
     ),
     _number(

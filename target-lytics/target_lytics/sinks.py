@@ -418,12 +418,11 @@ class LyticsSink(Sink):
     def add_event(self, event: bytes) -> None:
         """Buffer one serialized event (sending the body first when it is full).
 
-        With max_rejected_records, an event Lytics cannot take is set aside instead (with 0 it
-        is sent, as before the setting existed, and Lytics' refusal ends the run).
+        An event Lytics cannot take is never sent: with max_rejected_records it is set aside,
+        with 0 the run ends here, before its body goes out (sent, the body's other events would
+        be stored, and stored again by each rerun of the same records).
         """
-        if (
-            len(event) > MAX_EVENT_BYTES_IN_BATCH or ARRAY_OF_OBJECTS.search(event) is not None
-        ) and self.rejects.enabled:
+        if len(event) > MAX_EVENT_BYTES_IN_BATCH or ARRAY_OF_OBJECTS.search(event) is not None:
             reason = unsendable_reason(event)
             if reason is not None:
                 self._set_aside_unsent(event, reason)
@@ -446,6 +445,10 @@ class LyticsSink(Sink):
         """Set aside an event before sending it; it takes no place in the ledger.
 
         Its reject event is accepted before this returns, so a STATE after it covers it.
+
+        Raises:
+            LyticsError: max_rejected_records does not allow it (0, the default: the message
+                names the setting), or the reject event's upload failed.
         """
         key = self.rejects.reject_event(Refused(event, reason), "")["key"]
         cause = f"One event of stream '{self.stream_name}' (key {key}) was not sent: {reason}."
