@@ -234,6 +234,11 @@ CASES: dict[str, Case] = {
         ["Input line 2", "'s'", "field 'n' is not mapped", "'id' is mapped onto"],
         {"include_unmapped_fields": True, "streams": {"s": {"fields": {"id": "N"}}}},
     ),
+    "unmapped-field-outside-the-schema-onto-a-mapped-one": Case(
+        [schema(), state(BEFORE), record({"id": "ok"}), record({"id": "a", "b": "y"})],
+        ["Input line 4", "'s'", "field 'b' is not in the stream's schema", "'id' is mapped onto"],
+        {"include_unmapped_fields": True, "streams": {"s": {"fields": {"id": "b"}}}},
+    ),
     "singer-stream-dot-dot": Case(
         [state(BEFORE), schema(".."), record({"id": "a"}, "..")],
         ["Input line 2", "'..'", "relative path segment"],
@@ -248,7 +253,22 @@ CASES: dict[str, Case] = {
     ),
 }
 
+#: A token in api_url, as old Lytics docs show it: never printed.
+URL_TOKEN = "url-token-" + os.urandom(8).hex()
+
 SETTINGS_CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
+    "api-url-with-a-query": (
+        {"api_url": f"https://api.lytics.io/?access_token={URL_TOKEN}"},
+        ["`api_url` holds a query string or fragment", "api_token"],
+    ),
+    "api-url-with-a-fragment": (
+        {"api_url": f"https://api.lytics.io/#{URL_TOKEN}"},
+        ["`api_url` holds a query string or fragment"],
+    ),
+    "api-url-with-an-empty-query": (
+        {"api_url": "https://api.lytics.io?"},
+        ["`api_url` holds a query string or fragment"],
+    ),
     "max-concurrent-uploads-null": (
         {"max_concurrent_uploads": None},
         ["`max_concurrent_uploads` is null"],
@@ -337,6 +357,7 @@ def test_a_mistaken_setting_ends_the_run_in_one_line(lytics, tmp_path, name):
     check_one_line(result, says)
     assert written_states(result) == []
     assert not lytics.requests, "nothing is sent"
+    assert URL_TOKEN.encode() not in result.stdout + result.stderr
 
 
 def test_schema_plan_refuses_two_fields_onto_one(lytics, tmp_path):

@@ -451,7 +451,7 @@ def let_arrays_of_objects_through(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_rejected_events_end_the_run(lytics, monkeypatch):
-    """If an event Lytics cannot parse ever got through, the run stops with the counts."""
+    """If an event Lytics cannot parse ever got through the mapping, it is not sent either."""
     let_arrays_of_objects_through(monkeypatch)
     lines = [
         schema_message("orders", ORDERS_SCHEMA),
@@ -461,8 +461,10 @@ def test_rejected_events_end_the_run(lytics, monkeypatch):
     ]
     states, error = run_target(config_for(lytics), lines)
     assert isinstance(error, LyticsError)
-    assert "rejected 1 of 2 events" in str(error)
+    assert "was not sent: the event nests objects inside an array" in str(error)
+    assert "max_rejected_records" in str(error)
     assert states == []
+    assert lytics.requests == []
 
 
 # -- STATE only after acceptance ------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 from target_lytics.client import describe_answer, lytics_session
+from target_lytics.settings import DEFAULT_STREAMS
 from test_target_lytics import _cli, activity_lines, cordial_records
 
 from sandbox.httpbase import Fault
@@ -138,6 +139,36 @@ def test_others_changes_do_not_block_when_ours_are_all_published(lytics, tmp_pat
     assert "colleague_flag" in result.stdout  # listed in the plan
     assert "colleague_flag" not in lytics.schema.published()[0]
     assert lytics.schema.version == 1
+
+
+def test_a_colleagues_draft_edit_of_our_field_is_theirs_not_ours(lytics, tmp_path):
+    """Our field, its description changed in the draft by someone else and left unpublished."""
+    assert run(config_for(lytics), tmp_path, "--schema-publish").returncode == 0
+    published = lytics.schema.published()
+    edited = {**lytics.schema.published_fields["cr_event_action"], "shortdesc": "Colleague's text"}
+    add_to_draft(lytics, "field", edited)
+    writes_before = list(lytics.schema.writes)
+
+    plan = run(config_for(lytics), tmp_path, "--schema-plan")
+    assert plan.returncode == 0, plan.stderr
+    assert "Unpublished in the draft" not in plan.stdout  # not ours to complete
+    assert "changes that are not ours" in plan.stdout
+    assert "  field cr_event_action (modified)" in plan.stdout
+
+    nothing = run(config_for(lytics), tmp_path, "--schema-publish")
+    assert nothing.returncode == 0, nothing.stderr
+    assert "Nothing to write" in nothing.stdout
+
+    # With something of ours to write, the publish is refused, naming the colleague's change.
+    fields = {**DEFAULT_STREAMS["activity"]["fields"], "channel": "cr_channel"}
+    streams = {"activity": {**DEFAULT_STREAMS["activity"], "fields": fields}}
+    refused = last_line(run(config_for(lytics, streams=streams), tmp_path, "--schema-publish"))
+    assert "Nothing was written to the Lytics schema" in refused
+    assert "field cr_event_action (modified)" in refused
+    assert "publish_others_changes" in refused
+    assert lytics.schema.writes == writes_before
+    assert lytics.schema.version == 1
+    assert lytics.schema.published() == published
 
 
 # -- 24.5: Lytics' error text, in both shapes --------------------------------------------------

@@ -12,7 +12,7 @@ import requests
 from singer_sdk.exceptions import ConfigValidationError
 from tap_cordial_activity.records import normalize
 from target_lytics.client import LyticsClient, RetryPolicy, UploadResult, parse_retry_after
-from target_lytics.errors import LyticsError, ValueConversionError
+from target_lytics.errors import InputError, LyticsError, ValueConversionError
 from target_lytics.mapping import (
     RecordMapper,
     StreamMapping,
@@ -200,6 +200,25 @@ def test_user_mapping_and_include_unmapped():
         logger=LOG,
     )
     assert with_unmapped.map(record) == {"uid": "c", "ts": "2020-01-01T00:00:00Z", "email": "a@b"}
+
+
+@pytest.mark.parametrize("name", ["b", "B"])
+def test_an_unmapped_field_outside_the_schema_named_like_a_mapped_one_is_refused(name):
+    """Before, {"id": "x", "b": "y"} became {"b": "x"}: the record's "b" dropped without a word."""
+    mapper = RecordMapper(
+        stream_name="orders",
+        schema={"type": "object", "properties": {"id": {"type": "string"}}},
+        mapping=StreamMapping.from_setting("orders", {"fields": {"id": "b"}}),
+        include_unmapped_fields=True,
+        logger=LOG,
+    )
+    assert mapper.map({"id": "x", "c": "z", name: None}) == {"b": "x", "c": "z"}
+    with pytest.raises(InputError) as refused:
+        mapper.map({"id": "x", name: "y"})
+    message = str(refused.value)
+    assert message.startswith(f"stream 'orders': field {name!r} is not in the stream's schema")
+    assert "'id' is mapped onto" in message
+    assert "include_unmapped_fields" in message
 
 
 def test_pass_through_keeps_fields_and_encodes_arrays_of_objects(caplog):

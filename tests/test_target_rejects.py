@@ -9,17 +9,26 @@ nothing twice for real (the stand-in's stored events and real requests are count
 from __future__ import annotations
 
 import collections
+import json
 import logging
 from typing import Any
 
 import orjson
 import pytest
+from tap_cordial_activity.schema import REJECTS_SCHEMA
 from target_lytics.errors import LyticsError
-from target_lytics.rejects import MAX_EVENT_BYTES_IN_BATCH, RejectBudget, unsendable_reason
+from target_lytics.rejects import (
+    MAX_EVENT_BYTES_IN_BATCH,
+    MAX_REJECT_EVENT_BYTES,
+    RejectBudget,
+    fit_reject_event,
+    unsendable_reason,
+)
 from target_lytics.settings import rejects_stream
 from test_target_lytics import (
     ORDERS_SCHEMA,
     CheckpointEveryStateTarget,
+    _cli,
     activity_lines,
     config_for,
     cordial_records,
@@ -74,7 +83,8 @@ def config(lytics: LyticsStandIn, **overrides: Any) -> dict[str, Any]:
 
 
 def test_by_default_a_refused_event_fails_the_run_naming_the_setting(lytics):
-    records, _, refused = two_bad_records()
+    records = cordial_records(200)
+    refused = records[REFUSED_AT]["_id"]
     refuse(lytics, refused)
     states, error = run_target(config(lytics), activity_lines(records, state_every=25))
     assert isinstance(error, LyticsError)
@@ -82,11 +92,32 @@ def test_by_default_a_refused_event_fails_the_run_naming_the_setting(lytics):
     assert "rejected 1 of" in message
     assert "max_rejected_records" in message
     assert REJECTS in message
-    # STATE never passes the first refused event (the oversized one, record 51).
-    assert max(upto(states), default=0) <= OVERSIZED_AT
+    # STATE never passes the refused event (record 121).
+    assert max(upto(states), default=0) <= REFUSED_AT
     assert REJECTS not in lytics.counts
     # With 0 nothing is found by dry runs: the events go out as before the setting existed.
     assert not any(r.dryrun for r in lytics.requests)
+
+
+def test_by_default_an_event_lytics_cannot_take_fails_the_run_before_its_body_is_sent(lytics):
+    """Before, its body was sent: the others stored, the run failed, a rerun stored them again."""
+    records, oversized, _ = two_bad_records(100)
+    for _ in range(2):  # the run, then a rerun of the same input
+        states, error = run_target(
+            config(lytics, max_request_bytes=1_000_000), activity_lines(records)
+        )
+        assert isinstance(error, LyticsError)
+        message = str(error)
+        assert (
+            f"One event of stream 'activity' (key {{'_id': '{oversized}'}}) was not sent" in message
+        )
+        assert "16,000 bytes" in message
+        assert "set max_rejected_records (default 0: none)" in message
+        assert REJECTS in message
+        assert states == []
+        # Nothing of its body reached Lytics: no request, nothing stored.
+        assert real_requests(lytics) == []
+        assert lytics.counts.get("cordial_activity", 0) == 0
 
 
 # -- with a limit: set aside, everything else once, final STATE ------------------------------------
@@ -238,6 +269,8 @@ def test_a_failed_reject_upload_fails_the_run_without_state(lytics, monkeypatch)
 def test_an_event_over_max_request_bytes_after_others_ends_the_run(lytics):
     """Before, it was dropped without a word when the body already held events."""
     records, oversized, _ = two_bad_records()
+    # Under Lytics' 16,000 bytes (an event over that ends the run naming max_rejected_records).
+    records[OVERSIZED_AT]["properties"] = {"note": "x" * 10_000}
     states, error = run_target(
         config(lytics, max_request_bytes=8_000), activity_lines(records, state_every=25)
     )
@@ -266,6 +299,63 @@ def test_the_taps_activity_rejects_go_to_cordial_activity_rejects(lytics):
     _, error = run_target(config_for(lytics), lines)
     assert error is None
     assert lytics.events[REJECTS] == [record]
+
+
+def a_tap_reject(raw: str) -> dict[str, Any]:
+    """An ``activity_rejects`` record as the tap writes it (raw under its 64 KB cap)."""
+    size = len(raw.encode())
+    return {
+        "export_name": "x", "file": "a.json", "line": 500, "error": "not JSON", "raw": raw,
+        "raw_bytes": size, "raw_truncated": False, "job_id": "j1",
+        "window_start": "2026-11-20T00:00:00Z", "window_end": "2026-11-20T06:00:00Z",
+        "rejected_at": "2026-11-20T06:01:00Z",
+    }  # fmt: skip
+
+
+def test_a_taps_20_kb_raw_is_cut_to_fit_and_the_run_succeeds(lytics, tmp_path):
+    """Lytics takes at most 16 KB per event in a batch: the tap's 64 KB raw could not be stored."""
+    raw = "é" * 10_000  # 20,000 bytes of two-byte characters: a cut can fall inside one
+    lines = [
+        schema_message("activity_rejects", REJECTS_SCHEMA, ["export_name", "file", "line"]),
+        record_message("activity_rejects", a_tap_reject(raw)),
+        state_message({"s": 1}),
+    ]
+    result = _cli([], config_for(lytics), tmp_path, "".join(lines))  # max_rejected_records 0
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [{"s": 1}]
+    (stored,) = lytics.events[REJECTS]
+    assert len(orjson.dumps(stored)) <= MAX_REJECT_EVENT_BYTES
+    assert stored["raw_truncated"] is True
+    assert stored["raw_bytes"] == 20_000
+    assert stored["raw"]
+    assert raw.startswith(stored["raw"])  # cut between characters
+    assert {k: v for k, v in stored.items() if not k.startswith("raw")} == {
+        k: v for k, v in a_tap_reject(raw).items() if not k.startswith("raw")
+    }
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["é" * 10_000, '"' * 20_000, "\x01" * 5_000, "a" * 65_536, "🙂" * 5_000, "a\u0000" * 4_000],
+)
+def test_fit_reject_event_cuts_raw_at_a_character_and_notes_it(raw):
+    event = orjson.dumps(a_tap_reject(raw) | {"raw_bytes": 70_000})
+    fitted = orjson.loads(fit_reject_event(event))
+    assert len(orjson.dumps(fitted)) <= MAX_REJECT_EVENT_BYTES
+    assert raw.startswith(fitted["raw"])
+    assert len(fitted["raw"].encode()) > MAX_REJECT_EVENT_BYTES // 8  # no more cut than needed
+    assert fitted["raw_truncated"] is True
+    assert fitted["raw_bytes"] == 70_000  # the tap's count of the line, before its own cap
+
+
+def test_fit_reject_event_leaves_small_events_and_others_alone():
+    small = orjson.dumps(a_tap_reject("{oops"))
+    assert fit_reject_event(small) is small
+    no_raw = orjson.dumps({"head": "x" * 20_000})
+    assert fit_reject_event(no_raw) is no_raw
+    # Without the tap's raw_bytes the original length is counted here.
+    bare = orjson.loads(fit_reject_event(orjson.dumps({"raw": "y" * 20_000})))
+    assert (bare["raw_truncated"], bare["raw_bytes"]) == (True, 20_000)
 
 
 # -- pieces ---------------------------------------------------------------------------------------

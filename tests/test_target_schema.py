@@ -3,6 +3,7 @@ that the published mappings build from uploaded events."""
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import os
@@ -15,8 +16,14 @@ from typing import Any
 import pytest
 import requests
 from tap_cordial_activity.streams import SCHEMA as ACTIVITY_SCHEMA
-from target_lytics.schema_plan import SchemaConflictError
-from target_lytics.schema_publish import run_schema_command
+from target_lytics.schema_plan import (
+    FieldStep,
+    SchemaConflictError,
+    SchemaPlan,
+    StreamPlan,
+    make_plan,
+)
+from target_lytics.schema_publish import publish_tag, run_schema_command
 from target_lytics.target import DEFAULT_STREAMS, TargetLytics
 from target_lytics.user_fields import (
     ACTIVITY_FIELDS,
@@ -62,6 +69,17 @@ def create_field(lytics: LyticsStandIn, body: dict[str, Any]) -> None:
     response = requests.post(
         f"{lytics.url}/v2/schema/user/field",
         json=body,
+        headers={"Authorization": lytics.token},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+
+
+def publish_draft(lytics: LyticsStandIn) -> None:
+    """Publish the draft, as the person who changed it would."""
+    response = requests.post(
+        f"{lytics.url}/v2/schema/user/publish",
+        json={"tag": "colleague-change", "description": "a colleague's change"},
         headers={"Authorization": lytics.token},
         timeout=10,
     )
@@ -140,7 +158,7 @@ def test_plan_then_publish_then_publish_again_writes_nothing(lytics):
     assert exprs["cr_event_action"] == "cr_event_action"
     assert {m["stream"] for m in lytics.schema.published_mappings.values()} == {"cordial_activity"}
     (publish,) = lytics.schema.publishes
-    assert re.fullmatch(r"target-lytics-cordial-activity-\d{8}-\d{6}", publish["tag"])
+    assert re.fullmatch(r"target-lytics-cordial-activity-\d{8}-\d{6}-[0-9a-f]{6}", publish["tag"])
     assert "target-lytics" in publish["description"]
     assert "cordial_activity" in publish["description"]
 
@@ -150,6 +168,85 @@ def test_plan_then_publish_then_publish_again_writes_nothing(lytics):
     assert "8 fields exist; 0 conflicts" in again
     assert lytics.schema.writes == writes
     assert lytics.schema.version == 1
+
+
+class DraftOnlyClient:
+    """The Schema API calls make_plan reads, answering a draft as given."""
+
+    def __init__(self, fields: list[dict[str, Any]], mappings: list[dict[str, Any]], diff):
+        self._fields, self._mappings, self._diff = fields, mappings, diff
+
+    def fields(self) -> dict[str, dict[str, Any]]:
+        return {f["id"]: f for f in self._fields}
+
+    def mappings(self) -> list[dict[str, Any]]:
+        return self._mappings
+
+    def compare(self) -> dict[str, Any]:
+        to = {"status": "draft", "fields": self._fields, "mappings": self._mappings}
+        return {"diff": self._diff, "from": {"status": "live"}, "to": to}
+
+    def rank(self) -> list[str]:
+        return []
+
+
+def test_a_draft_change_is_ours_only_when_the_draft_holds_our_definition():
+    entry = {"type": "string", "mergeop": "latest", "shortdesc": "ours"}
+    names = ("f_a", "f_b", "f_c", "f_d", "f_e")
+    streams = {"s": {"lytics_stream": "ls", "fields": {n: {"field": n, **entry} for n in names}}}
+    ours = {"type": "string", "mergeop": "latest", "shortdesc": "ours", "is_pii": False}
+    fields = [
+        {"id": "f_a", **ours},  # created by our run, left unpublished
+        {"id": "f_b", **ours, "edit_status": "draft"},  # modified back to ours
+        {"id": "f_c", **ours, "shortdesc": "a colleague's words"},
+        {"id": "f_e", **ours, "longdesc": "a colleague's longer words"},
+        {"id": "stranger", "type": "int"},
+    ]
+    mappings = [
+        {"id": "m1", "field": "f_a", "stream": "ls", "expr": "f_a"},
+        {"id": "m2", "field": "f_b", "stream": "ls", "expr": "lower(f_b)"},
+        {"id": "m3", "field": "f_c", "stream": "ls", "expr": "f_c", "guard_expr": "exists f_c"},
+        {"id": "m4", "field": "f_e", "stream": "ls", "expr": "f_e"},
+    ]
+    diff = [
+        {"subject": "field", "id": "f_a", "verb": "created"},
+        {"subject": "field", "id": "f_b", "verb": "modified"},
+        {"subject": "field", "id": "f_c", "verb": "modified"},
+        {"subject": "field", "id": "f_d", "verb": "removed"},
+        {"subject": "field", "id": "f_e", "verb": "modified"},
+        {"subject": "field", "id": "stranger", "verb": "created"},
+        {"subject": "mapping", "id": "m1", "verb": "created"},
+        {"subject": "mapping", "id": "m2", "verb": "modified"},
+        {"subject": "mapping", "id": "m3", "verb": "created"},
+        {"subject": "mapping", "id": "m4", "verb": "modified"},
+    ]
+    plan = make_plan(DraftOnlyClient(fields, mappings, diff), streams, {})
+    assert plan.draft_pending == [
+        "field f_a (created)",
+        "field f_b (modified)",
+        "mapping f_a from stream ls (created)",
+        "mapping f_e from stream ls (modified)",
+    ]
+    assert plan.draft_other == [
+        "field f_c (modified)",
+        "field f_d (removed)",
+        "field f_e (modified)",
+        "field stranger (created)",
+        "mapping f_b from stream ls (modified)",
+        "mapping f_c from stream ls (created)",
+    ]
+
+
+def test_two_publishes_within_a_second_get_different_tags():
+    definition = field_definitions("activity", DEFAULT_STREAMS["activity"])[0]
+    fields = [FieldStep(definition, "create")]
+    plan = SchemaPlan([StreamPlan("activity", "cordial_activity", fields=fields)])
+    moment = datetime.datetime(2026, 11, 20, 6, 0, 0, tzinfo=datetime.UTC)
+    tags = {publish_tag(plan, moment)[0] for _ in range(20)}
+    assert len(tags) == 20
+    for tag in tags:
+        assert re.fullmatch(r"target-lytics-cordial-activity-20261120-060000-[0-9a-f]{6}", tag)
+        assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", tag)  # kebab-case, as Lytics asks
 
 
 def test_a_conflicting_field_writes_nothing(lytics, tmp_path):
@@ -182,6 +279,8 @@ def test_an_identifier_flag_differing_is_a_conflict(lytics):
 
 def test_same_type_other_mergeop_is_left_as_it_is(lytics):
     create_field(lytics, {"id": "cr_event_action", "type": "string", "mergeop": "oldest"})
+    # Published by whoever made it: left unpublished, it would be their draft change (refused).
+    publish_draft(lytics)
     plan = schema(lytics, publish=True)
     assert re.search(
         r"as is\s+cr_event_action .*Lytics has mergeop oldest \(mapping: latest\), another "

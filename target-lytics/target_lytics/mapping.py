@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from target_lytics.errors import ValueConversionError
+from target_lytics.errors import InputError, ValueConversionError
 from target_lytics.user_fields import lytics_field_name
 
 Converter = Callable[[Any], Any]
@@ -312,6 +312,9 @@ class RecordMapper:
                 for source, target in mapping.fields.items()
             )
         self._include_unmapped = include_unmapped_fields and mapping.fields is not None
+        #: Lowercase Lytics field -> its source: an unmapped record key outside the schema must
+        #: not land on one (the sink checks the schema's properties when SCHEMA arrives).
+        self._mapped_ids = {target.lower(): src for src, target in (mapping.fields or {}).items()}
 
     def mapped_fields(self) -> tuple[tuple[str, str, Converter | None], ...] | None:
         """``(source, destination, converter)`` of every field sent.
@@ -357,10 +360,25 @@ class RecordMapper:
             ) from exc
         if self._include_unmapped:
             mapped_sources = self.mapping.fields or {}
+            in_schema = self._by_schema
             for name, value in record.items():
-                if value is not None and name not in mapped_sources and name not in event:
+                if value is None or name in mapped_sources:
+                    continue
+                if name not in in_schema and name.lower() in self._mapped_ids:
+                    raise self._collision(name)
+                if name not in event:
                     event[name] = self._convert(name, self._converter(name), value)
         return event
+
+    def _collision(self, name: str) -> InputError:
+        """An unmapped key outside the schema named like a mapped Lytics field (ids lowercase)."""
+        source = self._mapped_ids[name.lower()]
+        return InputError(
+            f"stream '{self.stream_name}': field {name!r} is not in the stream's schema nor "
+            f"mapped, so include_unmapped_fields would send it as {name!r}, the Lytics field "
+            f"that {source!r} is mapped onto (field ids are lowercase), and one value would be "
+            f"lost; drop or rename {name!r} (a stream map), or turn include_unmapped_fields off"
+        )
 
     def _map_all(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """Pass-through: every non-null field under its own name."""

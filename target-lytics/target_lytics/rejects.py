@@ -1,10 +1,12 @@
 """Events Lytics cannot take or refused, set aside into ``<stream>_rejects`` (max_rejected_records).
 
 Before sending, an event over :data:`MAX_EVENT_BYTES_IN_BATCH` or still nesting objects inside an
-array is not sent (:func:`unsendable_reason`). After sending, ``rejected_count`` > 0 (or a count
-short of the body) does not say which events were refused: :meth:`RejectWriter.find_refused`
-sends halves of the body with ``dryrun=true`` (Lytics validates, stores nothing; see
-``lytics-api.md``) until each refused event is alone, so nothing is stored twice.
+array is not sent (:func:`unsendable_reason`); with ``max_rejected_records`` 0 the run ends there,
+before the body holding it goes out (its other events would be stored by every rerun). After
+sending, ``rejected_count`` > 0 (or a count short of the body) does not say which events were
+refused: :meth:`RejectWriter.find_refused` sends halves of the body with ``dryrun=true`` (Lytics
+validates, stores nothing; see ``lytics-api.md``) until each refused event is alone, so nothing
+is stored twice.
 
 Up to ``max_rejected_records`` such events per run (:class:`RejectBudget`, shared by every sink)
 each become a small event in the Lytics stream ``<lytics stream>_rejects`` (a stream already
@@ -43,6 +45,12 @@ SETTING = "max_rejected_records"
 #: Lytics field of a reject event holding when it was set aside (sent as ``timestamp_field``).
 REJECTED_AT = "rejected_at"
 
+#: Largest event of a rejects stream (the tap's ``activity_rejects`` records, up to 64 KB of
+#: ``raw``): well under the 16 KB, so what Lytics adds or counts differently still fits.
+MAX_REJECT_EVENT_BYTES = 8_000
+#: The field of a rejects-stream event holding the bad line's text (the tap's ``raw``).
+RAW = "raw"
+
 #: An array whose first element is an object: only events holding it need decoding to check.
 ARRAY_OF_OBJECTS = re.compile(rb"\[\s*\{")
 _RAW_ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
@@ -58,6 +66,47 @@ def unsendable_reason(event: bytes) -> str | None:
     if ARRAY_OF_OBJECTS.search(event) and holds_object_in_array(orjson.loads(event)):
         return "the event nests objects inside an array, which Lytics does not parse"
     return None
+
+
+def is_rejects_stream(singer_stream: str, lytics_stream: str) -> bool:
+    """Whether a stream's records are set-aside records (``activity_rejects``, ``*_rejects``)."""
+    return singer_stream.endswith("_rejects") or lytics_stream.endswith("_rejects")
+
+
+def fit_reject_event(event: bytes) -> bytes:
+    """``event`` with its ``raw`` text cut so it takes at most :data:`MAX_REJECT_EVENT_BYTES`.
+
+    The cut falls between UTF-8 characters; ``raw_truncated`` becomes true and ``raw_bytes``
+    the original length (the tap's, when it counted more: it caps ``raw`` at 64 KB itself). An
+    event that fits, or has no text ``raw``, is returned as it is.
+    """
+    if len(event) <= MAX_REJECT_EVENT_BYTES:
+        return event
+    try:
+        values = orjson.loads(event)
+    except orjson.JSONDecodeError:
+        return event
+    if not isinstance(values, dict) or not isinstance(values.get(RAW), str):
+        return event
+    raw = values[RAW].encode("utf-8", "surrogatepass")
+    counted = values.get("raw_bytes")
+    if type(counted) is not int or counted < len(raw):
+        counted = len(raw)
+    values.update({RAW: "", "raw_truncated": True, "raw_bytes": counted})
+    room = MAX_REJECT_EVENT_BYTES - len(orjson.dumps(values))
+    cut = max(0, min(len(raw), room))
+    while True:
+        while 0 < cut < len(raw) and raw[cut] & 0xC0 == 0x80:
+            cut -= 1  # back to the start of a character
+        text = raw[:cut].decode("utf-8", "replace")
+        # JSON escapes (quotes, control characters) take more room than the bytes they stand for:
+        # cut in proportion, until it fits.
+        escaped = len(orjson.dumps(text)) - 2
+        if escaped <= room or cut == 0:
+            break
+        cut = min(cut - 1, cut * room // escaped)
+    values[RAW] = text
+    return orjson.dumps(values)
 
 
 def body_events(body: bytes) -> list[bytes]:

@@ -15,8 +15,11 @@ The draft's unpublished changes come from ``GET /v2/schema/user/compare``, a ``m
 field's name, a mapping change's ``id`` the mapping's id, looked up in ``to.mappings`` (``from``
 for a removal). Only a diff whose ``to`` is the draft (``status`` "draft", or no status given)
 is pending: without a draft, compare shows the live version against the one before it. A change
-to a field or mapping the definitions would create (same field id; same field and stream) is
-ours; every other change (a colleague's field, a rank change) is someone else's, and
+is ours only when our own run could have made it: ``created`` or ``modified`` for a field or
+mapping the definitions define (same field id; same field and stream) whose draft definition
+is ours (every key of :meth:`FieldDefinition.field_body` / :meth:`MappingStep.body` the same,
+and no ``longdesc`` / ``guard_expr``, which we never set). Every other change (a colleague's
+field, a colleague's edit of one of ours, a removal, a rank change) is someone else's, and
 ``--schema-publish`` refuses to publish it unless told to. The identifier ranking
 (``GET /v2/schema/user/rank``, a ``models.RankList``) is shown, never changed.
 
@@ -25,7 +28,7 @@ Reading the plan writes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -79,9 +82,9 @@ class SchemaPlan:
     """What publishing would do, per stream."""
 
     streams: list[StreamPlan]
-    #: Unpublished draft changes to these fields or mappings (a publish completes them).
+    #: Unpublished draft changes our run made (our definitions; a publish completes them).
     draft_pending: list[str] = field(default_factory=list)
-    #: Unpublished draft changes that are not ours (a publish would include them too).
+    #: Unpublished draft changes that are not ours, also to our fields (a publish includes them).
     draft_other: list[str] = field(default_factory=list)
     #: The identifier ranking (``RankList.fields``); None when the account has none (404).
     ranking: list[str] | None = None
@@ -172,12 +175,15 @@ def make_plan(
     existing_fields = client.fields()
     existing_mappings = client.mappings()
     streams: list[StreamPlan] = []
-    ours: set[tuple[str, str]] = set()
+    # What our run would write, per field id and per (field, stream): a draft change is ours
+    # only when the draft holds one of these.
+    our_fields: dict[str, list[dict[str, Any]]] = {}
+    our_mappings: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for singer_stream, lytics_stream, definitions in wanted:
         plan = StreamPlan(singer_stream, lytics_stream)
         for definition in definitions:
             plan.fields.append(_field_step(definition, existing_fields.get(definition.id)))
-            ours.add((definition.id, lytics_stream))
+            our_fields.setdefault(definition.id, []).append(definition.field_body())
             exprs = [
                 str(m.get("expr"))
                 for m in existing_mappings
@@ -189,11 +195,14 @@ def make_plan(
                 action, other = "kept", exprs[0]
             else:
                 action, other = "create", None
-            plan.mappings.append(MappingStep(definition, lytics_stream, action, other))
+            step = MappingStep(definition, lytics_stream, action, other)
+            plan.mappings.append(step)
+            our_mappings.setdefault((definition.id, lytics_stream), []).append(step.body())
         streams.append(plan)
     result = SchemaPlan(streams)
     if any(plan.fields for plan in streams):
-        _read_draft(client, result, {i for i, _ in ours}, ours)
+        drafts = _DraftDefinitions(existing_fields, existing_mappings, our_fields, our_mappings)
+        _read_draft(client, result, drafts)
         try:
             result.ranking = client.rank()
         except SchemaApiError as exc:
@@ -203,35 +212,76 @@ def make_plan(
     return result
 
 
-def _read_draft(
-    client: LyticsSchemaClient,
-    plan: SchemaPlan,
-    our_fields: set[str],
-    our_mappings: set[tuple[str, str]],
-) -> None:
+#: Keys our run never sets: a draft definition holding one is not ours.
+_FIELD_KEYS_NEVER_SET = ("longdesc",)
+_MAPPING_KEYS_NEVER_SET = ("guard_expr",)
+
+
+def _is_ours(
+    draft: Mapping[str, Any] | None,
+    bodies: Sequence[Mapping[str, Any]],
+    never_set: tuple[str, ...],
+) -> bool:
+    """Whether the draft's definition is one our run writes: each key of a body the same."""
+    if draft is None or any(draft.get(key) for key in never_set):
+        return False
+    return any(all(_same(draft.get(key), value) for key, value in b.items()) for b in bodies)
+
+
+def _same(have: Any, want: Any) -> bool:
+    """A draft value against ours; an absent value is Lytics' empty one (false, "")."""
+    if isinstance(want, bool):
+        return bool(have) == want
+    if isinstance(want, str) and have is None:
+        return want == ""
+    return bool(have == want)
+
+
+@dataclass
+class _DraftDefinitions:
+    """What the account holds (the draft's fields and mappings) and what our run writes."""
+
+    fields: Mapping[str, Mapping[str, Any]]
+    mappings: Sequence[Mapping[str, Any]]
+    our_fields: Mapping[str, Sequence[Mapping[str, Any]]]
+    our_mappings: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]]
+
+
+def _read_draft(client: LyticsSchemaClient, plan: SchemaPlan, drafts: _DraftDefinitions) -> None:
     """Sort the draft's unpublished changes (a ``models.VersionDiff``) into ours and others'."""
     version_diff = client.compare()
     to = _version(version_diff, "to")
     if to.get("status") not in (None, "draft"):
         return  # no draft: the diff is of versions already published
     before = _version(version_diff, "from")
+    # "to" wins: a field or mapping as the draft has it; the account's lists when "to" has none.
+    fields_by_id: dict[str, Mapping[str, Any]] = dict(drafts.fields)
+    for item in to.get("fields") or []:
+        if isinstance(item, Mapping) and item.get("id") is not None:
+            fields_by_id[str(item["id"])] = item
     mappings_by_id: dict[str, Mapping[str, Any]] = {}
-    for version in (before, to):  # "to" wins: a modified mapping as the draft has it
-        for mapping in version.get("mappings") or []:
+    for mappings in (before.get("mappings") or [], drafts.mappings, to.get("mappings") or []):
+        for mapping in mappings:
             if isinstance(mapping, Mapping) and mapping.get("id") is not None:
                 mappings_by_id[str(mapping["id"])] = mapping
     for change in version_diff.get("diff") or []:
         if not isinstance(change, Mapping):
             continue
         subject, verb, change_id = change.get("subject"), change.get("verb"), change.get("id")
+        # Our run only creates; "modified" is ours when the draft now holds our definition.
+        ours_verb = verb in ("created", "modified")
         if subject == "field":
             label = f"field {change_id} ({verb})"
-            is_ours = change_id in our_fields
+            bodies = drafts.our_fields.get(str(change_id), [])
+            is_ours = ours_verb and _is_ours(
+                fields_by_id.get(str(change_id)), bodies, _FIELD_KEYS_NEVER_SET
+            )
         elif subject == "mapping":
             mapping = mappings_by_id.get(str(change_id), {})
             target, stream = mapping.get("field"), mapping.get("stream")
             label = f"mapping {target or change_id} from stream {stream or '?'} ({verb})"
-            is_ours = (target, stream) in our_mappings
+            bodies = drafts.our_mappings.get((str(target), str(stream)), [])
+            is_ours = ours_verb and _is_ours(mapping, bodies, _MAPPING_KEYS_NEVER_SET)
         else:  # "rank", "rank_setting": the ranking is a human decision, never ours
             label = f"{subject} {change_id or ''}".rstrip() + f" ({verb})"
             is_ours = False

@@ -3,15 +3,17 @@
 Publishing creates what the plan lacks and publishes it with a kebab-case tag, or, on accounts that
 take schema changes only as patches, does the same through one patch that it applies. A conflict
 writes nothing. With nothing to create it writes nothing and does not publish, unless the draft
-holds unpublished changes to these very fields or mappings (an earlier run refused at its last
-step), which it then publishes. A draft that also holds changes that are not ours (a colleague's
-field) is refused, naming each, with nothing written: a publish makes the whole draft live.
+holds our own unpublished definitions of these fields or mappings (an earlier run refused at its
+last step), which it then publishes. A draft that also holds changes that are not ours (a
+colleague's field, or a colleague's edit of one of ours) is refused, naming each, with nothing
+written: a publish makes the whole draft live.
 ``publish_others_changes`` true publishes them anyway.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -55,10 +57,14 @@ def kebab(text: str) -> str:
 
 
 def publish_tag(plan: SchemaPlan, now: datetime | None = None) -> tuple[str, str]:
-    """A kebab-case tag and a description naming the target and the streams."""
+    """A kebab-case tag and a description naming the target and the streams.
+
+    The tag ends in six random hex digits: two publishes within one second (two projects, or a
+    run again at once) would otherwise share a tag.
+    """
     moment = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
     streams = plan.lytics_streams()
-    tag = kebab(f"target-lytics-{'-'.join(streams)}-{moment}")
+    tag = kebab(f"target-lytics-{'-'.join(streams)}-{moment}-{secrets.token_hex(3)}")
     description = (
         f"target-lytics {__version__}: user fields and mappings for the Lytics stream(s) "
         f"{', '.join(streams)}"

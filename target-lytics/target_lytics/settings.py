@@ -87,7 +87,7 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         "api_url",
         th.StringType,
         default="https://api.lytics.io",
-        description="Lytics API base URL.",
+        description="Lytics API base URL, without user, password, query string or fragment.",
     ),
     th.Property(
         "streams",
@@ -124,7 +124,7 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
             "(rejected_count, found by dry-run halves, so nothing is stored twice). Each goes "
             "to the Lytics stream <stream>_rejects (stream, key, reason, bytes, head, "
             "rejected_at) and STATE moves past it; one more fails the run. 0: the first fails "
-            "the run."
+            "the run (one Lytics cannot take before its request is sent)."
         ),
     ),
     _number(
@@ -209,8 +209,8 @@ CONFIG_SCHEMA: dict[str, Any] = th.PropertiesList(
         default=False,
         description=(
             "Let --schema-publish publish a draft that also holds changes this target did not "
-            "make (a colleague's unpublished field); by default it refuses, naming each, and "
-            "writes nothing, since a publish makes the whole draft live."
+            "make (a colleague's unpublished field, or their edit of one of ours); by default it "
+            "refuses, naming each, and writes nothing, since a publish makes the whole draft live."
         ),
     ),
     th.Property(
@@ -319,6 +319,13 @@ def connection_problems(config: dict[str, Any]) -> list[str]:
             problems.append(
                 "`api_url` holds a user name or password (user:password@host): Lytics takes "
                 "only api_token; remove them from the URL (e.g. https://api.lytics.io)."
+            )
+        elif "?" in url or "#" in url:
+            # Old Lytics docs show ?access_token=...: every error line names api_url.
+            problems.append(
+                "`api_url` holds a query string or fragment (after '?' or '#'): the URL is "
+                "named in every error line, and Lytics takes the token only from api_token; "
+                "remove it from the URL (e.g. https://api.lytics.io)."
             )
     return problems
 

@@ -40,10 +40,13 @@ from target_lytics.mapping import RecordMapper, StreamMapping, json_default
 from target_lytics.rejects import (
     ARRAY_OF_OBJECTS,
     MAX_EVENT_BYTES_IN_BATCH,
+    MAX_REJECT_EVENT_BYTES,
     Refused,
     RejectBudget,
     RejectWriter,
     body_events,
+    fit_reject_event,
+    is_rejects_stream,
     limit_hint,
     unsendable_reason,
 )
@@ -266,6 +269,8 @@ class LyticsSink(Sink):
         self.typed_encoder = TypedRecordEncoder.for_stream(
             self.schema, self.key_properties, self.mapper
         )
+        #: Set-aside records (the tap's activity_rejects): their raw text is cut to fit Lytics.
+        self.fits_raw = is_rejects_stream(stream_name, self.stream_mapping.lytics_stream)
         self.dry_run = bool(setting(self.config, "dry_run"))
         self.delete_batch_files = bool(setting(self.config, "delete_batch_files"))
         self.body = BodyBuilder(context.max_request_bytes)
@@ -418,12 +423,14 @@ class LyticsSink(Sink):
     def add_event(self, event: bytes) -> None:
         """Buffer one serialized event (sending the body first when it is full).
 
-        With max_rejected_records, an event Lytics cannot take is set aside instead (with 0 it
-        is sent, as before the setting existed, and Lytics' refusal ends the run).
+        An event Lytics cannot take is never sent: with max_rejected_records it is set aside,
+        with 0 the run ends here, before its body goes out (sent, the body's other events would
+        be stored, and stored again by each rerun of the same records). A set-aside record's
+        ``raw`` text is cut first, so it fits (:func:`~target_lytics.rejects.fit_reject_event`).
         """
-        if (
-            len(event) > MAX_EVENT_BYTES_IN_BATCH or ARRAY_OF_OBJECTS.search(event) is not None
-        ) and self.rejects.enabled:
+        if self.fits_raw and len(event) > MAX_REJECT_EVENT_BYTES:
+            event = fit_reject_event(event)
+        if len(event) > MAX_EVENT_BYTES_IN_BATCH or ARRAY_OF_OBJECTS.search(event) is not None:
             reason = unsendable_reason(event)
             if reason is not None:
                 self._set_aside_unsent(event, reason)
@@ -446,6 +453,10 @@ class LyticsSink(Sink):
         """Set aside an event before sending it; it takes no place in the ledger.
 
         Its reject event is accepted before this returns, so a STATE after it covers it.
+
+        Raises:
+            LyticsError: max_rejected_records does not allow it (0, the default: the message
+                names the setting), or the reject event's upload failed.
         """
         key = self.rejects.reject_event(Refused(event, reason), "")["key"]
         cause = f"One event of stream '{self.stream_name}' (key {key}) was not sent: {reason}."
