@@ -396,3 +396,59 @@ def test_every_secret_setting_loses_surrounding_whitespace() -> None:
     config = {name: f" value-of-{name}\n" for name in STRIPPED_SECRETS}
     strip_secrets(config)
     assert config == {name: f"value-of-{name}" for name in STRIPPED_SECRETS}
+
+
+def test_cordial_echoing_a_secret_never_prints_it() -> None:
+    """A server that echoes the request's destination password (in a 400, in a 503 retried until
+    the retries run out, in a failed job's result) is quoted with the secret hidden."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tap_cordial_activity.client import CordialClient
+    from tap_cordial_activity.errors import CordialError
+    from tap_cordial_activity.retries import RetryPolicy
+
+    password = "dest-pw-echoed"
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            status = 503 if self.path.endswith("retry") else 400
+            answer = json.dumps({"error": True, "message": f"bad destination {body.decode()}"})
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(answer.encode())
+
+        def do_GET(self) -> None:
+            answer = {"_id": "j1", "status": "Failed",
+                      "result": {"message": f"cannot log in with {password}"}}
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(json.dumps(answer).encode())
+
+        def log_message(self, *args: Any) -> None:
+            """Quiet."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = CordialClient(
+        f"http://127.0.0.1:{server.server_port}/v2", "the-api-key",
+        retry=RetryPolicy(max_retries=1, initial_delay_seconds=0.0, max_delay_seconds=0.0),
+        timeout_seconds=5, secrets=(password,),
+    )
+    seen: list[str] = []
+    try:
+        for path in ("contactactivityexport", "retry"):
+            with pytest.raises(CordialError) as refused:
+                client.request("POST", path, json_body={"password": password}, what="creating")
+            seen.append(str(refused.value))
+        with pytest.raises(CordialError) as failed:
+            client.poll_job("j1")
+        seen.append(str(failed.value))
+    finally:
+        server.shutdown()
+        client.close()
+    assert all("***" in text for text in seen), seen
+    assert not [text for text in seen if password in text], seen

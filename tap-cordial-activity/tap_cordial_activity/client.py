@@ -22,6 +22,18 @@ _AUTH_HINT = (
 )
 
 
+def masked(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with each secret replaced by ``***``.
+
+    Cordial may echo what it was sent (say a destination's password in a 400), and its words go
+    into log lines and errors.
+    """
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
 def cordial_message(response: requests.Response) -> str:
     """What Cordial said in an error body: ``message``, a string ``error``, or the raw text."""
     try:
@@ -45,11 +57,12 @@ def cordial_message(response: requests.Response) -> str:
 class TransientAnswer(Transient):
     """A 429 or 5xx answer: repeated, and described from ``response`` once retries run out."""
 
-    def __init__(self, response: requests.Response, *, retry_after: float | None) -> None:
-        """Keep the answer for the final error message."""
-        super().__init__(
-            f"HTTP {response.status_code} ({cordial_message(response)})", retry_after=retry_after
-        )
+    def __init__(
+        self, response: requests.Response, secrets: tuple[str, ...], *, retry_after: float | None
+    ) -> None:
+        """Keep the answer for the final error message (``secrets`` hidden in its words)."""
+        said = masked(cordial_message(response), secrets)
+        super().__init__(f"HTTP {response.status_code} ({said})", retry_after=retry_after)
         self.response = response
 
 
@@ -65,9 +78,11 @@ class CordialClient:
         timeout_seconds: float,
         logger: logging.Logger | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        secrets: tuple[str, ...] = (),
     ) -> None:
-        """Prepare a session; nothing is sent yet."""
+        """Prepare a session; nothing is sent yet. ``secrets`` are hidden in Cordial's words."""
         self.api_url = api_url.rstrip("/")
+        self.secrets = (api_key, *secrets)
         self.retry = retry
         self.timeout_seconds = timeout_seconds
         self.logger = logger or logging.getLogger(__name__)
@@ -118,7 +133,7 @@ class CordialClient:
                 except ValueError as exc:
                     raise CordialError(
                         f"Cordial answered {what}{job} with HTTP {status} but a body that is not "
-                        f"JSON: {response.text[:200]!r}",
+                        f"JSON: {masked(response.text[:200], self.secrets)!r}",
                         status=status,
                         job_id=job_id,
                     ) from exc
@@ -126,9 +141,10 @@ class CordialClient:
                 # Cordial says when to come back (429); the backoff covers a missing header.
                 after = parse_retry_after(response.headers.get("Retry-After"))
                 raise TransientAnswer(
-                    response, retry_after=after if status == 429 and after else None
+                    response, self.secrets, retry_after=after if status == 429 and after else None
                 )
-            raise self._error(status, method, url, what, job, cordial_message(response), job_id)
+            said = masked(cordial_message(response), self.secrets)
+            raise self._error(status, method, url, what, job, said, job_id)
 
         def warn(failure: Transient, retry: int, delay: float) -> None:
             self.logger.warning(
@@ -147,8 +163,8 @@ class CordialClient:
                 ) from failure.__cause__
             response = failure.response
             error = self._error(
-                response.status_code, method, url, what, job, cordial_message(response), job_id,
-                gave_up=failure.attempts,
+                response.status_code, method, url, what, job,
+                masked(cordial_message(response), self.secrets), job_id, gave_up=failure.attempts,
             )
             raise error from None
 
@@ -207,7 +223,8 @@ class CordialClient:
                 answer = []
             if not isinstance(answer, list):
                 raise CordialError(
-                    f"Cordial answered GET {self.api_url}/jobs with {str(answer)[:200]!r} "
+                    f"Cordial answered GET {self.api_url}/jobs with "
+                    f"{masked(str(answer)[:200], self.secrets)!r} "
                     "instead of a list of jobs: is `api_url` Cordial's API "
                     "(e.g. https://api.cordial.io/v2)?"
                 ) from exc
@@ -235,7 +252,7 @@ class CordialClient:
         if not job_id:
             raise CordialError(
                 f"Cordial accepted the export {body.get('name')!r} but returned no jobId: "
-                f"{str(answer)[:200]}"
+                f"{masked(str(answer)[:200], self.secrets)}"
             )
         return str(job_id)
 
@@ -243,7 +260,10 @@ class CordialClient:
         """``GET /jobs/{jobId}``."""
         answer = self.request("GET", f"jobs/{job_id}", what="polling", job_id=job_id)
         if not isinstance(answer, dict):
-            raise CordialError(f"Cordial job {job_id}: unexpected answer {str(answer)[:200]}")
+            raise CordialError(
+                f"Cordial job {job_id}: unexpected answer "
+                f"{masked(str(answer)[:200], self.secrets)}"
+            )
         return answer
 
     def poll_job(self, job_id: str, previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -257,7 +277,9 @@ class CordialClient:
             )
         if status == "Failed":
             raise CordialError(
-                f"Cordial export job {job_id} failed: {job_result_message(job)}", job_id=job_id
+                f"Cordial export job {job_id} failed: "
+                f"{masked(job_result_message(job), self.secrets)}",
+                job_id=job_id,
             )
         if status != "Done" and status not in RUNNING_STATUSES and (
             previous is None or previous.get("status") != status

@@ -13,7 +13,7 @@ from typing import Any
 
 from tap_cordial_activity.client import CordialClient
 from tap_cordial_activity.retries import RetryPolicy
-from tap_cordial_activity.settings import integer, number, setting
+from tap_cordial_activity.settings import integer, number, secret_values, setting
 from tap_cordial_activity.sftp import SftpReader, SftpSettings
 
 __all__ = ["cordial_client", "sftp_reader"]
@@ -27,6 +27,7 @@ def cordial_client(config: Mapping[str, Any], logger: logging.Logger) -> Cordial
         retry=RetryPolicy.from_config(config),
         timeout_seconds=number(config, "request_timeout_seconds"),
         logger=logger,
+        secrets=secret_values(config),
     )
 
 

@@ -278,6 +278,12 @@ STRIPPED_SECRETS = (
 )
 
 
+def secret_values(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The values of the settings marked secret, to hide where a server may echo them."""
+    names = (n for n, p in CONFIG_SCHEMA["properties"].items() if p.get("secret"))
+    return tuple(v for v in (config.get(n) for n in names) if isinstance(v, str) and v)
+
+
 def strip_secrets(config: dict[str, Any]) -> None:
     """Remove surrounding whitespace from the secrets in ``config`` (in place)."""
     for name in STRIPPED_SECRETS:
