@@ -34,7 +34,12 @@ def masked(text: str, secrets: tuple[str, ...]) -> str:
     return text
 
 
-def cordial_message(response: requests.Response) -> str:
+def cordial_message(response: requests.Response, secrets: tuple[str, ...]) -> str:
+    """What Cordial said in an error body (see :func:`_said`), with ``secrets`` hidden."""
+    return masked(_said(response), secrets)
+
+
+def _said(response: requests.Response) -> str:
     """What Cordial said in an error body: ``message``, a string ``error``, or the raw text."""
     try:
         body = response.json()
@@ -61,7 +66,7 @@ class TransientAnswer(Transient):
         self, response: requests.Response, secrets: tuple[str, ...], *, retry_after: float | None
     ) -> None:
         """Keep the answer for the final error message (``secrets`` hidden in its words)."""
-        said = masked(cordial_message(response), secrets)
+        said = cordial_message(response, secrets)
         super().__init__(f"HTTP {response.status_code} ({said})", retry_after=retry_after)
         self.response = response
 
@@ -143,7 +148,7 @@ class CordialClient:
                 raise TransientAnswer(
                     response, self.secrets, retry_after=after if status == 429 and after else None
                 )
-            said = masked(cordial_message(response), self.secrets)
+            said = cordial_message(response, self.secrets)
             raise self._error(status, method, url, what, job, said, job_id)
 
         def warn(failure: Transient, retry: int, delay: float) -> None:
@@ -164,7 +169,7 @@ class CordialClient:
             response = failure.response
             error = self._error(
                 response.status_code, method, url, what, job,
-                masked(cordial_message(response), self.secrets), job_id, gave_up=failure.attempts,
+                cordial_message(response, self.secrets), job_id, gave_up=failure.attempts,
             )
             raise error from None
 

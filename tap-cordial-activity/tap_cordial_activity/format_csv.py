@@ -59,6 +59,13 @@ def read_csv(lines: Iterator[tuple[bytes, bool]], file_name: str) -> Iterator[Pa
                 text = line.decode("utf-8", errors="replace")
             yield text + "\n"
 
+    def refused(error: ExportDataError, line: int) -> Parsed:
+        """The row as a bad record; a last row without its newline is a cut: raised."""
+        raw = b"\n".join(taken)
+        if unterminated:
+            raise CutLineError(file_name, line, error.problem, raw) from error
+        return bad(error, raw, line)
+
     reader = csv.reader(text_lines())
     try:
         header = next(reader)
@@ -77,10 +84,7 @@ def read_csv(lines: Iterator[tuple[bytes, bool]], file_name: str) -> Iterator[Pa
             return
         except csv.Error as exc:
             error = ExportDataError(file_name, reader.line_num, f"bad CSV ({exc})")
-            if unterminated:
-                raw = b"\n".join(taken)
-                raise CutLineError(file_name, reader.line_num, error.problem, raw) from exc
-            yield bad(error, b"\n".join(taken), reader.line_num)
+            yield refused(error, reader.line_num)
             continue
         line_no = reader.line_num
         if not row:
@@ -99,9 +103,7 @@ def read_csv(lines: Iterator[tuple[bytes, bool]], file_name: str) -> Iterator[Pa
             }
             moment = normalize(record, file_name, line_no)
         except ExportDataError as exc:
-            if unterminated:
-                raise CutLineError(file_name, line_no, exc.problem, b"\n".join(taken)) from exc
-            yield bad(exc, b"\n".join(taken), line_no)
+            yield refused(exc, line_no)
             continue
         yield record, moment, line_no
 

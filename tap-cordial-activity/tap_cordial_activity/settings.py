@@ -270,18 +270,16 @@ NUMBER_MAXIMA: dict[str, int] = {
     "retry_max_delay_seconds": 3600,
 }
 
-#: Secrets whose surrounding whitespace is a paste mistake (a trailing newline, a space).
+#: Settings whose surrounding whitespace is a paste mistake (a trailing newline, a space): the
+#: secrets, and the key names and ids that go with them.
 STRIPPED_SECRETS = (
-    "api_key", "sftp_password", "sftp_private_key", "sftp_private_key_passphrase",
-    "cordial_saved_key", "s3_access_key_id", "s3_secret_access_key", "cordial_s3_access_key_id",
-    "cordial_s3_secret_access_key",
+    *sorted(SECRET_SETTINGS), "cordial_saved_key", "s3_access_key_id", "cordial_s3_access_key_id",
 )
 
 
 def secret_values(config: Mapping[str, Any]) -> tuple[str, ...]:
     """The values of the settings marked secret, to hide where a server may echo them."""
-    names = (n for n, p in CONFIG_SCHEMA["properties"].items() if p.get("secret"))
-    return tuple(v for v in (config.get(n) for n in names) if isinstance(v, str) and v)
+    return tuple(v for v in (config.get(n) for n in SECRET_SETTINGS) if isinstance(v, str) and v)
 
 
 def strip_secrets(config: dict[str, Any]) -> None:
@@ -404,7 +402,9 @@ def config_problems(config: dict[str, Any]) -> list[str]:
         problem = header_value_problem("api_key", api_key)
         if problem:
             problems.append(problem)
-    problems.extend(_api_url_problems(config.get("api_url")))
+    problems.extend(_url_problems(
+        "api_url", config.get("api_url"), "https://api.cordial.io/v2", "logs in with `api_key`"
+    ))
 
     moments: dict[str, datetime.datetime] = {}
     for name in ("start_date", "end_date"):
@@ -471,11 +471,6 @@ def config_problems(config: dict[str, Any]) -> list[str]:
         if name in numbers and numbers[name] < 0:
             problems.append(f"`{name}` must not be negative (got {numbers[name]}).")
     return problems
-
-
-def _api_url_problems(api_url: Any) -> list[str]:
-    """What is wrong with ``api_url``."""
-    return _url_problems("api_url", api_url, "https://api.cordial.io/v2", "logs in with `api_key`")
 
 
 def _url_problems(name: str, url: Any, example: str, login: str) -> list[str]:
